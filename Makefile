@@ -1,0 +1,29 @@
+# lockstep: `make run` serves the API, `make test` runs every check. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	mkdir -p data
+	$(BIN)/gunicorn --config config/gunicorn.conf.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests config bench
+	$(BIN)/ruff format --check app tests config bench
+	$(BIN)/mypy
+
+test: $(STAMP) lint
+	bash scripts/system-deps.sh
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""lockstep: counters and JSON records over HTTP, correct under any concurrency."""

@@ -1,0 +1,196 @@
+"""What the operations mean, independent of HTTP and of the database.
+
+Storage backends read a resource's current state inside a write transaction, hand it
+to ``apply_counter_ops`` / ``apply_item_ops`` together with every operation queued for
+that resource, and write back the single resulting state. Each operation gets its own
+outcome (a value, a record or an error), exactly as if the operations had run one at a
+time in queue order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from app.errors import InvalidInput, LockstepError, NotFound, OutOfRange, PreconditionFailed
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+NAME_RE = re.compile(r"[A-Za-z0-9._~:-]{1,200}")
+NAME_RULE = "1-200 characters from A-Z a-z 0-9 . _ ~ : -"
+# The largest character a name may contain is "~"; every name starting with a prefix
+# sorts below prefix + this, which keeps prefix listings on the primary-key index.
+NAME_CEILING = "\x7f"
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Return ``name`` if it is a valid counter name or record id, else raise ``InvalidInput``."""
+    if NAME_RE.fullmatch(name) is None:
+        raise InvalidInput(f"{what} must be {NAME_RULE}")
+    return name
+
+
+# --- counters -----------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Increment:
+    by: int
+
+
+@dataclass(slots=True, frozen=True)
+class SetValue:
+    value: int
+
+
+@dataclass(slots=True, frozen=True)
+class DeleteCounter:
+    pass
+
+
+CounterOp = Increment | SetValue | DeleteCounter
+# An int is the counter's value after the operation; None means "deleted".
+CounterOutcome = int | None | LockstepError
+
+
+def apply_counter_ops(
+    current: int | None, ops: list[CounterOp]
+) -> tuple[int | None, list[CounterOutcome]]:
+    """Apply ``ops`` in order to a counter whose stored value is ``current`` (None: absent)."""
+    outcomes: list[CounterOutcome] = []
+    value = current
+    for op in ops:
+        if isinstance(op, Increment):
+            new = (value or 0) + op.by
+            if INT64_MIN <= new <= INT64_MAX:
+                value = new
+                outcomes.append(value)
+            else:
+                outcomes.append(OutOfRange(f"incrementing by {op.by} would leave the 64-bit range"))
+        elif isinstance(op, SetValue):
+            value = op.value
+            outcomes.append(value)
+        elif value is None:
+            outcomes.append(NotFound("no such counter"))
+        else:
+            value = None
+            outcomes.append(None)
+    return value, outcomes
+
+
+# --- records ------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Record:
+    id: str
+    value: Any
+    version: int
+    updated_at: str
+
+
+@dataclass(slots=True, frozen=True)
+class Precondition:
+    """Parsed If-Match / If-None-Match headers."""
+
+    if_match: frozenset[int] | None = None  # None: header absent
+    if_match_any: bool = False  # If-Match: *
+    if_none_match: frozenset[int] | None = None  # None: header absent
+    if_none_match_any: bool = False  # If-None-Match: *
+
+    def check(self, current: Record | None) -> None:
+        """Raise ``PreconditionFailed`` unless the headers hold for ``current``."""
+        if self.if_none_match_any and current is not None:
+            raise PreconditionFailed("If-None-Match: * but the record exists")
+        if self.if_none_match and current is not None and current.version in self.if_none_match:
+            raise PreconditionFailed("If-None-Match matched the current version")
+        if self.if_match_any and current is None:
+            raise PreconditionFailed("If-Match: * but the record does not exist")
+        if self.if_match is not None and (current is None or current.version not in self.if_match):
+            have = "absent" if current is None else f'"{current.version}"'
+            raise PreconditionFailed(f"If-Match did not match the current version ({have})")
+
+
+NO_PRECONDITION = Precondition()
+
+
+@dataclass(slots=True, frozen=True)
+class PutItem:
+    value: Any
+    precondition: Precondition = NO_PRECONDITION
+
+
+@dataclass(slots=True, frozen=True)
+class PatchItem:
+    patch: Any
+    precondition: Precondition = NO_PRECONDITION
+
+
+@dataclass(slots=True, frozen=True)
+class DeleteItem:
+    precondition: Precondition = NO_PRECONDITION
+
+
+ItemOp = PutItem | PatchItem | DeleteItem
+
+
+@dataclass(slots=True, frozen=True)
+class Written:
+    """A successful PUT/PATCH: the record as stored, and whether the PUT created it."""
+
+    record: Record
+    created: bool = False
+
+
+# None means "deleted".
+ItemOutcome = Written | None | LockstepError
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON Merge Patch: null deletes a member, arrays and scalars replace."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, val in patch.items():
+        if val is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), val)
+    return result
+
+
+def now_iso() -> str:
+    """The current UTC time as RFC 3339 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def apply_item_ops(
+    item_id: str, current: Record | None, ops: list[ItemOp]
+) -> tuple[Record | None, list[ItemOutcome]]:
+    """Apply ``ops`` in order to a record whose stored state is ``current`` (None: absent)."""
+    outcomes: list[ItemOutcome] = []
+    record = current
+    stamp = now_iso()
+    for op in ops:
+        try:
+            op.precondition.check(record)
+        except PreconditionFailed as e:
+            outcomes.append(e)
+            continue
+        if isinstance(op, PutItem):
+            version = 1 if record is None else record.version + 1
+            created = record is None
+            record = Record(item_id, op.value, version, stamp)
+            outcomes.append(Written(record, created))
+        elif record is None:
+            outcomes.append(NotFound("no such record"))
+        elif isinstance(op, PatchItem):
+            record = Record(item_id, merge_patch(record.value, op.patch), record.version + 1, stamp)
+            outcomes.append(Written(record))
+        else:
+            record = None
+            outcomes.append(None)
+    return record, outcomes

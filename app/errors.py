@@ -1,0 +1,95 @@
+"""Domain errors: raised by validation, locks and storage, mapped to problem bodies by middleware.
+
+Each error knows its HTTP status and a stable problem ``type`` slug, so the mapping lives
+in one place and storage code never imports anything from aiohttp.
+"""
+
+from __future__ import annotations
+
+
+class LockstepError(Exception):
+    """Base of every error the service answers with a 4xx/5xx problem body."""
+
+    status = 500
+    slug = "internal-error"
+    title = "Internal Server Error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error asks for."""
+        return {}
+
+
+class InvalidInput(LockstepError):
+    """A name, parameter or body that is well-formed but not acceptable."""
+
+    status = 422
+    slug = "invalid-input"
+    title = "Unprocessable Content"
+
+
+class MalformedBody(LockstepError):
+    """A body that is not parseable JSON at all."""
+
+    status = 400
+    slug = "malformed-body"
+    title = "Bad Request"
+
+
+class NotFound(LockstepError):
+    """The counter or record does not exist."""
+
+    status = 404
+    slug = "not-found"
+    title = "Not Found"
+
+
+class PreconditionFailed(LockstepError):
+    """An If-Match / If-None-Match precondition did not hold; nothing was written."""
+
+    status = 412
+    slug = "precondition-failed"
+    title = "Precondition Failed"
+
+
+class OutOfRange(LockstepError):
+    """The change would leave the signed 64-bit range; nothing was written."""
+
+    status = 409
+    slug = "out-of-range"
+    title = "Conflict"
+
+
+class Unavailable(LockstepError):
+    """A transient condition; the client should retry after a moment."""
+
+    status = 503
+    slug = "unavailable"
+    title = "Service Unavailable"
+    retry_after = 1
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class LockTimeout(Unavailable):
+    """The resource's lock could not be had within the configured time."""
+
+    slug = "lock-timeout"
+
+    def __init__(self, resource: str, timeout: float) -> None:
+        super().__init__(
+            f"resource {resource!r} stayed locked for {timeout:g} s; nothing was changed"
+        )
+        self.resource = resource
+
+
+class StorageUnavailable(Unavailable):
+    """The database refused or failed the operation (locked, read-only, full, gone)."""
+
+    slug = "storage-unavailable"

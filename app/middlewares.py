@@ -1,0 +1,53 @@
+"""Middleware that turns every error into an RFC 9457 problem body."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from app.errors import LockstepError
+
+logger = logging.getLogger(__name__)
+
+PROBLEM = "application/problem+json"
+_DROP = {"Content-Type", "Content-Length"}
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    slug: str | None = None,
+    headers: Any = None,
+) -> web.Response:
+    """An ``application/problem+json`` response."""
+    from app.views.common import _encode
+
+    body = {
+        "type": f"urn:lockstep:problem:{slug}" if slug else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    extra = {k: v for k, v in (headers or {}).items() if k not in _DROP}
+    return web.Response(body=_encode(body), status=status, content_type=PROBLEM, headers=extra)
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map domain errors and HTTP errors to problem bodies; hide unexpected ones behind a 500."""
+    try:
+        return await handler(request)
+    except LockstepError as e:
+        return problem_response(e.status, e.title, e.detail, e.slug, e.headers)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        detail = e.text if e.text and e.text != f"{e.status}: {e.reason}" else e.reason
+        return problem_response(e.status, e.reason, detail, None, e.headers)
+    except Exception:
+        logger.exception("unhandled error in %s %s", request.method, request.path)
+        return problem_response(500, "Internal Server Error", "an unexpected error occurred")

@@ -1,0 +1,49 @@
+"""The service's settings: one frozen object built from ``LOCKSTEP_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service can be configured with; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="LOCKSTEP_", frozen=True, extra="forbid")
+
+    data_dir: Path = Field(
+        default=Path("data"),
+        description="Directory holding the SQLite database file (created on first start).",
+    )
+    database_url: str = Field(
+        default="",
+        description="`sqlite:///path/to/file.db`; empty means `<data_dir>/lockstep.db`.",
+    )
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description="SQLite `synchronous` level: FULL makes every 2xx survive power loss.",
+    )
+    busy_timeout_ms: int = Field(
+        default=5000, ge=0, description="How long a write waits for another process's lock."
+    )
+    lock_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds a request may wait for its resource's lock."
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="Largest request body accepted (413 above)."
+    )
+    max_batch: int = Field(
+        default=256, ge=1, description="Most write units committed in one transaction."
+    )
+    list_limit_max: int = Field(default=1000, ge=1, description="Largest `limit` on list calls.")
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite database file this service uses."""
+        prefix = "sqlite:///"
+        if self.database_url.startswith(prefix):
+            return Path(self.database_url[len(prefix) :])
+        return self.data_dir / "lockstep.db"

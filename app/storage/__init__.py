@@ -1,0 +1,56 @@
+"""Storage: the narrow interface handlers and the combiner use, and how to open it.
+
+A backend applies a batch of operations on one resource inside one write transaction
+(reading the current state and writing the result there, never across two transactions),
+answers reads, and reports its health. Handlers never see SQL; backends never see HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
+from app.settings import Settings
+
+
+class Storage(Protocol):
+    """What every backend provides."""
+
+    async def apply_counter_ops(self, name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
+        """Apply ``ops`` to counter ``name`` in order, atomically, and commit before returning."""
+        ...
+
+    async def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> list[ItemOutcome]:
+        """Apply ``ops`` to record ``item_id`` in order, atomically, and commit before returning."""
+        ...
+
+    async def get_counter(self, name: str) -> int | None:
+        """The counter's committed value, or None if it does not exist."""
+        ...
+
+    async def list_counters(self, prefix: str, after: str, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` counters whose names start with ``prefix`` and sort after ``after``."""
+        ...
+
+    async def get_item(self, item_id: str) -> Record | None:
+        """The record as committed, or None if it does not exist."""
+        ...
+
+    async def list_items(self, prefix: str, after: str, limit: int) -> list[Record]:
+        """Up to ``limit`` records whose ids start with ``prefix`` and sort after ``after``."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``StorageUnavailable`` unless the database answers."""
+        ...
+
+    async def close(self) -> None:
+        """Finish queued writes and release every connection and thread."""
+        ...
+
+
+async def open_storage(settings: Settings) -> Storage:
+    """Open the backend ``settings`` name, creating or migrating its schema."""
+    from app.storage.sqlite import SQLiteStorage
+
+    return await SQLiteStorage.open(settings)

@@ -1,0 +1,331 @@
+"""SQLite backend: one writer connection with group commit, one reader connection, per worker.
+
+Cross-process correctness comes from SQLite itself: every write batch runs as one
+``BEGIN IMMEDIATE ... COMMIT`` transaction, which takes the database's single write lock
+before reading the state it modifies, so another gunicorn worker can never interleave.
+Inside this process all writes go through one writer task, so no two coroutines ever mix
+statements of different transactions on the connection, and a whole batch (many
+resources, many requests) costs one thread hop and one fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+import msgspec
+
+from app.domain import (
+    NAME_CEILING,
+    CounterOp,
+    CounterOutcome,
+    ItemOp,
+    ItemOutcome,
+    Record,
+    apply_counter_ops,
+    apply_item_ops,
+)
+from app.errors import StorageUnavailable
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# A unit of work: runs inside the batch's write transaction on the writer thread.
+Unit = Callable[[sqlite3.Connection], Any]
+
+MIN_SQLITE = (3, 35, 0)  # RETURNING, and the UPSERT forms used here
+
+# Schema versions, applied in order; PRAGMA user_version records how many have run.
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE items (id TEXT PRIMARY KEY, value TEXT NOT NULL,"
+        " version INTEGER NOT NULL, updated_at TEXT NOT NULL) WITHOUT ROWID",
+    ],
+]
+
+
+def _translate(e: BaseException) -> BaseException:
+    """Map SQLite's operational failures (locked, read-only, full, I/O) to a 503."""
+    if isinstance(e, sqlite3.OperationalError):
+        return StorageUnavailable(f"database: {e}")
+    return e
+
+
+async def _in_db_thread(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(raw_connection, *args)`` on the connection's own thread in one hop.
+
+    aiosqlite hops threads once per call; a whole batch runs here as one function, so
+    it costs one hop and the event loop can never interleave a foreign statement.
+    ``_execute`` is aiosqlite's own queueing primitive (stable since 0.17).
+    """
+    result: T = await db._execute(lambda: fn(db._conn, *args))  # type: ignore[no-untyped-call]
+    return result
+
+
+def _run_batch(conn: sqlite3.Connection, units: list[Unit]) -> list[tuple[bool, Any]]:
+    """Run ``units`` in one write transaction; a failing unit rolls back to its savepoint."""
+    results: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for unit in units:
+            conn.execute("SAVEPOINT unit")
+            try:
+                result = unit(conn)
+            except Exception as e:
+                conn.execute("ROLLBACK TO unit")
+                conn.execute("RELEASE unit")
+                results.append((False, e))
+            else:
+                conn.execute("RELEASE unit")
+                results.append((True, result))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                logger.exception("rollback failed")
+        raise
+    return results
+
+
+class _Writer:
+    """The worker's only writer: queues units and commits them in batches, in order."""
+
+    def __init__(self, db: aiosqlite.Connection, max_batch: int) -> None:
+        self._db = db
+        self._max_batch = max_batch
+        self._queue: deque[tuple[Unit, asyncio.Future[Any]]] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name="lockstep-sqlite-writer")
+        self.batches = 0  # committed transactions, for tests and metrics
+
+    def submit(self, unit: Unit) -> asyncio.Future[Any]:
+        """Queue ``unit``; the future resolves after its batch has committed."""
+        if self._closing:
+            raise StorageUnavailable("shutting down")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((unit, fut))
+        self._wakeup.set()
+        return fut
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            size = min(len(self._queue), self._max_batch)
+            batch = [self._queue.popleft() for _ in range(size)]
+            try:
+                results = await _in_db_thread(self._db, _run_batch, [u for u, _ in batch])
+            except Exception as e:
+                error = _translate(e)
+                if not isinstance(error, StorageUnavailable):
+                    logger.exception("write batch failed")
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(error)
+                continue
+            self.batches += 1
+            for (_, fut), (ok, value) in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(_translate(value))
+
+    async def close(self) -> None:
+        """Commit everything already queued, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        await self._task
+
+
+def _read_record(item_id: str, row: tuple[str, int, str] | None) -> Record | None:
+    if row is None:
+        return None
+    return Record(item_id, msgspec.json.decode(row[0]), row[1], row[2])
+
+
+def _counter_unit(name: str, ops: list[CounterOp]) -> Unit:
+    def unit(conn: sqlite3.Connection) -> list[CounterOutcome]:
+        row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        current = None if row is None else row[0]
+        final, outcomes = apply_counter_ops(current, ops)
+        if final is None:
+            if current is not None:
+                conn.execute("DELETE FROM counters WHERE name = ?", (name,))
+        elif final != current:
+            conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, final),
+            )
+        return outcomes
+
+    return unit
+
+
+def _item_unit(item_id: str, ops: list[ItemOp]) -> Unit:
+    def unit(conn: sqlite3.Connection) -> list[ItemOutcome]:
+        row = conn.execute(
+            "SELECT value, version, updated_at FROM items WHERE id = ?", (item_id,)
+        ).fetchone()
+        current = _read_record(item_id, row)
+        final, outcomes = apply_item_ops(item_id, current, ops)
+        if final is None:
+            if current is not None:
+                conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
+        elif final is not current:
+            conn.execute(
+                "INSERT INTO items (id, value, version, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET value = excluded.value,"
+                " version = excluded.version, updated_at = excluded.updated_at",
+                (
+                    item_id,
+                    msgspec.json.encode(final.value).decode(),
+                    final.version,
+                    final.updated_at,
+                ),
+            )
+        return outcomes
+
+    return unit
+
+
+def _prepare(conn: sqlite3.Connection, busy_timeout_ms: int, synchronous: str) -> None:
+    # busy_timeout first: every later statement may meet another worker's lock.
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise RuntimeError(f"SQLite refused WAL mode (journal_mode={mode})")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    level = conn.execute("PRAGMA synchronous").fetchone()[0]
+    if level != {"NORMAL": 1, "FULL": 2}[synchronous]:
+        raise RuntimeError(f"SQLite refused synchronous={synchronous} (got {level})")
+
+
+def _migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to date under the write lock, so concurrent workers migrate once."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number in range(version, len(MIGRATIONS)):
+            for statement in MIGRATIONS[number]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(MIGRATIONS)
+
+
+class SQLiteStorage:
+    """The embedded default backend."""
+
+    def __init__(
+        self, writer_db: aiosqlite.Connection, reader_db: aiosqlite.Connection, max_batch: int
+    ) -> None:
+        self._writer_db = writer_db
+        self._reader_db = reader_db
+        self._writer = _Writer(writer_db, max_batch)
+
+    @property
+    def batches(self) -> int:
+        """How many write transactions this process has committed."""
+        return self._writer.batches
+
+    @classmethod
+    async def open(cls, settings: Settings) -> SQLiteStorage:
+        """Connect, set durability pragmas, migrate; refuse SQLite older than 3.35."""
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise RuntimeError(
+                f"lockstep needs SQLite >= 3.35 (RETURNING, UPSERT); this Python has "
+                f"{sqlite3.sqlite_version}"
+            )
+        path: Path = settings.sqlite_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer_db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await _in_db_thread(writer_db, _prepare, settings.busy_timeout_ms, settings.synchronous)
+            await _in_db_thread(writer_db, _migrate)
+            reader_db = await aiosqlite.connect(path, isolation_level=None)
+        except BaseException:
+            await writer_db.close()
+            raise
+        try:
+            await reader_db.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout_ms)}")
+            await reader_db.execute("PRAGMA query_only = 1")
+        except BaseException:
+            await reader_db.close()
+            await writer_db.close()
+            raise
+        return cls(writer_db, reader_db, settings.max_batch)
+
+    async def _write(self, unit: Unit) -> Any:
+        return await self._writer.submit(unit)
+
+    async def apply_counter_ops(self, name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
+        outcomes: list[CounterOutcome] = await self._write(_counter_unit(name, ops))
+        return outcomes
+
+    async def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> list[ItemOutcome]:
+        outcomes: list[ItemOutcome] = await self._write(_item_unit(item_id, ops))
+        return outcomes
+
+    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        try:
+            rows = await self._reader_db.execute_fetchall(sql, params)
+        except sqlite3.OperationalError as e:
+            raise StorageUnavailable(f"database: {e}") from e
+        return list(rows)
+
+    async def get_counter(self, name: str) -> int | None:
+        rows = await self._read("SELECT value FROM counters WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    async def list_counters(self, prefix: str, after: str, limit: int) -> list[tuple[str, int]]:
+        rows = await self._read(
+            "SELECT name, value FROM counters WHERE name >= ? AND name < ? AND name > ?"
+            " ORDER BY name LIMIT ?",
+            (prefix, prefix + NAME_CEILING, after, limit),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    async def get_item(self, item_id: str) -> Record | None:
+        rows = await self._read(
+            "SELECT value, version, updated_at FROM items WHERE id = ?", (item_id,)
+        )
+        return _read_record(item_id, rows[0]) if rows else None
+
+    async def list_items(self, prefix: str, after: str, limit: int) -> list[Record]:
+        rows = await self._read(
+            "SELECT id, value, version, updated_at FROM items WHERE id >= ? AND id < ?"
+            " AND id > ? ORDER BY id LIMIT ?",
+            (prefix, prefix + NAME_CEILING, after, limit),
+        )
+        return [Record(r[0], msgspec.json.decode(r[1]), r[2], r[3]) for r in rows]
+
+    async def ping(self) -> None:
+        await self._read("SELECT 1", ())
+
+    async def close(self) -> None:
+        try:
+            await self._writer.close()
+        finally:
+            await self._reader_db.close()
+            await self._writer_db.close()

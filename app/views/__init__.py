@@ -1,0 +1,1 @@
+"""HTTP handlers: parse and validate the request, call the combiner or storage, answer."""

@@ -1,0 +1,113 @@
+"""Request parsing and response building shared by the handlers."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from app.domain import Precondition, check_name
+from app.errors import InvalidInput, LockstepError, MalformedBody
+from app.state import get_settings
+
+T = TypeVar("T")
+
+JSON = "application/json"
+NO_STORE = {"Cache-Control": "no-store"}
+
+_encode = msgspec.json.Encoder().encode
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response, encoded with msgspec."""
+    return web.Response(body=_encode(body), status=status, content_type=JSON, headers=headers)
+
+
+def raise_if_error(outcome: T | LockstepError) -> T:
+    """Turn an operation's error outcome into the exception the error middleware maps."""
+    if isinstance(outcome, LockstepError):
+        raise outcome
+    return outcome
+
+
+def path_name(request: web.Request, key: str) -> str:
+    """A validated name or id from the URL path."""
+    return check_name(request.match_info[key], key)
+
+
+def decode_json(raw: bytes, type_: type[T]) -> T:
+    """Decode and validate a JSON body: 400 when it is not JSON, 422 when it has the wrong shape."""
+    try:
+        return msgspec.json.decode(raw, type=type_)
+    except msgspec.ValidationError as e:
+        raise InvalidInput(f"invalid body: {e}") from e
+    except RecursionError as e:
+        raise MalformedBody("invalid body: JSON nested too deeply") from e
+    except (msgspec.DecodeError, ValueError) as e:
+        raise MalformedBody(f"body is not valid JSON: {e}") from e
+
+
+async def read_json(request: web.Request, type_: type[T], *, optional: bool = False) -> T | None:
+    """Read the body (bounded by ``client_max_size``) and decode it as ``type_``."""
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return None
+        raise InvalidInput("a JSON body is required")
+    return decode_json(raw, type_)
+
+
+def list_params(request: web.Request) -> tuple[str, str, int]:
+    """``prefix``, ``after`` and ``limit`` query parameters, validated."""
+    query = request.query
+    prefix = query.get("prefix", "")
+    after = query.get("after", "")
+    for what, text in (("prefix", prefix), ("after", after)):
+        if text:
+            check_name(text, what)
+    limit_max = get_settings(request).list_limit_max
+    raw_limit = query.get("limit", "100")
+    valid = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 9
+    limit = int(raw_limit) if valid else 0
+    if not 1 <= limit <= limit_max:
+        raise InvalidInput(f"limit must be an integer from 1 to {limit_max}")
+    return prefix, after, limit
+
+
+def page(items: list[Any], limit: int, key: str) -> dict[str, Any]:
+    """A list page: the first ``limit`` items and the cursor for the next page, if any."""
+    more = len(items) > limit
+    shown = items[:limit]
+    return {"items": shown, "next": shown[-1][key] if more else None}
+
+
+def _etags(header: str) -> tuple[frozenset[int], bool]:
+    """Parse a list of entity tags; returns the versions named and whether ``*`` was."""
+    versions: set[int] = set()
+    for part in header.split(","):
+        tag = part.strip()
+        if tag == "*":
+            return frozenset(), True
+        # Only strong tags of our own form ("<version>") can ever match.
+        if len(tag) >= 3 and tag[0] == '"' and tag[-1] == '"' and tag[1:-1].isdigit():
+            versions.add(int(tag[1:-1]))
+    return frozenset(versions), False
+
+
+def precondition(request: web.Request) -> Precondition:
+    """The If-Match / If-None-Match headers of a request."""
+    if_match = request.headers.get("If-Match")
+    if_none_match = request.headers.get("If-None-Match")
+    if if_match is None and if_none_match is None:
+        return Precondition()
+    match, match_any = _etags(if_match) if if_match is not None else (None, False)
+    none_match, none_any = _etags(if_none_match) if if_none_match is not None else (None, False)
+    return Precondition(
+        if_match=None if match_any else match,
+        if_match_any=match_any,
+        if_none_match=None if none_any else none_match,
+        if_none_match_any=none_any,
+    )

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install the Debian packages the test suite and benchmarks use, if missing.
+# Runs as root in CI (apt-get works there); elsewhere it only says what is missing.
+set -euo pipefail
+
+packages=(curl sqlite3)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "missing Debian packages (tests needing them will skip): ${missing[*]}" >&2
+fi

@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     )
     list_limit_max: int = Field(default=1000, ge=1, description="Largest `limit` on list calls.")
 
+    # --- reliability: idempotency, shutdown, WAL -----------------------------------
+
+    # --- PostgreSQL -------------------------------------------------------------------
+
+    # --- security: tokens and input limits ----------------------------------------
+
+    # --- observability: logs, metrics, events -----------------------------------------
+
     @property
     def sqlite_path(self) -> Path:
         """The SQLite database file this service uses."""

@@ -17,8 +17,8 @@ run: $(STAMP)
 	$(BIN)/gunicorn --config config/gunicorn.conf.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests config bench
-	$(BIN)/ruff format --check app tests config bench
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 	$(BIN)/mypy
 
 test: $(STAMP) lint

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from app.domain import DeleteItem, PatchItem, PutItem, Record, Written
 from app.errors import LockstepError, NotFound
-from app.state import get_items, get_storage
+from app.state import get_items, get_settings, get_storage
 from app.views.common import (
     decode_json,
     json_response,
@@ -18,6 +18,7 @@ from app.views.common import (
     path_name,
     precondition,
     raise_if_error,
+    read_body,
     read_json,
 )
 
@@ -62,8 +63,8 @@ async def patch_item(request: web.Request) -> web.Response:
     item_id = path_name(request, "id")
     if request.content_type != MERGE_PATCH:
         raise web.HTTPUnsupportedMediaType(text=f"PATCH takes Content-Type: {MERGE_PATCH}")
-    raw = await request.read()
-    patch = decode_json(raw, Any)
+    raw = await read_body(request)
+    patch = decode_json(raw, Any, get_settings(request).max_json_depth)
     op = PatchItem(patch, precondition(request))
     written = _written(await get_items(request).submit(item_id, op))
     return record_response(written.record)

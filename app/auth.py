@@ -6,8 +6,9 @@ The token itself is never logged or stored; only its SHA-256 is compared (app/to
 
 from __future__ import annotations
 
+import ipaddress
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -87,3 +88,33 @@ def setup_auth(app: web.Application, settings: Settings) -> None:
         yield
 
     app.cleanup_ctx.append(load_tokens)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # any other host name may resolve to a public address
+
+
+def exposure_warning(addresses: Iterable[object], settings: Settings) -> str | None:
+    """A warning when the API is open (no tokens file) on an address other machines can reach.
+
+    ``addresses`` are gunicorn's parsed binds: ``(host, port)`` tuples, or paths for
+    Unix sockets, which only local users reach.
+    """
+    if settings.tokens_file is not None:
+        return None
+    exposed = [
+        f"{host}:{port}"
+        for host, port in (a for a in addresses if isinstance(a, tuple))
+        if not _is_loopback(str(host))
+    ]
+    if not exposed:
+        return None
+    return (
+        f"!!! lockstep is OPEN on {', '.join(exposed)}: anyone who can reach it can change "
+        "every counter and record. Set LOCKSTEP_TOKENS_FILE (see `lockstep token new`). !!!"
+    )

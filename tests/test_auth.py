@@ -119,7 +119,7 @@ def _concrete(path: str) -> str:
 async def test_read_token_cannot_change_anything_on_any_route(
     api: TestClient[Any, Any], tokens: Tokens
 ) -> None:
-    """Every route and method of the route table, tried with a read token, leaves the data as it was."""
+    """Every route and method in the route table, tried with a read token, changes nothing."""
     write, read = Tokens.bearer(tokens.write), Tokens.bearer(tokens.read)
     assert (await api.put("/counters/x", json={"value": 5}, headers=write)).status == 200
     assert (await api.put("/items/x", json={"value": {"a": 1}}, headers=write)).status == 201

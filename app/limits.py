@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -41,10 +43,14 @@ def _walk(value: Any, max_depth: int) -> None:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict | list):
+        if isinstance(node, dict | list | msgspec.Struct):
             if depth > max_depth:
                 raise InvalidInput(f"JSON nested deeper than {max_depth} levels")
-            children = node.values() if isinstance(node, dict) else node
+            children: Iterable[Any]
+            if isinstance(node, msgspec.Struct):
+                children = [getattr(node, f) for f in node.__struct_fields__]
+            else:
+                children = node.values() if isinstance(node, dict) else node
             stack.extend((child, depth + 1) for child in children)
         elif isinstance(node, int) and not INT64_MIN <= node <= INT64_MAX:
             raise InvalidInput("integers must fit in signed 64 bits")

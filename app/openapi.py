@@ -14,7 +14,7 @@ from app.settings import Settings
 
 Json = dict[str, Any]
 
-NAME_PATTERN = r"^[A-Za-z0-9._~:-]{1,200}$"
+NAME_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9._~:-]{1,200}$"
 PROBLEM = "application/problem+json"
 INT64: Json = {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
 

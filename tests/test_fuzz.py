@@ -51,6 +51,7 @@ def test_fuzz_every_operation_finds_no_5xx_and_no_undocumented_answer(tmp_path: 
                 str(tmp_path / "report"),
                 "--no-color",
             ],
+            cwd=tmp_path,
             capture_output=True,
             text=True,
             timeout=float(os.environ.get("FUZZ_TIMEOUT", "240")),

@@ -318,7 +318,8 @@ class SQLiteStorage:
     async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         try:
             rows = await self._reader_db.execute_fetchall(sql, params)
-        except sqlite3.OperationalError as e:
+        except (sqlite3.OperationalError, ValueError) as e:
+            # ValueError: aiosqlite's "no active connection" once the reader is closed.
             raise StorageUnavailable(f"database: {e}") from e
         return list(rows)
 
@@ -349,7 +350,8 @@ class SQLiteStorage:
         return [Record(r[0], msgspec.json.decode(r[1]), r[2], r[3]) for r in rows]
 
     async def ping(self) -> None:
-        await self._read("SELECT 1", ())
+        # Reads the schema from the file itself; "SELECT 1" would not touch the database.
+        await self._read("SELECT count(*) FROM sqlite_schema", ())
 
     async def close(self) -> None:
         try:

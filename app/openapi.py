@@ -19,7 +19,7 @@ PROBLEM = "application/problem+json"
 INT64: Json = {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
 
 _ERRORS: dict[str, str] = {
-    "400": "The body is not JSON, has a duplicate key, or ended before its Content-Length.",
+    "400": "The body is not JSON, nests too deeply, repeats a key, or ended early.",
     "401": "A tokens file is configured and the request has no known bearer token.",
     "403": "The token's scope does not cover this request.",
     "404": "The counter or record does not exist.",
@@ -27,7 +27,7 @@ _ERRORS: dict[str, str] = {
     "412": "An If-Match / If-None-Match precondition failed; nothing changed.",
     "413": "The body is larger than LOCKSTEP_MAX_BODY_BYTES.",
     "415": "PATCH needs Content-Type: application/merge-patch+json.",
-    "422": "A bad name, query parameter or body field, or JSON beyond the limits.",
+    "422": "A bad name, query parameter or body field.",
     "431": "The header lines add up to more than LOCKSTEP_MAX_HEADER_BYTES.",
     "503": "The resource's lock or the database was not available in time; retry.",
 }

@@ -164,7 +164,7 @@ BAD_COUNTER_BODIES = [
     (b'{"by": 1}\x00', 400),  # NUL after the document
     (b'{"by": 1', 400),  # truncated
     (b"\xff\xfe{}", 400),  # invalid UTF-8
-    (b"[" * 10_000 + b"]" * 10_000, 422),  # deep nesting
+    (b"[" * 10_000 + b"]" * 10_000, 422),  # deep nesting: not the object expected, at byte 0
 ]
 
 
@@ -180,14 +180,14 @@ async def test_increment_with_hostile_body_is_refused(
 
 BAD_RECORD_BODIES = [
     (b'{"value": 1e400}', 422),
-    (b'{"value": [1, 18446744073709551616]}', 422),  # >64-bit integer inside a value
+    (b'{"value": [1, ' + b"9" * 5000 + b"]}", 422),  # an integer of 5000 digits
     (b'{"value": {"a": 1, "a": 2}}', 400),  # duplicate key inside a value
     (b'{"value": 1, "value": 2}', 400),
     (b'{"value": "\xff"}', 400),  # invalid UTF-8 in a string
     (b'{"value": "a\x00b"}', 400),  # raw NUL in a string
-    (b'{"value": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 422),
-    (b'{"value": ' + b'{"k":' * 10_000 + b"1" + b"}" * 10_001, 422),
-    (b'{"value": ' + b"[" * 32 + b"]" * 32 + b"}", 422),  # one past the default depth of 32
+    (b'{"value": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 400),
+    (b'{"value": ' + b'{"k":' * 10_000 + b"1" + b"}" * 10_001, 400),
+    (b'{"value": ' + b"[" * 32 + b"]" * 32 + b"}", 400),  # one past the default depth of 32
 ]
 
 
@@ -206,7 +206,7 @@ async def test_patch_with_deep_or_duplicate_patch_is_refused(
 ) -> None:
     """A merge patch goes through the same limits as a PUT body."""
     headers = {"Content-Type": "application/merge-patch+json"}
-    for body, status in ((b'{"a": 1, "a": 2}', 400), (b'{"a":' * 5000 + b"1" + b"}" * 5000, 422)):
+    for body, status in ((b'{"a": 1, "a": 2}', 400), (b'{"a":' * 5000 + b"1" + b"}" * 5000, 400)):
         resp = await client.patch("/items/r", data=body, headers=headers)
         await assert_problem(resp, status)
     assert await stored(client) == seeded

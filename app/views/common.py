@@ -47,7 +47,7 @@ def decode_json(raw: bytes, type_: type[T], max_depth: int) -> T:
     except msgspec.ValidationError as e:
         raise InvalidInput(f"invalid body: {e}") from e
     except RecursionError as e:
-        raise InvalidInput(f"invalid body: JSON nested deeper than {max_depth} levels") from e
+        raise MalformedBody(f"JSON nested too deeply: more than {max_depth} levels") from e
     except (msgspec.DecodeError, ValueError) as e:
         raise MalformedBody(f"body is not valid JSON: {e}") from e
     check_json(raw, value, max_depth)

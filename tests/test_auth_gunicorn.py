@@ -6,12 +6,13 @@ import asyncio
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
+import yaml
 
 from app.tokens import add_token, revoke_token
-from tests.support import Service, free_port
+from tests.support import ROOT, Service, free_port
 
 
 def status_of(url: str, token: str | None = None, method: str = "GET") -> int:
@@ -89,3 +90,17 @@ def test_open_service_warns_only_when_bound_beyond_loopback(tmp_path: Path) -> N
         assert status_of(svc.url + "/healthz") == 200
         log = svc.log()
     assert "Listening at" in log and "is OPEN" not in log
+
+
+def test_compose_tokens_override_mounts_a_directory_holding_the_tokens_file() -> None:
+    """The compose override sets LOCKSTEP_TOKENS_FILE inside a read-only directory mount."""
+    compose = yaml.safe_load((ROOT / "docker-compose.tokens.yml").read_text())
+    base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    service = compose["services"]["lockstep"]
+    assert set(compose["services"]) <= set(base["services"])
+    tokens_file = PurePosixPath(service["environment"]["LOCKSTEP_TOKENS_FILE"])
+    [mount] = service["volumes"]
+    source, target, mode = mount.split(":")
+    # A directory mount: atomic replacement by `lockstep token` must stay visible.
+    assert tokens_file.parent == PurePosixPath(target)
+    assert source.startswith("./") and mode == "ro"

@@ -9,9 +9,19 @@ workers comes from the database (see ``app.storage``).
 from __future__ import annotations
 
 import asyncio
+import time
 from types import TracebackType
+from typing import Protocol
 
 from app.errors import LockTimeout
+
+
+class LockObserver(Protocol):
+    """Told about every acquisition's wait and every timeout (metrics, request logs)."""
+
+    def waited(self, key: str, seconds: float) -> None: ...
+
+    def timed_out(self, key: str, seconds: float) -> None: ...
 
 
 class _Entry:
@@ -27,8 +37,9 @@ class _Entry:
 class LockRegistry:
     """Per-resource exclusive locks: ``async with registry.hold(key): ...``."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, observer: LockObserver | None = None) -> None:
         self.timeout = timeout
+        self.observer = observer
         self._entries: dict[str, _Entry] = {}
 
     def hold(self, key: str, timeout: float | None = None) -> _Hold:
@@ -41,6 +52,10 @@ class LockRegistry:
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries
+
+    def held(self) -> int:
+        """Number of locks some task holds right now."""
+        return sum(e.lock.locked() for e in self._entries.values())
 
     def waiting(self) -> int:
         """Number of tasks waiting for some lock (not holding one)."""
@@ -71,20 +86,28 @@ class _Hold:
         self._entry: _Entry | None = None
 
     async def __aenter__(self) -> None:
-        entry = self._registry._enter(self._key)
+        registry = self._registry
+        entry = registry._enter(self._key)
+        started = 0.0
         try:
             if entry.lock.locked():
+                started = time.perf_counter()
                 async with asyncio.timeout(self._timeout):
                     await entry.lock.acquire()
             else:
                 await entry.lock.acquire()
         except TimeoutError:
-            self._registry._leave(self._key, entry)
+            registry._leave(self._key, entry)
+            if registry.observer is not None:
+                registry.observer.timed_out(self._key, time.perf_counter() - started)
             raise LockTimeout(self._key, self._timeout) from None
         except BaseException:
-            self._registry._leave(self._key, entry)
+            registry._leave(self._key, entry)
             raise
         self._entry = entry
+        if registry.observer is not None:
+            # An uncontended acquisition counts as a zero wait without reading the clock.
+            registry.observer.waited(self._key, time.perf_counter() - started if started else 0.0)
 
     async def __aexit__(
         self,

@@ -54,7 +54,12 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except Exception:
         # Logged once, here; the log record and the body carry the same request id.
         request_id = request.get(REQUEST_ID)
-        logger.exception("unhandled error in %s %s", request.method, request.raw_path[:256])
+        logger.exception(
+            "unhandled error in %s %s",
+            request.method,
+            request.raw_path[:256],
+            extra={"request_id": request_id},
+        )
         return problem_response(
             500,
             "Internal Server Error",

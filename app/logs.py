@@ -118,6 +118,7 @@ def logging_config(level: str, format: str) -> dict[str, Any]:
             "gunicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
             "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
             "aiohttp.access": {"level": "WARNING", "handlers": [], "propagate": False},
-            ACCESS_LOGGER: {"level": "INFO", "handlers": [], "propagate": True},
+            # Inherits the root level: LOCKSTEP_LOG_LEVEL=warning turns per-request lines off.
+            ACCESS_LOGGER: {"handlers": [], "propagate": True},
         },
     }

@@ -27,6 +27,9 @@ accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOCKSTEP_LOG_LEVEL", "info")
 logconfig_dict = logging_config(loglevel, os.environ.get("LOCKSTEP_LOG_FORMAT", "text"))
+# gunicorn 27's runtime control socket is not used; without this, two instances on
+# one machine would fight over the same socket path.
+control_socket_disable = True
 
 # --- Prometheus multiprocess mode -------------------------------------------------------
 # Workers write their metrics to files in this directory and a scrape of any worker adds
@@ -59,6 +62,3 @@ def on_exit(server: Any) -> None:
     """Remove the metrics directory this configuration made."""
     if os.environ.get("LOCKSTEP_OWNS_METRICS_DIR") == "1":
         shutil.rmtree(_metrics_dir, ignore_errors=True)
-# gunicorn 27's runtime control socket is not used; without this, two instances on
-# one machine would fight over the same socket path.
-control_socket_disable = True

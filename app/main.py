@@ -27,8 +27,9 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORAGE] = storage
     app[EVENTS] = EventHub(storage, app[SETTINGS].events_poll_interval)
     locks = app[LOCKS]
-    app[COUNTERS] = Combiner("counter", locks, storage.apply_counter_ops)
-    app[ITEMS] = Combiner("item", locks, storage.apply_item_ops)
+    metrics = app[METRICS]
+    app[COUNTERS] = Combiner("counter", locks, storage.apply_counter_ops, metrics)
+    app[ITEMS] = Combiner("item", locks, storage.apply_item_ops, metrics)
     yield
     await app[EVENTS].close()
     await storage.close()
@@ -51,7 +52,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app[HEALTH] = Health()
     metrics = Metrics()
     setup_observability(app, metrics)
-    app[LOCKS] = LockRegistry(settings.lock_timeout, observer=metrics)
+    app[LOCKS] = LockRegistry(settings.lock_timeout)
     setup_routes(app)
     app.cleanup_ctx.append(_storage_ctx)
     app.on_shutdown.append(_mark_shutting_down)

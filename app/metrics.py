@@ -28,12 +28,12 @@ LOCK_KINDS = frozenset({"counter", "item"})
 UNMATCHED = "(unmatched)"
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_WAIT = (0.0, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+_WAIT = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 def lock_kind(key: str) -> str:
-    """The bounded label for a lock key such as ``counter:<name>``."""
+    """The bounded label for a resource kind or a lock key such as ``counter:<name>``."""
     kind = key.partition(":")[0]
     return kind if kind in LOCK_KINDS else "other"
 
@@ -135,17 +135,17 @@ class Metrics:
             observe = self._latency_children[route] = self.latency.labels(route).observe
         observe(seconds)
 
-    # LockObserver: called by the lock registry.
-    def waited(self, key: str, seconds: float) -> None:
-        """Record a lock acquisition and how long it waited."""
-        self._wait_children[lock_kind(key)](seconds)
+    # WaitObserver: called by the write combiners.
+    def waited(self, kind: str, seconds: float) -> None:
+        """Record how long a request waited for its resource (queue and lock)."""
+        self._wait_children[lock_kind(kind)](seconds)
         context = CURRENT.get()
         if context is not None:
             context.lock_wait += seconds
 
-    def timed_out(self, key: str, seconds: float) -> None:
-        """Record a request that gave up on a lock after waiting ``seconds``."""
-        self.lock_timeouts.labels(lock_kind(key)).inc()
+    def timed_out(self, kind: str, seconds: float) -> None:
+        """Record a request that gave up on its resource after waiting ``seconds``."""
+        self.lock_timeouts.labels(lock_kind(kind)).inc()
         context = CURRENT.get()
         if context is not None:
             context.lock_wait += seconds

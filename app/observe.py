@@ -18,7 +18,7 @@ from aiohttp.typedefs import Handler
 
 from app.logs import ACCESS_LOGGER, CURRENT, REQUEST_ID_HEADER, RequestContext, request_id_from
 from app.metrics import UNMATCHED, Metrics
-from app.state import LOCKS, METRICS, REQUEST_ID
+from app.state import COUNTERS, ITEMS, LOCKS, METRICS, REQUEST_ID
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -77,13 +77,22 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
         response.headers[REQUEST_ID_HEADER] = request_id
 
 
+def sample_locks(app: web.Application) -> None:
+    """Set the lock gauges from this worker: locks held, and requests queued behind them."""
+    waiting = app[LOCKS].waiting()
+    for key in (COUNTERS, ITEMS):
+        combiner = app.get(key)
+        if combiner is not None:
+            waiting += combiner.waiting()
+    app[METRICS].sample_locks(app[LOCKS].held(), waiting)
+
+
 async def _sample_locks(app: web.Application) -> AsyncIterator[None]:
     """Publish the worker's held/waiting lock counts once a second (gauges, summed on scrape)."""
-    metrics, locks = app[METRICS], app[LOCKS]
 
     async def sample() -> None:
         while True:
-            metrics.sample_locks(locks.held(), locks.waiting())
+            sample_locks(app)
             await asyncio.sleep(LOCK_SAMPLE_INTERVAL)
 
     task = asyncio.create_task(sample(), name="lockstep-lock-sampler")

@@ -40,7 +40,10 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def wrk(url: str, seconds: float) -> tuple[float, int]:
     out = subprocess.run(
-        ["wrk", "-t2", "-c32", f"-d{int(seconds)}s", url], capture_output=True, text=True, check=True
+        ["wrk", "-t2", "-c32", f"-d{int(seconds)}s", url],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]

@@ -197,7 +197,7 @@ function parseMetrics(text) {
     const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
     if (!m) continue;
     let key = m[1];
-    if (m[2] && m[2].includes('le="0.0"')) key += "{le=0}";
+    if (m[2] && m[2].includes('le="0.0001"')) key += "{fast}";
     sums.set(key, (sums.get(key) || 0) + Number(m[3]));
   }
   return sums;
@@ -215,7 +215,7 @@ async function figures() {
       const d = (k) => Math.max(0, get(k) - (previous.m.get(k) || 0));
       $("fig-rps").textContent = (d("lockstep_http_requests_total") / dt).toFixed(1);
       const waits = d("lockstep_lock_wait_seconds_count");
-      const zero = d("lockstep_lock_wait_seconds_bucket{le=0}");
+      const zero = d("lockstep_lock_wait_seconds_bucket{fast}");
       $("fig-contended").textContent = (Math.max(0, waits - zero) / dt).toFixed(1);
       const wsum = d("lockstep_lock_wait_seconds_sum");
       $("fig-wait").textContent = waits ? (wsum / waits * 1000).toFixed(2) + " ms" : "0 ms";

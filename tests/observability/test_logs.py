@@ -34,7 +34,7 @@ async def test_request_id_from_client_is_returned_and_logged(
     assert record.method == "POST"  # type: ignore[attr-defined]
     assert record.status == 200  # type: ignore[attr-defined]
     assert record.latency_ms >= 0  # type: ignore[attr-defined]
-    assert record.lock_wait_ms == 0  # type: ignore[attr-defined]
+    assert 0 <= record.lock_wait_ms < 100  # type: ignore[attr-defined]
 
 
 async def test_request_id_is_sanitised_and_bounded(client: TestClient[Any, Any]) -> None:

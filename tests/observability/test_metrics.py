@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import generate_latest
 
+from app.combining import Combiner
 from app.errors import LockTimeout
 from app.locks import LockRegistry
 from app.main import create_app
@@ -75,27 +76,37 @@ async def test_metrics_labels_stay_bounded_whatever_clients_send(
     assert total(after, "lockstep_http_requests_total", method="other") == 251
 
 
-async def test_lock_observer_counts_waits_and_timeouts() -> None:
-    """A contended acquisition is observed with its wait, and a timeout is counted by kind."""
+async def test_resource_waits_and_timeouts_are_observed_by_kind() -> None:
+    """A request queued behind a committing batch is observed with its wait; one that gives up
+    is counted as a timeout of its kind."""
     metrics = Metrics()
-    locks = LockRegistry(1.0, observer=metrics)
+    gate = asyncio.Event()
 
-    async def take(key: str) -> None:
-        async with locks.hold(key):
-            pass
+    async def apply(key: str, ops: list[int]) -> list[int]:
+        await gate.wait()
+        return ops
 
-    async with locks.hold("counter:x"):
-        waiter = asyncio.create_task(take("counter:x"))
-        await asyncio.sleep(0.02)
-    await waiter
-    async with locks.hold("item:y"):
-        with pytest.raises(LockTimeout):
-            async with locks.hold("item:y", timeout=0.01):
-                pass
+    combiner = Combiner("counter", LockRegistry(1.0), apply, metrics)
+    first = asyncio.create_task(combiner.submit("x", 1))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(combiner.submit("x", 2))
+    await asyncio.sleep(0.03)
+    gate.set()
+    assert list(await asyncio.gather(first, second)) == [1, 2]
+
+    gate.clear()
+    impatient = Combiner("item", LockRegistry(0.01), apply, metrics)
+    holder = asyncio.create_task(impatient.submit("y", 1))
+    await asyncio.sleep(0)
+    with pytest.raises(LockTimeout):
+        await impatient.submit("y", 2)
+    gate.set()
+    await holder
+
     samples = parse_metrics(generate_latest(metrics.registry).decode())
     assert total(samples, "lockstep_lock_wait_seconds_count", kind="counter") == 2
-    assert total(samples, "lockstep_lock_wait_seconds_sum", kind="counter") >= 0.015
-    assert total(samples, "lockstep_lock_wait_seconds_bucket", kind="counter", le="0.0") == 1
+    assert total(samples, "lockstep_lock_wait_seconds_sum", kind="counter") >= 0.025
+    assert total(samples, "lockstep_lock_wait_seconds_bucket", kind="counter", le="0.0001") == 1
     assert total(samples, "lockstep_lock_timeouts_total", kind="item") == 1
     assert total(samples, "lockstep_lock_timeouts_total", kind="counter") == 0
 

@@ -57,7 +57,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         logger.exception(
             "unhandled error in %s %s",
             request.method,
-            request.raw_path[:256],
+            request.rel_url.raw_path[:256],
             extra={"request_id": request_id},
         )
         return problem_response(

@@ -63,7 +63,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
                     "request_id": context.request_id,
                     "method": request.method,
                     "route": route,
-                    "path": request.raw_path[:256],
+                    # Without the query string, which may carry secrets.
+                    "path": request.rel_url.raw_path[:256],
                     "status": status,
                     "latency_ms": round(elapsed * 1000, 3),
                     "lock_wait_ms": round(context.lock_wait * 1000, 3),

@@ -23,14 +23,18 @@ def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 async def test_request_id_from_client_is_returned_and_logged(
     client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A well-formed X-Request-ID comes back unchanged and is on the request's log line."""
+    """A well-formed X-Request-ID comes back unchanged and is on the request's log line, which
+    names the route template and the path without its query string."""
     caplog.set_level(logging.INFO, ACCESS_LOGGER)
-    r = await client.post("/counters/a/increment", headers={"X-Request-ID": "req-42.a:b"})
+    r = await client.post(
+        "/counters/a/increment?token=secret", headers={"X-Request-ID": "req-42.a:b"}
+    )
     assert r.status == 200
     assert r.headers["X-Request-ID"] == "req-42.a:b"
     [record] = access_records(caplog)
     assert record.request_id == "req-42.a:b"  # type: ignore[attr-defined]
     assert record.route == "/counters/{name}/increment"  # type: ignore[attr-defined]
+    assert record.path == "/counters/a/increment"  # type: ignore[attr-defined]
     assert record.method == "POST"  # type: ignore[attr-defined]
     assert record.status == 200  # type: ignore[attr-defined]
     assert record.latency_ms >= 0  # type: ignore[attr-defined]

@@ -80,7 +80,9 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
 
 def sample_locks(app: web.Application) -> None:
     """Set the lock gauges from this worker: locks held, and requests queued behind them."""
-    waiting = app[LOCKS].waiting()
+    # A combiner's queue includes a leader still waiting for the lock, so the registry's
+    # own waiter count would count it twice.
+    waiting = 0
     for key in (COUNTERS, ITEMS):
         combiner = app.get(key)
         if combiner is not None:

@@ -16,6 +16,7 @@ from app.errors import LockTimeout
 from app.locks import LockRegistry
 from app.main import create_app
 from app.metrics import Metrics
+from app.state import COUNTERS, LOCKS
 from app.storage.sqlite import _error_kind
 from tests.conftest import ClientFactory, settings_for
 from tests.observability.helpers import parse_metrics, total
@@ -143,3 +144,27 @@ async def test_db_errors_counted_by_kind_when_the_database_is_busy(
     samples = await scrape(client)
     assert total(samples, "lockstep_db_errors_total", kind="busy") == 1
     assert total(samples, "lockstep_db_errors_total") == 1
+
+
+async def test_lock_gauges_show_held_locks_and_queued_requests(
+    client: TestClient[Any, Any],
+) -> None:
+    """While a counter's lock is held, /metrics shows it held and the requests queued for it."""
+    held = await client.app[LOCKS].acquire("counter:busy")
+    try:
+        calls = [asyncio.create_task(client.post("/counters/busy/increment")) for _ in range(3)]
+        async with asyncio.timeout(10):
+            while client.app[COUNTERS].waiting() < 3:
+                await asyncio.sleep(0.005)
+        samples = await scrape(client)
+        assert total(samples, "lockstep_locks_held") == 1
+        assert total(samples, "lockstep_locks_waiting") == 3
+    finally:
+        held.release()
+    answers = await asyncio.gather(*calls)
+    for r in answers:
+        r.release()
+    assert [r.status for r in answers] == [200] * 3
+    samples = await scrape(client)
+    assert total(samples, "lockstep_locks_held") == 0
+    assert total(samples, "lockstep_locks_waiting") == 0

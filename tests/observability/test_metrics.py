@@ -19,7 +19,7 @@ from app.metrics import Metrics
 from app.state import COUNTERS, LOCKS
 from app.storage.sqlite import _error_kind
 from tests.conftest import ClientFactory, settings_for
-from tests.observability.helpers import parse_metrics, total
+from tests.observability.helpers import parse_metrics, total, until
 
 # Methods the HTTP parser accepts but the service does not use.
 ODD_METHODS = ("PROPFIND", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "SEARCH", "PURGE")
@@ -153,9 +153,7 @@ async def test_lock_gauges_show_held_locks_and_queued_requests(
     held = await client.app[LOCKS].acquire("counter:busy")
     try:
         calls = [asyncio.create_task(client.post("/counters/busy/increment")) for _ in range(3)]
-        async with asyncio.timeout(10):
-            while client.app[COUNTERS].waiting() < 3:
-                await asyncio.sleep(0.005)
+        await until(lambda: client.app[COUNTERS].waiting() == 3)
         samples = await scrape(client)
         assert total(samples, "lockstep_locks_held") == 1
         assert total(samples, "lockstep_locks_waiting") == 3

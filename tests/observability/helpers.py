@@ -48,7 +48,7 @@ async def next_event(
 
 
 async def until(condition: Callable[[], bool], within: float = 10, step: float = 0.005) -> None:
-    """Return once ``condition()`` holds, checking every ``step`` s; TimeoutError after ``within``."""
+    """Return once ``condition()`` holds (polled every ``step`` s), else time out."""
     async with asyncio.timeout(within):
         while not condition():  # noqa: ASYNC110 - polls state that has no event to wait on
             await asyncio.sleep(step)

@@ -158,3 +158,7 @@ class EventHub:
                 # Locked or briefly unavailable: the next poll catches up with the state.
                 logger.warning("event hub: database unavailable, retrying", exc_info=True)
                 await asyncio.sleep(1)
+            except Exception:
+                # Streams must outlive a bad poll: log it once per failure and carry on.
+                logger.exception("event hub: poll failed, retrying")
+                await asyncio.sleep(1)

@@ -152,8 +152,10 @@ class EventHub:
                         seen = time.time()
                         for sub in self._watchers[r]:
                             sub.push(r, state, seen)
-                # Under a steady stream of commits, re-read at most once an interval.
-                await asyncio.sleep(self._interval)
+                # Under a steady stream of commits, re-read at most once an interval, and
+                # stretch the interval with the number of watched resources (10 per interval),
+                # so the reads a busy database causes stay bounded however much is watched.
+                await asyncio.sleep(self._interval * max(1.0, len(self._watchers) / 10))
             except StorageUnavailable:
                 # Locked or briefly unavailable: the next poll catches up with the state.
                 logger.warning("event hub: database unavailable, retrying", exc_info=True)

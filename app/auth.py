@@ -20,8 +20,10 @@ from app.tokens import Scope, TokensFileError, TokenStore
 
 logger = logging.getLogger(__name__)
 
-# Liveness and readiness probes must work without credentials.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Liveness and readiness probes must work without credentials. The dashboard's page and
+# its static assets hold no data (everything it shows comes from token-protected calls),
+# and a browser must load them before anyone can type a token in.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/static/{filename}"})
 # Endpoints with a scope of their own rather than read/write.
 OWN_SCOPE: dict[str, Scope] = {"/metrics": "metrics"}
 # GET endpoints that change state, so they need write.

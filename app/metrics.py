@@ -30,6 +30,22 @@ UNMATCHED = "(unmatched)"
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _WAIT = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# The lowest lock-wait bucket: a wait this short means nobody was ahead.
+UNCONTENDED_BUCKET = "0.0001"
+
+# GET /stats: sample name -> field, each summed over every label set and worker.
+SUMMARY = {
+    "lockstep_http_requests_total": "requests",
+    "lockstep_lock_wait_seconds_count": "lock_waits",
+    "lockstep_lock_wait_seconds_bucket": "lock_waits_uncontended",
+    "lockstep_lock_wait_seconds_sum": "lock_wait_seconds",
+    "lockstep_lock_timeouts_total": "lock_timeouts",
+    "lockstep_locks_held": "locks_held",
+    "lockstep_locks_waiting": "locks_waiting",
+    "lockstep_db_commit_batch_size_count": "commits",
+    "lockstep_db_commit_batch_size_sum": "committed_resources",
+    "lockstep_event_streams": "event_streams",
+}
 
 
 def lock_kind(key: str) -> str:
@@ -164,12 +180,36 @@ class Metrics:
         self.locks_held.set(held)
         self.locks_waiting.set(waiting)
 
-    def _render_sync(self) -> bytes:
+    def _scraped(self) -> CollectorRegistry:
+        """The registry a scrape reads: every worker's files, or this process's metrics."""
         if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
+            return self.registry
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
+        return registry
+
+    def _render_sync(self) -> bytes:
+        return generate_latest(self._scraped())
+
+    def _summary_sync(self) -> dict[str, float]:
+        sums: dict[str, float] = dict.fromkeys(SUMMARY.values(), 0.0)
+        for family in self._scraped().collect():
+            for sample in family.samples:
+                name = sample.name
+                # Of the wait buckets, only the lowest counts: the uncontended waits.
+                bucket = name == "lockstep_lock_wait_seconds_bucket"
+                if bucket and sample.labels.get("le") != UNCONTENDED_BUCKET:
+                    continue
+                if name in SUMMARY:
+                    sums[SUMMARY[name]] += sample.value
+        # Everything but the wait time counts whole things.
+        return {k: v if k == "lock_wait_seconds" else round(v) for k, v in sums.items()}
+
+    async def summary(self) -> dict[str, float]:
+        """A few totals over every worker, without labels: what the dashboard shows."""
+        if self.multiprocess_dir is None:
+            return self._summary_sync()
+        return await asyncio.to_thread(self._summary_sync)
 
     async def render(self) -> bytes:
         """The exposition text; reading every worker's files happens off the event loop."""

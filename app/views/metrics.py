@@ -1,4 +1,4 @@
-"""The Prometheus scrape endpoint."""
+"""The Prometheus scrape endpoint, and the dashboard's small summary of the same figures."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from aiohttp import web
 from app.metrics import CONTENT_TYPE
 from app.observe import sample_locks
 from app.state import get_metrics
+from app.views.common import NO_STORE, json_response
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -15,3 +16,13 @@ async def metrics(request: web.Request) -> web.Response:
     sample_locks(request.app)
     body = await get_metrics(request).render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def stats(request: web.Request) -> web.Response:
+    """Totals over every worker (requests, lock waits, commits) as one JSON object.
+
+    The dashboard polls this with a ``read`` token and derives rates from two samples;
+    ``/metrics`` itself stays behind the ``metrics`` scope.
+    """
+    sample_locks(request.app)
+    return json_response(await get_metrics(request).summary(), headers=NO_STORE)

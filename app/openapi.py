@@ -11,11 +11,18 @@ from typing import Any
 
 from app.domain import INT64_MAX, INT64_MIN
 from app.settings import Settings
+from app.views.dashboard import ASSETS
 
 Json = dict[str, Any]
 
 NAME_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9._~:-]{1,200}$"
 PROBLEM = "application/problem+json"
+EVENT_STREAM = "text/event-stream"
+# Operations that answer with a never-ending event stream carry this tag; the fuzz run
+# excludes it (tests/test_fuzz.py) and hand-written tests cover those operations.
+STREAMS_TAG = "streams"
+# prometheus-client's exposition format, as GET /metrics labels it.
+METRICS_MEDIA = "text/plain; version=0.0.4"
 INT64: Json = {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
 
 _ERRORS: dict[str, str] = {
@@ -57,6 +64,7 @@ def _operation(
     parameters: list[Json] | None = None,
     body: Json | None = None,
     description: str = "",
+    tags: tuple[str, ...] = (),
 ) -> Json:
     """One operation: its success responses plus a problem response per error status."""
     responses = dict(ok)
@@ -72,6 +80,8 @@ def _operation(
         "security": [] if scope is None else [{"bearer": [scope]}],
         "responses": dict(sorted(responses.items())),
     }
+    if tags:
+        op["tags"] = list(tags)
     if parameters:
         op["parameters"] = parameters
     if body is not None:
@@ -124,6 +134,29 @@ def _components(settings: Settings) -> Json:
                     "default": 100,
                 },
             },
+            "counter": {
+                "name": "counter",
+                "in": "query",
+                "description": "A counter to watch; repeat for several.",
+                "schema": {"type": "array", "items": name},
+                "style": "form",
+                "explode": True,
+            },
+            "item": {
+                "name": "item",
+                "in": "query",
+                "description": "A record to watch; repeat for several.",
+                "schema": {"type": "array", "items": name},
+                "style": "form",
+                "explode": True,
+            },
+            "filename": {
+                "name": "filename",
+                "in": "path",
+                "required": True,
+                "description": "One of the dashboard's assets.",
+                "schema": {"type": "string", "enum": sorted(ASSETS)},
+            },
             "If-Match": {"name": "If-Match", "in": "header", "schema": etag_list},
             "If-None-Match": {"name": "If-None-Match", "in": "header", "schema": etag_list},
         },
@@ -166,7 +199,76 @@ def _components(settings: Settings) -> Json:
                 "required": ["status"],
                 "properties": {"status": {"type": "string"}},
             },
+            "CounterEvent": {
+                "type": "object",
+                "description": "`data` of an `event: counter`; `value` is null once deleted.",
+                "required": ["name", "value", "time"],
+                "properties": {
+                    "name": name,
+                    "value": {"anyOf": [INT64, {"type": "null"}]},
+                    "time": {"type": "string", "format": "date-time"},
+                },
+            },
+            "ItemEvent": {
+                "type": "object",
+                "description": "`data` of an `event: item`; all but `id` are null once deleted.",
+                "required": ["id", "value", "version", "updated_at", "time"],
+                "properties": {
+                    "id": name,
+                    "value": {"description": "Any JSON value."},
+                    "version": {"type": ["integer", "null"], "minimum": 1},
+                    "updated_at": {"type": ["string", "null"], "format": "date-time"},
+                    "time": {"type": "string", "format": "date-time"},
+                },
+            },
+            "Stats": _stats_schema(),
         },
+    }
+
+
+def _stats_schema() -> Json:
+    counts = {
+        "requests": "HTTP requests answered.",
+        "lock_waits": "Requests that waited for a resource (counter or record).",
+        "lock_waits_uncontended": "Of those, waits under 0.1 ms (nobody was ahead).",
+        "lock_timeouts": "Requests that gave up waiting for their resource (503).",
+        "locks_held": "Resource locks held now.",
+        "locks_waiting": "Requests queued for a resource lock now.",
+        "commits": "Write transactions committed.",
+        "committed_resources": "Resources written by those transactions.",
+        "event_streams": "Event streams open now.",
+    }
+    properties: Json = {
+        k: {"type": "integer", "minimum": 0, "description": d} for k, d in counts.items()
+    }
+    properties["lock_wait_seconds"] = {
+        "type": "number",
+        "minimum": 0,
+        "description": "Total time spent in those waits.",
+    }
+    return {
+        "type": "object",
+        "description": "Totals since start over every worker; rates come from two samples.",
+        "required": sorted(properties),
+        "properties": properties,
+    }
+
+
+def _stream_ok(*events: str) -> Json:
+    described = ", ".join(f"`event: {e}` (data: {e.title()}Event)" for e in events)
+    return {
+        "200": {
+            "description": "Server-Sent Events, never ending on their own: first the current "
+            f"state, then one event per committed change: {described}; `: keep-alive` "
+            "comments when quiet; `event: shutdown` when the service stops.",
+            "headers": {"Cache-Control": {"schema": {"const": "no-store"}}},
+            "content": {
+                EVENT_STREAM: {
+                    "schema": {"type": "string"},
+                    "x-events": {e: _ref("schemas", f"{e.title()}Event") for e in events},
+                }
+            },
+        }
     }
 
 
@@ -323,6 +425,108 @@ def _paths() -> Json:
                 "The reference page",
                 "read",
                 {"200": {"description": docs, **_json({"type": "string"}, "text/html")}},
+            )
+        },
+        **_observability_paths(),
+    }
+
+
+def _observability_paths() -> Json:
+    name, item_id = [_ref("parameters", "name")], [_ref("parameters", "id")]
+    html = {"type": "string"}
+    return {
+        "/metrics": {
+            "get": _operation(
+                "Prometheus metrics",
+                "metrics",
+                {
+                    "200": {
+                        "description": "Every worker's metrics, summed, in the Prometheus "
+                        "text exposition format 0.0.4.",
+                        **_json({"type": "string"}, METRICS_MEDIA),
+                    }
+                },
+                description="For a scraper: needs a token of its own scope, `metrics` "
+                "(read and write tokens get 403).",
+            )
+        },
+        "/stats": {
+            "get": _operation(
+                "Service figures for the dashboard",
+                "read",
+                {
+                    "200": {
+                        "description": "Totals over every worker.",
+                        "headers": {"Cache-Control": {"schema": {"const": "no-store"}}},
+                        **_json(_ref("schemas", "Stats")),
+                    }
+                },
+                description="A few unlabelled totals from the same figures as /metrics, "
+                "readable with a read token; the dashboard polls it for its rates.",
+            )
+        },
+        "/events": {
+            "get": _operation(
+                "Stream several resources",
+                "read",
+                _stream_ok("counter", "item"),
+                ("422",),
+                parameters=[_ref("parameters", "counter"), _ref("parameters", "item")],
+                description="One stream for up to LOCKSTEP_EVENTS_MAX_RESOURCES counters and "
+                "records: `?counter=a&counter=b&item=c`; at least one is needed.",
+                tags=(STREAMS_TAG,),
+            )
+        },
+        "/counters/{name}/events": {
+            "get": _operation(
+                "Stream a counter",
+                "read",
+                _stream_ok("counter"),
+                ("422",),
+                parameters=name,
+                description="The counter's value now (null if absent), then on every change "
+                "committed by any worker.",
+                tags=(STREAMS_TAG,),
+            )
+        },
+        "/items/{id}/events": {
+            "get": _operation(
+                "Stream a record",
+                "read",
+                _stream_ok("item"),
+                ("422",),
+                parameters=item_id,
+                description="The record now (nulls if absent), then on every change "
+                "committed by any worker.",
+                tags=(STREAMS_TAG,),
+            )
+        },
+        "/": {
+            "get": _operation(
+                "The dashboard page",
+                None,
+                {"200": {"description": "HTML; holds no data.", **_json(html, "text/html")}},
+                description="Open even with tokens on: it holds no data, and the token typed "
+                "into it is sent on its own calls.",
+            )
+        },
+        "/static/{filename}": {
+            "get": _operation(
+                "The dashboard's assets",
+                None,
+                {
+                    "200": {
+                        "description": "The file.",
+                        "content": {
+                            media: {"schema": {"type": "string"}}
+                            for media in sorted(set(ASSETS.values()))
+                        },
+                    }
+                },
+                ("404",),
+                parameters=[_ref("parameters", "filename")],
+                description="The packaged script and stylesheet (`app/static/`), by exact "
+                "name; open, they hold no data.",
             )
         },
     }

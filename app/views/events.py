@@ -41,6 +41,10 @@ async def stream(request: web.Request, resources: tuple[Resource, ...]) -> web.S
             "X-Accel-Buffering": "no",
         }
     )
+    if request.method == "HEAD":
+        # Headers only: a HEAD must not hold a subscription and a connection open forever.
+        await response.prepare(request)
+        return response
     sub = await hub.subscribe(resources)
     gauge = get_metrics(request).event_streams
     gauge.inc()

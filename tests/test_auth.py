@@ -12,8 +12,9 @@ from aiohttp.test_utils import TestClient
 
 from app.auth import WRITING_GETS, exposure_warning
 from app.main import create_app
+from app.openapi import openapi_document
 from app.settings import Settings
-from app.tokens import TokensFileError, add_token, revoke_token
+from app.tokens import GRANTS, Scope, TokensFileError, add_token, revoke_token
 from tests.conftest import ClientFactory, settings_for
 
 
@@ -131,10 +132,11 @@ async def test_read_token_cannot_change_anything_on_any_route(
             continue
         headers = {**read, "Content-Type": "application/merge-patch+json", "If-Match": "*"}
         resp = await api.request(route.method, path, data=b'{"value": 9, "by": 3}', headers=headers)
+        resp.close()  # event streams never end on their own
         tried += 1
         if route.method != "GET" or path in WRITING_GETS:
             assert resp.status == 403, (route.method, path)
-    assert tried >= 13
+    assert tried >= 22
     counter = await (await api.get("/counters/x", headers=read)).json()
     item = await (await api.get("/items/x", headers=read)).json()
     assert counter["value"] == 5
@@ -178,21 +180,61 @@ async def test_missing_tokens_file_stops_start(tmp_path: Path) -> None:
         await runner.cleanup()
 
 
-async def test_metrics_needs_its_own_scope(
-    aiohttp_client: ClientFactory, secured: Settings, tokens: Tokens
+async def test_metrics_needs_its_own_scope(api: TestClient[Any, Any], tokens: Tokens) -> None:
+    """/metrics takes only a metrics token: read and write tokens get 403, and a metrics token
+    reads nothing else (not even /stats)."""
+    resp = await api.get("/metrics", headers=Tokens.bearer(tokens.metrics))
+    assert resp.status == 200
+    assert "lockstep_http_requests_total" in await resp.text()
+    assert (await api.get("/metrics", headers=Tokens.bearer(tokens.write))).status == 403
+    assert (await api.get("/metrics", headers=Tokens.bearer(tokens.read))).status == 403
+    assert (await api.get("/counters", headers=Tokens.bearer(tokens.metrics))).status == 403
+    assert (await api.get("/stats", headers=Tokens.bearer(tokens.metrics))).status == 403
+
+
+async def test_dashboard_page_and_assets_open_but_its_data_needs_read(
+    api: TestClient[Any, Any], tokens: Tokens
 ) -> None:
-    """/metrics takes only a metrics token: read and write tokens get 403."""
+    """With tokens on, the page and its assets load without a token (they hold no data);
+    /stats and the event streams need a read token."""
+    for path in ("/", "/static/dashboard.js", "/static/dashboard.css"):
+        resp = await api.get(path)
+        assert resp.status == 200, path
+        assert "lst_" not in await resp.text()
+    assert (await api.get("/static/missing.js")).status == 404
+    for path in ("/stats", "/events?counter=a", "/counters/a/events", "/items/a/events"):
+        assert (await api.get(path)).status == 401, path
+    resp = await api.get("/stats", headers=Tokens.bearer(tokens.read))
+    assert resp.status == 200
+    assert (await resp.json())["requests"] >= 1
 
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text="up 1\n")
 
-    app = await create_app(secured)
-    app.router.add_get("/metrics", metrics)
-    client = await aiohttp_client(app)
-    assert (await client.get("/metrics", headers=Tokens.bearer(tokens.metrics))).status == 200
-    assert (await client.get("/metrics", headers=Tokens.bearer(tokens.write))).status == 403
-    assert (await client.get("/metrics", headers=Tokens.bearer(tokens.read))).status == 403
-    assert (await client.get("/counters", headers=Tokens.bearer(tokens.metrics))).status == 403
+async def test_documented_scopes_are_the_enforced_scopes(
+    api: TestClient[Any, Any], tokens: Tokens
+) -> None:
+    """Every documented operation refuses exactly as its OpenAPI `security` says: 401 without a
+    token unless open, 403 for each token whose scope does not cover it."""
+    doc = openapi_document(settings_for(Path("unused")))
+    by_scope: dict[Scope, str] = {
+        "read": tokens.read,
+        "write": tokens.write,
+        "metrics": tokens.metrics,
+    }
+    checked = 0
+    for path, item in doc["paths"].items():
+        url = _concrete(path).replace("/static/x", "/static/dashboard.js")
+        for method, op in item.items():
+            needed = [s for req in op["security"] for s in req["bearer"]]
+            resp = await api.request(method, url)
+            resp.close()
+            assert (resp.status == 401) == bool(needed), (method, path, resp.status)
+            for scope, token in by_scope.items():
+                if needed and needed[0] not in GRANTS[scope]:
+                    resp = await api.request(method, url, headers=Tokens.bearer(token))
+                    resp.close()
+                    assert resp.status == 403, (method, path, scope)
+                    checked += 1
+    assert checked >= 25
 
 
 async def test_open_service_needs_no_token(client: TestClient[Any, Any]) -> None:

@@ -1,16 +1,18 @@
-// lockstep dashboard: lists, live updates over one event stream, figures from /metrics.
+// lockstep dashboard: lists, live updates over one event stream, figures from /stats.
+// The stream is read with fetch() rather than EventSource, which cannot send the
+// Authorization header; the token never goes into a URL (URLs end up in logs).
 "use strict";
 
 const LIST_LIMIT = 50;          // per list; the stream watches at most 2 x 50 resources
 const REFRESH_MS = 5000;        // re-list to pick up resources created elsewhere
-const METRICS_MS = 2000;
+const STATS_MS = 2000;
+const RETRY_MS = 2000;          // reconnect delay after a stream ends or fails
 
 const $ = (id) => document.getElementById(id);
 const counters = new Map();     // name -> value
 const items = new Map();        // id -> {value, version}
-let stream = null;
-let streamKey = "";
-let previous = null;            // last /metrics sample, for rates
+let stream = null;              // {key, controller} of the open event stream
+let previous = null;            // last /stats sample, for rates
 
 function say(text) { $("status").textContent = text; }
 
@@ -110,21 +112,60 @@ function showItem(state) {
   if (row) flash(row);
 }
 
-function watch() {
+function watch(restart = false) {
   const params = new URLSearchParams();
   for (const name of counters.keys()) params.append("counter", name);
   for (const id of items.keys()) params.append("item", id);
   const key = params.toString();
-  if (key === streamKey && stream && stream.readyState !== EventSource.CLOSED) return;
-  if (stream) stream.close();
+  if (!restart && stream && stream.key === key) return;
+  if (stream) stream.controller.abort();
   stream = null;
-  streamKey = key;
   if (!key) return;
-  stream = new EventSource("/events?" + key);
-  stream.addEventListener("counter", (e) => { const s = JSON.parse(e.data); showCounter(s.name, s.value); });
-  stream.addEventListener("item", (e) => showItem(JSON.parse(e.data)));
-  stream.addEventListener("open", () => say("Live: watching " + (counters.size + items.size) + " resources."));
-  stream.addEventListener("error", () => say("Stream interrupted; reconnecting…"));
+  stream = { key, controller: new AbortController() };
+  follow(stream);
+}
+
+// One SSE block ("event: x\ndata: {...}") -> the state it carries.
+function dispatch(block) {
+  let event = "message", data = "";
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event:")) event = line.slice(6).trim();
+    else if (line.startsWith("data:")) data += line.slice(5).trim();
+  }
+  if (!data) return;
+  const state = JSON.parse(data);
+  if (event === "counter") showCounter(state.name, state.value);
+  else if (event === "item") showItem(state);
+}
+
+async function follow(current) {
+  const { signal } = current.controller;
+  try {
+    const r = await fetch("/events?" + current.key, { headers: headers({ "Accept": "text/event-stream" }), signal });
+    if (!r.ok) {
+      const problem = await r.json().catch(() => null);
+      throw new Error((problem && problem.detail) || r.statusText);
+    }
+    say("Live: watching " + (counters.size + items.size) + " resources.");
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        dispatch(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+      }
+    }
+    say("Stream ended; reconnecting…");
+  } catch (err) {
+    if (signal.aborted) return;
+    say("Stream interrupted (" + err.message + "); reconnecting…");
+  }
+  if (signal.aborted) return;
+  setTimeout(() => { if (stream === current) watch(true); }, RETRY_MS);
 }
 
 async function refresh() {
@@ -150,7 +191,7 @@ async function increment(name) {
     const r = await call("POST", `/counters/${encodeURIComponent(name)}/increment`);
     showCounter(r.name, r.value);
     say(`Counter ${r.name} is now ${r.value}.`);
-    if (!streamKey.includes("counter=" + encodeURIComponent(name))) watch();
+    watch();
   } catch (err) {
     say(`Increment of ${name} failed: ${err.message}`);
   }
@@ -189,51 +230,40 @@ async function save(event) {
   }
 }
 
-// Prometheus text format: sum every sample of a metric name, optionally filtered by a label.
-function parseMetrics(text) {
-  const sums = new Map();
-  for (const line of text.split("\n")) {
-    if (!line || line[0] === "#") continue;
-    const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
-    if (!m) continue;
-    let key = m[1];
-    if (m[2] && m[2].includes('le="0.0001"')) key += "{fast}";
-    sums.set(key, (sums.get(key) || 0) + Number(m[3]));
-  }
-  return sums;
-}
-
+// Rates come from the change between two samples of the service's totals.
 async function figures() {
   try {
-    const r = await fetch("/metrics", { headers: headers() });
-    if (!r.ok) throw new Error(r.statusText);
-    const now = parseMetrics(await r.text());
+    const now = await call("GET", "/stats");
     const t = performance.now();
-    const get = (k) => now.get(k) || 0;
     if (previous) {
       const dt = (t - previous.t) / 1000;
-      const d = (k) => Math.max(0, get(k) - (previous.m.get(k) || 0));
-      $("fig-rps").textContent = (d("lockstep_http_requests_total") / dt).toFixed(1);
-      const waits = d("lockstep_lock_wait_seconds_count");
-      const zero = d("lockstep_lock_wait_seconds_bucket{fast}");
-      $("fig-contended").textContent = (Math.max(0, waits - zero) / dt).toFixed(1);
-      const wsum = d("lockstep_lock_wait_seconds_sum");
-      $("fig-wait").textContent = waits ? (wsum / waits * 1000).toFixed(2) + " ms" : "0 ms";
+      const d = (k) => Math.max(0, now[k] - previous.s[k]);
+      $("fig-rps").textContent = (d("requests") / dt).toFixed(1);
+      const waits = d("lock_waits");
+      $("fig-contended").textContent = (Math.max(0, waits - d("lock_waits_uncontended")) / dt).toFixed(1);
+      $("fig-wait").textContent = waits ? (d("lock_wait_seconds") / waits * 1000).toFixed(2) + " ms" : "0 ms";
     }
-    $("fig-timeouts").textContent = String(get("lockstep_lock_timeouts_total"));
-    $("fig-locks").textContent = `${get("lockstep_locks_held")} / ${get("lockstep_locks_waiting")}`;
-    const batches = get("lockstep_db_commit_batch_size_count");
-    $("fig-batch").textContent = batches ? (get("lockstep_db_commit_batch_size_sum") / batches).toFixed(1) : "–";
-    previous = { t, m: now };
+    $("fig-timeouts").textContent = String(now.lock_timeouts);
+    $("fig-locks").textContent = `${now.locks_held} / ${now.locks_waiting}`;
+    $("fig-batch").textContent = now.commits ? (now.committed_resources / now.commits).toFixed(1) : "–";
+    previous = { t, s: now };
   } catch (err) {
-    say("Could not read /metrics: " + err.message);
+    say("Could not read the service figures: " + err.message);
   }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   const saved = sessionStorage.getItem("lockstep-token");
   if (saved) $("token").value = saved;
-  $("token").addEventListener("change", () => sessionStorage.setItem("lockstep-token", $("token").value));
+  $("token").addEventListener("change", () => {
+    sessionStorage.setItem("lockstep-token", $("token").value);
+    // Everything shown so far may have failed without it: list, stream and sample again.
+    if (stream) stream.controller.abort();
+    stream = null;
+    previous = null;
+    refresh();
+    figures();
+  });
   $("token-form").addEventListener("submit", (e) => e.preventDefault());
   $("new-counter").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -243,5 +273,5 @@ document.addEventListener("DOMContentLoaded", () => {
   refresh();
   figures();
   setInterval(refresh, REFRESH_MS);
-  setInterval(figures, METRICS_MS);
+  setInterval(figures, STATS_MS);
 });

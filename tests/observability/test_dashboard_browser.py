@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from app.tokens import add_token
 from tests.support import ROOT, Service
 
 pytestmark = pytest.mark.slow
@@ -44,18 +45,30 @@ def browser() -> Iterator[Any]:
             browser.close()
 
 
-def post(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def _auth(token: str | None) -> dict[str, str]:
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def post(url: str, body: dict[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
     data = json.dumps(body).encode() if body is not None else b""
-    request = urllib.request.Request(url, data=data, method="POST")
+    request = urllib.request.Request(url, data=data, method="POST", headers=_auth(token))
     with urllib.request.urlopen(request, timeout=10) as r:
         result: dict[str, Any] = json.load(r)
         return result
 
 
-def put(url: str, body: dict[str, Any]) -> None:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT")
+def put(url: str, body: dict[str, Any], token: str | None = None) -> None:
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="PUT", headers=_auth(token))
     with urllib.request.urlopen(request, timeout=10):
         pass
+
+
+def get_text(url: str, token: str) -> str:
+    request = urllib.request.Request(url, headers=_auth(token))
+    with urllib.request.urlopen(request, timeout=10) as r:
+        text: str = r.read().decode()
+        return text
 
 
 def test_dashboard_increments_and_follows_outside_changes(browser: Any, tmp_path: Path) -> None:
@@ -107,3 +120,56 @@ def test_dashboard_increments_and_follows_outside_changes(browser: Any, tmp_path
                 shutil.copyfile(shot, ROOT / "docs" / "dashboard.png")
         finally:
             page.close()
+
+
+def test_dashboard_works_with_tokens_typed_in(browser: Any, tmp_path: Path) -> None:
+    """With a tokens file, the page loads open but shows nothing until a write token is typed
+    in; then lists, +1, live outside changes (the stream sends the token in a header, never
+    in a URL) and the figures all work, and no log line or metric holds the token."""
+    from playwright.sync_api import expect
+
+    tokens = tmp_path / "tokens.json"
+    token = add_token(tokens, "dashboard", "write")
+    scraper = add_token(tokens, "scraper", "metrics")
+    env = {"LOCKSTEP_TOKENS_FILE": str(tokens), "LOCKSTEP_LOG_LEVEL": "debug"}
+    with Service(tmp_path / "data", workers=2, env=env) as service:
+        post(service.url + "/counters/visits/increment", token=token)
+        put(service.url + "/items/settings", {"value": {"theme": "light"}}, token=token)
+        page = browser.new_page()
+        try:
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(service.url + "/")
+            expect(page.locator("#status")).to_contain_text("Could not list", timeout=10_000)
+            expect(page.locator("#counters tr")).to_have_count(0)
+
+            sent: list[tuple[str, str | None]] = []
+            failed: list[str] = []
+            page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
+            page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+            page.get_by_label("Bearer token").fill(token)
+            page.get_by_label("Bearer token").press("Tab")
+            value = page.locator('#counters tr[data-name="visits"] td.num')
+            expect(value).to_have_text("1")
+            expect(page.locator('#items tr[data-id="settings"]')).to_contain_text('"light"')
+            expect(page.locator("#status")).to_contain_text("Live", timeout=10_000)
+
+            page.get_by_role("button", name="Increment visits").click()
+            expect(value).to_have_text("2")
+            # Only the token-carrying stream can bring this in before the next re-list.
+            with page.expect_response(lambda r: "/counters?limit" in r.url, timeout=15_000):
+                pass
+            post(service.url + "/counters/visits/increment", {"by": 5}, token=token)
+            expect(value).to_have_text("7", timeout=3_000)
+            expect(page.locator("#fig-rps")).to_have_text(re.compile(r"^\d+\.\d$"), timeout=10_000)
+            expect(page.locator("#fig-batch")).to_have_text(re.compile(r"^\d+\.\d$"))
+            assert errors == [] and failed == []
+            streams = [auth for url, auth in sent if "/events?" in url]
+            assert streams and all(auth == f"Bearer {token}" for auth in streams)
+            assert all(token not in url for url, _ in sent)
+        finally:
+            page.close()
+        metrics = get_text(service.url + "/metrics", scraper)
+        log = service.log()
+    assert "/stats" in log  # the request log did run
+    assert token not in log and token not in metrics and scraper not in log

@@ -58,9 +58,11 @@ async def _raw(port: int, data: bytes) -> bytes:
 
 @pytest.mark.slow
 def test_tokens_never_appear_in_logs(tmp_path: Path) -> None:
-    """Good, unknown and malformed-request tokens are absent from access and error logs."""
+    """Good, unknown and malformed-request tokens are absent from access and error logs, and
+    from /metrics, on plain requests, /stats and event streams alike."""
     tokens = tmp_path / "tokens.json"
     good = add_token(tokens, "ci", "write")
+    scraper = add_token(tokens, "scraper", "metrics")
     unknown = "lst_unknown-token-that-must-not-be-logged"
     env = {"LOCKSTEP_TOKENS_FILE": str(tokens), "LOCKSTEP_LOG_LEVEL": "debug"}
     args = ["--access-logfile", "-"]  # the project's access log format
@@ -73,9 +75,23 @@ def test_tokens_never_appear_in_logs(tmp_path: Path) -> None:
             "X-Bad: \x01\r\nContent-Length: 2\r\n\r\n{}"
         ).encode()
         assert asyncio.run(_raw(svc.port, bad)).startswith(b"HTTP/1.0 400")
+        assert status_of(svc.url + "/stats", good) == 200
+        stream = urllib.request.Request(
+            svc.url + "/events?counter=x", headers={"Authorization": f"Bearer {good}"}
+        )
+        with urllib.request.urlopen(stream, timeout=10) as resp:
+            assert resp.status == 200
+            assert resp.readline().startswith(b"retry:")
+        metrics = urllib.request.Request(
+            svc.url + "/metrics", headers={"Authorization": f"Bearer {scraper}"}
+        )
+        with urllib.request.urlopen(metrics, timeout=10) as resp:
+            exposition = resp.read().decode()
         log = svc.log()
-    assert "/counters/x/increment" in log  # the access log did run
-    assert good not in log and unknown not in log
+    assert "/counters/x/increment" in log and "/stats" in log  # the access log did run
+    assert good not in log and unknown not in log and scraper not in log
+    assert 'route="/stats"' in exposition
+    assert good not in exposition and unknown not in exposition and scraper not in exposition
 
 
 @pytest.mark.slow

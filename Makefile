@@ -25,5 +25,12 @@ test: $(STAMP) lint
 	bash scripts/system-deps.sh
 	$(BIN)/pytest
 
+# Throughput against aiohttp hello world; writes docs/benchmarks.md and docs/benchmarks.png.
+# Needs wrk (Debian/Ubuntu: apt-get install wrk). BENCH_ARGS="--rounds 5 --duration 10" etc.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk (or brew install wrk)"; exit 2; }
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

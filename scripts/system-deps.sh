@@ -3,7 +3,7 @@
 # Runs as root in CI (apt-get works there); elsewhere it only says what is missing.
 set -euo pipefail
 
-packages=(curl sqlite3)
+packages=(curl sqlite3 wrk)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -33,14 +33,19 @@ def test_exactly_once_check_rejects_doubled_writes() -> None:
     assert "doubled writes" in error
 
 
+NO_WRK = "wrk is not installed (apt-get install wrk; scripts/system-deps.sh does it in CI)"
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
+@pytest.mark.skipif(shutil.which("wrk") is None, reason=NO_WRK)
 def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
     """One short round of every workload runs, holds exactly-once, and writes table and chart."""
     out = tmp_path / "benchmarks.md"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--rounds=1", "--duration=1", "--connections=16"]
-        + [f"--out={out}"],
+        [
+            *(sys.executable, "-m", "bench.run"),
+            *("--rounds=1", "--duration=1", "--connections=16", f"--out={out}"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

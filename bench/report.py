@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-# (req/s, p50 ms, p99 ms) of one wrk run
-Run = tuple[float, float, float]
+# (req/s, p50 ms, p99 ms, workers' CPU µs per request) of one wrk run
+Run = tuple[float, float, float, float]
 
 
 @dataclass
@@ -40,6 +40,9 @@ class Result:
     def p99(self) -> tuple[float, float]:
         return self._median(self.service, 2), self._median(self.hello, 2)
 
+    def cpu(self) -> tuple[float, float]:
+        return self._median(self.service, 3), self._median(self.hello, 3)
+
     def ratio(self) -> float:
         service, hello = self.rate()
         return service / hello
@@ -50,10 +53,11 @@ class Result:
         return f"{'met' if self.ratio() >= self.target else 'MISSED'} (≥ {self.target:.2f})"
 
     def summary_line(self) -> str:
-        (s, h), (s99, h99) = self.rate(), self.p99()
+        (s, h), (s99, h99), (sc, hc) = self.rate(), self.p99(), self.cpu()
         return (
-            f"{self.title:<42} lockstep {s:8.0f} req/s p99 {s99:6.1f} ms | "
-            f"hello {h:8.0f} req/s p99 {h99:6.1f} ms | {self.ratio():.2f}x  {self.verdict()}"
+            f"{self.title:<42} lockstep {s:8.0f} req/s p99 {s99:6.1f} ms {sc:4.0f} µs | "
+            f"hello {h:8.0f} req/s p99 {h99:6.1f} ms {hc:4.0f} µs | "
+            f"{self.ratio():.2f}x  {self.verdict()}"
         )
 
 
@@ -76,14 +80,14 @@ def machine() -> str:
 def table(results: list[Result]) -> list[str]:
     lines = [
         "| workload | lockstep req/s | hello req/s | share of hello | target "
-        "| lockstep p50 / p99 ms | hello p50 / p99 ms |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        "| lockstep p50 / p99 ms | hello p50 / p99 ms | CPU µs/request lockstep / hello |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in results:
-        (s, h), (s50, h50), (s99, h99) = r.rate(), r.p50(), r.p99()
+        (s, h), (s50, h50), (s99, h99), (sc, hc) = r.rate(), r.p50(), r.p99(), r.cpu()
         lines.append(
             f"| {r.title} | {s:,.0f} | {h:,.0f} | {r.ratio():.2f} | {r.verdict()} "
-            f"| {s50:.1f} / {s99:.1f} | {h50:.1f} / {h99:.1f} |"
+            f"| {s50:.1f} / {s99:.1f} | {h50:.1f} / {h99:.1f} | {sc:.0f} / {hc:.0f} |"
         )
     return lines
 

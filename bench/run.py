@@ -21,13 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.report import Result, write_report
+from bench.report import Result, Run, write_report
 from bench.servers import HELLO_APP, ROOT, Server
 from bench.workloads import WORKLOADS, Workload, exactly_once_error
 
 
-def wrk(url: str, workload: Workload, args: argparse.Namespace, workdir: Path) -> dict[str, int]:
-    """One wrk run; returns the totals the shared ``done()`` printed."""
+def wrk(
+    server: Server, workload: Workload, args: argparse.Namespace, workdir: Path
+) -> dict[str, int]:
+    """One wrk run; returns the totals the shared ``done()`` printed, and the workers' CPU."""
+    url = server.url
     script = workdir / f"{workload.name}.lua"
     script.write_text(workload.script_text())
     cmd = [
@@ -41,21 +44,27 @@ def wrk(url: str, workload: Workload, args: argparse.Namespace, workdir: Path) -
         url,
     ]
     env = {**os.environ, **workload.wrk_env()}
+    cpu_before = server.cpu_seconds()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    cpu_after = server.cpu_seconds()
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout}{done.stderr}")
     out = done.stdout
     for line in out.splitlines():
         if line.startswith("BENCH_JSON "):
             totals: dict[str, int] = json.loads(line.removeprefix("BENCH_JSON "))
+            if cpu_before is not None and cpu_after is not None and totals["requests"]:
+                # workers' CPU microseconds per answered request: robust to machine noise
+                totals["cpu_us"] = round((cpu_after - cpu_before) * 1e6 / totals["requests"])
             return totals
     raise RuntimeError(f"wrk printed no totals:\n{out}")
 
 
-def measure(totals: dict[str, int]) -> tuple[float, float, float]:
-    """req/s, p50 ms, p99 ms of one run."""
+def measure(totals: dict[str, int]) -> Run:
+    """req/s, p50 ms, p99 ms and worker CPU µs per request of one run."""
     rate = totals["requests"] / (totals["duration_us"] / 1e6)
-    return rate, totals["p50_us"] / 1000, totals["p99_us"] / 1000
+    cpu = float(totals.get("cpu_us", "nan"))
+    return rate, totals["p50_us"] / 1000, totals["p99_us"] / 1000, cpu
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -89,7 +98,7 @@ def run_workload(
         workload.setup(service.url)
     for round_no in range(1, args.rounds + 1):
         before = workload.tally(service.url) if workload.tally else 0
-        totals = wrk(service.url, workload, args, workdir)
+        totals = wrk(service, workload, args, workdir)
         if workload.tally is not None:
             ok = totals["requests"] - totals["non_2xx_3xx"]
             error = exactly_once_error(before, workload.tally(service.url), ok, args.connections)
@@ -102,11 +111,12 @@ def run_workload(
             failures.append(f"{workload.name} round {round_no}: errors {totals}")
             print(f"!!! ERRORS: {workload.name}: {totals}", flush=True)
         result.service.append(measure(totals))
-        result.hello.append(measure(wrk(hello.url, workload, args, workdir)))
+        result.hello.append(measure(wrk(hello, workload, args, workdir)))
         s, h = result.service[-1], result.hello[-1]
         print(
             f"{workload.name:>15} round {round_no}: lockstep {s[0]:8.0f} req/s "
-            f"p99 {s[2]:6.1f} ms | hello {h[0]:8.0f} req/s p99 {h[2]:6.1f} ms "
+            f"p99 {s[2]:6.1f} ms {s[3]:4.0f} µs CPU | hello {h[0]:8.0f} req/s "
+            f"p99 {h[2]:6.1f} ms {h[3]:4.0f} µs CPU "
             f"| {s[0] / h[0]:.2f}x",
             flush=True,
         )

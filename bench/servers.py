@@ -77,6 +77,21 @@ class Server:
         self.stop()
         raise TimeoutError(f"{self.name} not ready in {timeout} s:\n{self.log()}")
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the workers have used so far; None off Linux."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        if not children.exists():
+            return None
+        total = 0
+        for pid in children.read_text().split():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        return total / os.sysconf("SC_CLK_TCK")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

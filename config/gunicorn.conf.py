@@ -15,9 +15,9 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 graceful_timeout = 20
 timeout = 30
 keepalive = 5
-# Access log to stdout; "-" is gunicorn's spelling for it. Silence it with
-# GUNICORN_CMD_ARGS="--access-logfile /dev/null" under benchmarks if wanted.
-accesslog = "-"
+# Access log to stdout ("-"), a file path, or off when LOCKSTEP_ACCESS_LOG is set empty
+# (gunicorn's own flags cannot switch it off once set here).
+accesslog = os.environ.get("LOCKSTEP_ACCESS_LOG", "-") or None
 access_log_format = '%a "%r" %s %b %Tf'
 errorlog = "-"
 loglevel = os.environ.get("LOCKSTEP_LOG_LEVEL", "info")

@@ -7,6 +7,7 @@ answers reads, and reports its health. Handlers never see SQL; backends never se
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Protocol
 
 from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
@@ -16,11 +17,14 @@ from app.settings import Settings
 class Storage(Protocol):
     """What every backend provides."""
 
-    async def apply_counter_ops(self, name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
+    # The two write calls may be ``async def`` or return a future (as SQLite's writer does,
+    # to spare the combiner a task per batch): either way the awaitable resolves only
+    # after the commit.
+    def apply_counter_ops(self, name: str, ops: list[CounterOp]) -> Awaitable[list[CounterOutcome]]:
         """Apply ``ops`` to counter ``name`` in order, atomically, and commit before returning."""
         ...
 
-    async def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> list[ItemOutcome]:
+    def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> Awaitable[list[ItemOutcome]]:
         """Apply ``ops`` to record ``item_id`` in order, atomically, and commit before returning."""
         ...
 

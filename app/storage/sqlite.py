@@ -276,16 +276,15 @@ class SQLiteStorage:
             raise
         return cls(writer_db, reader_db, settings.max_batch)
 
-    async def _write(self, unit: Unit) -> Any:
-        return await self._writer.submit(unit)
+    # Plain methods returning the writer's future: the combiner awaits it directly,
+    # without wrapping each batch in a task of its own.
+    def apply_counter_ops(
+        self, name: str, ops: list[CounterOp]
+    ) -> asyncio.Future[list[CounterOutcome]]:
+        return self._writer.submit(_counter_unit(name, ops))
 
-    async def apply_counter_ops(self, name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
-        outcomes: list[CounterOutcome] = await self._write(_counter_unit(name, ops))
-        return outcomes
-
-    async def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> list[ItemOutcome]:
-        outcomes: list[ItemOutcome] = await self._write(_item_unit(item_id, ops))
-        return outcomes
+    def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> asyncio.Future[list[ItemOutcome]]:
+        return self._writer.submit(_item_unit(item_id, ops))
 
     async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         try:

@@ -15,6 +15,7 @@ import logging
 import sqlite3
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from app.domain import (
 )
 from app.errors import StorageUnavailable
 from app.settings import Settings
+from app.storage.sqlite_reads import BatchedReader
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +245,7 @@ class SQLiteStorage:
         self._writer_db = writer_db
         self._reader_db = reader_db
         self._writer = _Writer(writer_db, max_batch)
+        self._reader = BatchedReader(partial(_in_db_thread, reader_db), max_batch)
 
     @property
     def batches(self) -> int:
@@ -287,11 +290,8 @@ class SQLiteStorage:
         return self._writer.submit(_item_unit(item_id, ops))
 
     async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        try:
-            rows = await self._reader_db.execute_fetchall(sql, params)
-        except sqlite3.OperationalError as e:
-            raise StorageUnavailable(f"database: {e}") from e
-        return list(rows)
+        # Reads waiting together share one thread hop (see app.storage.sqlite_reads).
+        return await self._reader.fetch(sql, params)
 
     async def get_counter(self, name: str) -> int | None:
         rows = await self._read("SELECT value FROM counters WHERE name = ?", (name,))
@@ -326,5 +326,8 @@ class SQLiteStorage:
         try:
             await self._writer.close()
         finally:
-            await self._reader_db.close()
-            await self._writer_db.close()
+            try:
+                await self._reader.close()
+            finally:
+                await self._reader_db.close()
+                await self._writer_db.close()

@@ -22,16 +22,25 @@ future (as SQLite's writer does) is awaited through it directly, without a task 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from app.errors import LockTimeout
 from app.locks import Held, LockRegistry
 
 Op = TypeVar("Op")
 Outcome = TypeVar("Outcome")
+
+
+class WaitObserver(Protocol):
+    """Told how long each request waited for its resource, and about each that gave up."""
+
+    def waited(self, kind: str, seconds: float) -> None: ...
+
+    def timed_out(self, kind: str, seconds: float) -> None: ...
 
 
 class _Lead:
@@ -44,13 +53,14 @@ class _Lead:
 
 
 class _Pending(Generic[Op]):
-    __slots__ = ("claimed", "deadline", "future", "op")
+    __slots__ = ("claimed", "claimed_at", "deadline", "future", "op")
 
     def __init__(self, op: Op, future: asyncio.Future[Any], deadline: float) -> None:
         self.op = op
         self.future = future
         self.deadline = deadline  # loop time after which, still queued, it times out
         self.claimed = False  # taken into a batch: will be committed or fail with it
+        self.claimed_at = 0.0
 
 
 class Combiner(Generic[Op, Outcome]):
@@ -61,10 +71,12 @@ class Combiner(Generic[Op, Outcome]):
         kind: str,
         locks: LockRegistry,
         apply: Callable[[str, list[Op]], Awaitable[list[Outcome]]],
+        observer: WaitObserver | None = None,
     ) -> None:
         self._kind = kind
         self._locks = locks
         self._apply = apply
+        self._observer = observer
         self._queues: dict[str, deque[_Pending[Op]]] = {}
         self._timer: asyncio.TimerHandle | None = None  # fires at the oldest waiter's deadline
 
@@ -79,6 +91,7 @@ class Combiner(Generic[Op, Outcome]):
     async def submit(self, key: str, op: Op) -> Outcome:
         """Apply ``op`` to resource ``key`` once, in arrival order, and return its outcome."""
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         queue = self._queues.get(key)
         if queue is None:
             # Nobody works on this resource: lead it.
@@ -92,10 +105,14 @@ class Combiner(Generic[Op, Outcome]):
                 self._timer = loop.call_at(me.deadline, self._expire_overdue)
             try:
                 result = await me.future
-            except BaseException:
+            except BaseException as e:
                 self._abandon(key, me)
+                if isinstance(e, LockTimeout):
+                    self._report_timeout(started)
                 raise
             if not isinstance(result, _Lead):
+                # Its wait ended when a leader took it into a batch.
+                self._report_wait(me.claimed_at - started)
                 outcome: Outcome = result
                 return outcome
             lead = result
@@ -104,10 +121,13 @@ class Combiner(Generic[Op, Outcome]):
         if held is None:
             try:
                 held = await self._locks.acquire(f"{self._kind}:{key}")
-            except BaseException:
+            except BaseException as e:
                 self._withdraw(key, me)
                 self._hand_on(key, None)
+                if isinstance(e, LockTimeout):
+                    self._report_timeout(started)
                 raise
+        self._report_wait(time.perf_counter() - started)
         me.future = loop.create_future()
         self._flush(key, held)
         try:
@@ -126,8 +146,10 @@ class Combiner(Generic[Op, Outcome]):
         queue = self._queues[key]
         batch = list(queue)
         queue.clear()
+        now = time.perf_counter()
         for p in batch:
             p.claimed = True
+            p.claimed_at = now
         task: asyncio.Future[list[Outcome]]
         try:
             # A future (SQLite's writer) is used as is; a coroutine gets a task.
@@ -136,6 +158,14 @@ class Combiner(Generic[Op, Outcome]):
             task = asyncio.get_running_loop().create_future()
             task.set_exception(e)
         task.add_done_callback(partial(self._finished, key, held, batch))
+
+    def _report_wait(self, seconds: float) -> None:
+        if self._observer is not None:
+            self._observer.waited(self._kind, seconds)
+
+    def _report_timeout(self, started: float) -> None:
+        if self._observer is not None:
+            self._observer.timed_out(self._kind, time.perf_counter() - started)
 
     def _finished(
         self, key: str, held: Held, batch: list[_Pending[Op]], task: asyncio.Future[list[Outcome]]

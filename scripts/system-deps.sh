@@ -3,7 +3,12 @@
 # Runs as root in CI (apt-get works there); elsewhere it only says what is missing.
 set -euo pipefail
 
-packages=(curl sqlite3 wrk)
+packages=(curl sqlite3)
+# The dashboard's browser test: Debian's Chromium (Playwright drives it; it never downloads
+# a browser of its own) and a font for it to render text with.
+packages+=(chromium fonts-dejavu-core)
+# The benchmark (make bench) and its smoke test drive the servers with wrk.
+packages+=(wrk)
 
 missing=()
 for p in "${packages[@]}"; do

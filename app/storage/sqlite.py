@@ -11,7 +11,9 @@ resources, many requests) costs one thread hop and one fsync.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import sqlite3
 import time
 from collections import deque
@@ -35,6 +37,7 @@ from app.domain import (
 )
 from app.errors import StorageUnavailable
 from app.settings import Settings
+from app.storage import StorageObserver
 from app.storage.sqlite_reads import BatchedReader
 
 logger = logging.getLogger(__name__)
@@ -62,6 +65,26 @@ def _translate(e: BaseException) -> BaseException:
     return e
 
 
+_KINDS = {
+    sqlite3.SQLITE_BUSY: "busy",
+    sqlite3.SQLITE_LOCKED: "locked",
+    sqlite3.SQLITE_READONLY: "readonly",
+    sqlite3.SQLITE_FULL: "full",
+    sqlite3.SQLITE_IOERR: "io",
+    sqlite3.SQLITE_CORRUPT: "corrupt",
+    sqlite3.SQLITE_NOTADB: "corrupt",
+}
+
+
+def _error_kind(e: BaseException) -> str | None:
+    """The bounded metric kind of a database error, or None for anything else."""
+    if not isinstance(e, sqlite3.Error):
+        return None
+    code = getattr(e, "sqlite_errorcode", None)
+    # Extended result codes carry the primary code in their low byte.
+    return _KINDS.get(code & 0xFF, "other") if code is not None else "other"
+
+
 async def _in_db_thread(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(raw_connection, *args)`` on the connection's own thread in one hop.
 
@@ -73,39 +96,28 @@ async def _in_db_thread(db: aiosqlite.Connection, fn: Callable[..., T], *args: A
     return result
 
 
-# SQLite's own busy handler backs off to sleeps of up to 100 ms, so with two workers
-# writing, the one that found the lock taken could oversleep dozens of the other's
-# commits (p99 latency in the hundreds of ms). The write lock is retried here instead,
-# never sleeping more than this between tries; the busy timeout still bounds the wait.
-BEGIN_MAX_SLEEP = 0.001
+def _run_batch(conn: sqlite3.Connection, units: list[Unit], turn_fd: int) -> list[tuple[bool, Any]]:
+    """Run ``units`` in one write transaction; a failing unit rolls back to its savepoint.
 
-
-def _begin_immediate(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
-    """``BEGIN IMMEDIATE``, retried promptly while another process holds the write lock."""
-    conn.execute("PRAGMA busy_timeout = 0")
-    try:
-        deadline = time.monotonic() + busy_timeout_ms / 1000
-        delay = 0.00005
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as e:
-                busy = e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
-                if not busy or time.monotonic() >= deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, BEGIN_MAX_SLEEP)
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-
-
-def _run_batch(
-    conn: sqlite3.Connection, units: list[Unit], busy_timeout_ms: int
-) -> list[tuple[bool, Any]]:
-    """Run ``units`` in one write transaction; a failing unit rolls back to its savepoint."""
+    Workers take turns through an exclusive ``flock`` on a lock file beside the database
+    before ``BEGIN IMMEDIATE``. SQLite's write lock alone is what makes this correct, but
+    a writer that finds it taken sleeps in SQLite's busy handler for 1, 2, 5 … 100 ms,
+    while a writer blocked in ``flock`` is woken by the kernel the moment the other
+    worker commits. The kernel drops the lock if its holder dies.
+    """
     results: list[tuple[bool, Any]] = []
-    _begin_immediate(conn, busy_timeout_ms)
+    fcntl.flock(turn_fd, fcntl.LOCK_EX)
+    try:
+        _run_transaction(conn, units, results)
+    finally:
+        fcntl.flock(turn_fd, fcntl.LOCK_UN)
+    return results
+
+
+def _run_transaction(
+    conn: sqlite3.Connection, units: list[Unit], results: list[tuple[bool, Any]]
+) -> None:
+    conn.execute("BEGIN IMMEDIATE")
     try:
         for unit in units:
             conn.execute("SAVEPOINT unit")
@@ -126,16 +138,22 @@ def _run_batch(
             except sqlite3.Error:
                 logger.exception("rollback failed")
         raise
-    return results
 
 
 class _Writer:
     """The worker's only writer: queues units and commits them in batches, in order."""
 
-    def __init__(self, db: aiosqlite.Connection, max_batch: int, busy_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        max_batch: int,
+        turn_fd: int,
+        observer: StorageObserver | None,
+    ) -> None:
         self._db = db
         self._max_batch = max_batch
-        self._busy_timeout_ms = busy_timeout_ms
+        self._turn_fd = turn_fd
+        self._observer = observer
         self._queue: deque[tuple[Unit, asyncio.Future[Any]]] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -161,11 +179,13 @@ class _Writer:
                 continue
             size = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(size)]
+            started = time.perf_counter()
             try:
                 results = await _in_db_thread(
-                    self._db, _run_batch, [u for u, _ in batch], self._busy_timeout_ms
+                    self._db, _run_batch, [u for u, _ in batch], self._turn_fd
                 )
             except Exception as e:
+                self._report(e)
                 error = _translate(e)
                 if not isinstance(error, StorageUnavailable):
                     logger.exception("write batch failed")
@@ -174,13 +194,22 @@ class _Writer:
                         fut.set_exception(error)
                 continue
             self.batches += 1
+            if self._observer is not None:
+                self._observer.committed(time.perf_counter() - started, size)
             for (_, fut), (ok, value) in zip(batch, results, strict=True):
+                if not ok:
+                    self._report(value)
                 if fut.done():
                     continue
                 if ok:
                     fut.set_result(value)
                 else:
                     fut.set_exception(_translate(value))
+
+    def _report(self, error: BaseException) -> None:
+        kind = _error_kind(error)
+        if kind is not None and self._observer is not None:
+            self._observer.failed(kind)
 
     async def close(self) -> None:
         """Commit everything already queued, then stop."""
@@ -276,13 +305,17 @@ class SQLiteStorage:
         self,
         writer_db: aiosqlite.Connection,
         reader_db: aiosqlite.Connection,
-        max_batch: int,
-        busy_timeout_ms: int = 5000,
+        settings: Settings,
+        turn_fd: int,
+        observer: StorageObserver | None = None,
     ) -> None:
         self._writer_db = writer_db
         self._reader_db = reader_db
-        self._writer = _Writer(writer_db, max_batch, busy_timeout_ms)
-        self._reader = BatchedReader(partial(_in_db_thread, reader_db), max_batch)
+        self._turn_fd = turn_fd
+        self._observer = observer
+        self._poll_interval = settings.events_poll_interval
+        self._writer = _Writer(writer_db, settings.max_batch, turn_fd, observer)
+        self._reader = BatchedReader(partial(_in_db_thread, reader_db), settings.max_batch)
 
     @property
     def batches(self) -> int:
@@ -290,7 +323,9 @@ class SQLiteStorage:
         return self._writer.batches
 
     @classmethod
-    async def open(cls, settings: Settings) -> SQLiteStorage:
+    async def open(
+        cls, settings: Settings, observer: StorageObserver | None = None
+    ) -> SQLiteStorage:
         """Connect, set durability pragmas, migrate; refuse SQLite older than 3.35."""
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise RuntimeError(
@@ -314,7 +349,8 @@ class SQLiteStorage:
             await reader_db.close()
             await writer_db.close()
             raise
-        return cls(writer_db, reader_db, settings.max_batch, settings.busy_timeout_ms)
+        turn_fd = os.open(f"{path}.writer-turn", os.O_RDWR | os.O_CREAT, 0o600)
+        return cls(writer_db, reader_db, settings, turn_fd, observer)
 
     # Plain methods returning the writer's future: the combiner awaits it directly,
     # without wrapping each batch in a task of its own.
@@ -327,8 +363,15 @@ class SQLiteStorage:
         return self._writer.submit(_item_unit(item_id, ops))
 
     async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        # Reads waiting together share one thread hop (see app.storage.sqlite_reads).
-        return await self._reader.fetch(sql, params)
+        try:
+            # Reads waiting together share one thread hop (see app.storage.sqlite_reads).
+            rows = await self._reader.fetch(sql, params)
+        except (sqlite3.OperationalError, ValueError) as e:
+            # ValueError: aiosqlite's "no active connection" once the reader is closed.
+            if self._observer is not None:
+                self._observer.failed(_error_kind(e) or "other")
+            raise StorageUnavailable(f"database: {e}") from e
+        return list(rows)
 
     async def get_counter(self, name: str) -> int | None:
         rows = await self._read("SELECT value FROM counters WHERE name = ?", (name,))
@@ -356,8 +399,20 @@ class SQLiteStorage:
         )
         return [Record(r[0], msgspec.json.decode(r[1]), r[2], r[3]) for r in rows]
 
+    async def wait_for_change(self, mark: int) -> int:
+        # PRAGMA data_version on the reader changes whenever any connection other than the
+        # reader commits (this worker's writer included); it reads the WAL index and touches
+        # no table. Polled only while somebody waits here.
+        while True:
+            rows = await self._read("PRAGMA data_version", ())
+            version: int = rows[0][0]
+            if version != mark:
+                return version
+            await asyncio.sleep(self._poll_interval)
+
     async def ping(self) -> None:
-        await self._read("SELECT 1", ())
+        # Reads the schema from the file itself; "SELECT 1" would not touch the database.
+        await self._read("SELECT count(*) FROM sqlite_schema", ())
 
     async def close(self) -> None:
         try:
@@ -368,3 +423,4 @@ class SQLiteStorage:
             finally:
                 await self._reader_db.close()
                 await self._writer_db.close()
+                os.close(self._turn_fd)

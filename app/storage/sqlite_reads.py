@@ -3,21 +3,19 @@
 A hop into aiosqlite's thread costs more than a small indexed read itself, so under load
 the reads waiting at the same moment are run back to back in one hop, each in its own
 autocommit statement, exactly as if it had been sent alone: it sees everything committed
-before it ran, and a failing query fails only its own request.
+before it ran, and a failing query raises its own error (for the caller to translate)
+and fails only its own request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sqlite3
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.errors import StorageUnavailable
-
-logger = logging.getLogger(__name__)
 
 Query = tuple[str, tuple[Any, ...]]
 # Runs a function on the reader connection's own thread, in one hop.
@@ -70,16 +68,13 @@ class BatchedReader:
             batch = [self._queue.popleft() for _ in range(size)]
             try:
                 results = await self._hop(_run_queries, [q for q, _ in batch])
-            except Exception as e:
-                logger.exception("read batch failed")
+            except Exception as e:  # e.g. aiosqlite's ValueError once the reader is closed
                 results = [e] * len(batch)
             self.hops += 1
             for (_, fut), result in zip(batch, results, strict=True):
                 if fut.done():
                     continue
-                if isinstance(result, sqlite3.OperationalError):
-                    fut.set_exception(StorageUnavailable(f"database: {result}"))
-                elif isinstance(result, BaseException):
+                if isinstance(result, BaseException):
                     fut.set_exception(result)
                 else:
                     fut.set_result(result)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from app.domain import Increment
-from app.errors import StorageUnavailable
 from app.storage.sqlite import SQLiteStorage
 from tests.conftest import settings_for
 
@@ -41,7 +41,7 @@ async def test_failing_read_fails_only_itself(storage: SQLiteStorage) -> None:
     also_good = reader.fetch(sql, ("c",))
     results = await asyncio.gather(good, bad, also_good, return_exceptions=True)
     assert results[0] == [(7,)]
-    assert isinstance(results[1], StorageUnavailable)
+    assert isinstance(results[1], sqlite3.OperationalError)
     assert results[2] == [(7,)]
     assert reader.hops - before == 1
 

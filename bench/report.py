@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+# Findings kept across runs: appended to every generated report.
+NOTES = Path(__file__).resolve().parent / "notes.md"
+
 # (req/s, p50 ms, p99 ms, workers' CPU µs per request) of one wrk run
 Run = tuple[float, float, float, float]
 
@@ -26,6 +29,8 @@ class Result:
     target: float | None
     service: list[Run] = field(default_factory=list)
     hello: list[Run] = field(default_factory=list)
+    errors: int = 0  # lockstep's non-2xx/3xx answers, all rounds
+    timeouts: int = 0  # lockstep's requests wrk gave up on (2 s), all rounds
 
     @staticmethod
     def _median(runs: list[Run], i: int) -> float:
@@ -80,14 +85,16 @@ def machine() -> str:
 def table(results: list[Result]) -> list[str]:
     lines = [
         "| workload | lockstep req/s | hello req/s | share of hello | target "
-        "| lockstep p50 / p99 ms | hello p50 / p99 ms | CPU µs/request lockstep / hello |",
-        "|---|---:|---:|---:|---|---:|---:|---:|",
+        "| lockstep p50 / p99 ms | hello p50 / p99 ms | CPU µs/request lockstep / hello "
+        "| lockstep errors / timeouts |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in results:
         (s, h), (s50, h50), (s99, h99), (sc, hc) = r.rate(), r.p50(), r.p99(), r.cpu()
         lines.append(
             f"| {r.title} | {s:,.0f} | {h:,.0f} | {r.ratio():.2f} | {r.verdict()} "
-            f"| {s50:.1f} / {s99:.1f} | {h50:.1f} / {h99:.1f} | {sc:.0f} / {hc:.0f} |"
+            f"| {s50:.1f} / {s99:.1f} | {h50:.1f} / {h99:.1f} | {sc:.0f} / {hc:.0f} "
+            f"| {r.errors} / {r.timeouts} |"
         )
     return lines
 
@@ -154,6 +161,8 @@ def write_report(
         "- **Servers**: `gunicorn --config config/gunicorn.conf.py` (as `make run`, 2 workers, "
         "fresh SQLite in a temp dir, `synchronous=FULL`) and, with the same config, "
         f"`{'bench.hello:create_app'}`; extra gunicorn flags for both: `{extra}`",
+        f"- **Logging**: `LOCKSTEP_LOG_LEVEL={args.log_level}` for both apps; gunicorn's "
+        "access log is off in the config for both",
         f"- **Exactly-once**: {verdict}",
         "",
         *table(results),
@@ -164,7 +173,10 @@ def write_report(
         "the same run; hello world answers every request of the same wrk script with a fixed "
         "text. Exactly-once: after each write run, the counter (or the sum of record versions) "
         "grew by the number of 2xx answers wrk counted, give or take the requests wrk cut off "
-        "at the end (at most one per connection).",
+        "at the end (at most one per connection). Errors and timeouts are counted over all "
+        "rounds; wrk gives up on a request after 2 s.",
+        "",
+        *NOTES.read_text().splitlines(),
         "",
     ]
     out.write_text("\n".join(lines))

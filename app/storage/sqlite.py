@@ -282,6 +282,22 @@ def _prepare(conn: sqlite3.Connection, busy_timeout_ms: int, synchronous: str) -
         raise RuntimeError(f"SQLite refused synchronous={synchronous} (got {level})")
 
 
+def _start_up(
+    conn: sqlite3.Connection, busy_timeout_ms: int, synchronous: str, turn_fd: int
+) -> None:
+    """Set pragmas and migrate while holding the writer turn.
+
+    Workers starting together on a new file would otherwise race to switch it to WAL,
+    which SQLite may refuse with "database is locked" without waiting out busy_timeout.
+    """
+    fcntl.flock(turn_fd, fcntl.LOCK_EX)
+    try:
+        _prepare(conn, busy_timeout_ms, synchronous)
+        _migrate(conn)
+    finally:
+        fcntl.flock(turn_fd, fcntl.LOCK_UN)
+
+
 def _migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema up to date under the write lock, so concurrent workers migrate once."""
     conn.execute("BEGIN IMMEDIATE")
@@ -334,13 +350,20 @@ class SQLiteStorage:
             )
         path: Path = settings.sqlite_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer_db = await aiosqlite.connect(path, isolation_level=None)
+        turn_fd = os.open(f"{path}.writer-turn", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            await _in_db_thread(writer_db, _prepare, settings.busy_timeout_ms, settings.synchronous)
-            await _in_db_thread(writer_db, _migrate)
+            writer_db = await aiosqlite.connect(path, isolation_level=None)
+        except BaseException:
+            os.close(turn_fd)
+            raise
+        try:
+            await _in_db_thread(
+                writer_db, _start_up, settings.busy_timeout_ms, settings.synchronous, turn_fd
+            )
             reader_db = await aiosqlite.connect(path, isolation_level=None)
         except BaseException:
             await writer_db.close()
+            os.close(turn_fd)
             raise
         try:
             await reader_db.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout_ms)}")
@@ -348,8 +371,8 @@ class SQLiteStorage:
         except BaseException:
             await reader_db.close()
             await writer_db.close()
+            os.close(turn_fd)
             raise
-        turn_fd = os.open(f"{path}.writer-turn", os.O_RDWR | os.O_CREAT, 0o600)
         return cls(writer_db, reader_db, settings, turn_fd, observer)
 
     # Plain methods returning the writer's future: the combiner awaits it directly,

@@ -8,6 +8,7 @@ import platform
 import sqlite3
 import statistics
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -105,7 +106,7 @@ def chart(results: list[Result], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r.title.replace(", ", "\n") for r in results]
+    names = ["\n".join(textwrap.wrap(r.title.replace("/counters/{k}/", "…/"), 16)) for r in results]
     xs = range(len(results))
     fig, ax = plt.subplots(figsize=(10, 4.8))
     width = 0.38

@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from app.combining import Combiner
+from app.housekeeping import purge_ctx
+from app.idempotency import InFlight
 from app.locks import LockRegistry
 from app.middlewares import problems
 from app.routes import setup_routes
 from app.settings import Settings
-from app.state import COUNTERS, HEALTH, ITEMS, LOCKS, SETTINGS, STORAGE, Health
+from app.state import COUNTERS, HEALTH, IN_FLIGHT, ITEMS, LOCKS, SETTINGS, STORAGE, Health
 from app.storage import open_storage
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,9 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app[SETTINGS] = settings
     app[HEALTH] = Health()
     app[LOCKS] = LockRegistry(settings.lock_timeout)
+    app[IN_FLIGHT] = InFlight()
     setup_routes(app)
     app.cleanup_ctx.append(_storage_ctx)
+    app.cleanup_ctx.append(purge_ctx)  # after storage: stopped before storage closes
     app.on_shutdown.append(_mark_shutting_down)
     return app

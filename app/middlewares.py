@@ -16,14 +16,8 @@ PROBLEM = "application/problem+json"
 _DROP = {"Content-Type", "Content-Length"}
 
 
-def problem_response(
-    status: int,
-    title: str,
-    detail: str,
-    slug: str | None = None,
-    headers: Any = None,
-) -> web.Response:
-    """An ``application/problem+json`` response."""
+def problem_body(status: int, title: str, detail: str, slug: str | None = None) -> bytes:
+    """The JSON bytes of a problem document."""
     from app.views.common import _encode
 
     body = {
@@ -32,8 +26,20 @@ def problem_response(
         "status": status,
         "detail": detail,
     }
+    return _encode(body)
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    slug: str | None = None,
+    headers: Any = None,
+) -> web.Response:
+    """An ``application/problem+json`` response."""
+    body = problem_body(status, title, detail, slug)
     extra = {k: v for k, v in (headers or {}).items() if k not in _DROP}
-    return web.Response(body=_encode(body), status=status, content_type=PROBLEM, headers=extra)
+    return web.Response(body=body, status=status, content_type=PROBLEM, headers=extra)
 
 
 @web.middleware

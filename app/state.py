@@ -8,6 +8,7 @@ from aiohttp import web
 
 from app.combining import Combiner
 from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome
+from app.idempotency import InFlight
 from app.locks import LockRegistry
 from app.settings import Settings
 from app.storage import Storage
@@ -26,6 +27,7 @@ LOCKS = web.AppKey("locks", LockRegistry)
 STORAGE = web.AppKey("storage", Storage)
 COUNTERS = web.AppKey("counters", Combiner[CounterOp, CounterOutcome])
 ITEMS = web.AppKey("items", Combiner[ItemOp, ItemOutcome])
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
 def get_settings(request: web.Request) -> Settings:
@@ -42,6 +44,10 @@ def get_counters(request: web.Request) -> Combiner[CounterOp, CounterOutcome]:
 
 def get_items(request: web.Request) -> Combiner[ItemOp, ItemOutcome]:
     return request.app[ITEMS]
+
+
+def get_in_flight(request: web.Request) -> InFlight:
+    return request.app[IN_FLIGHT]
 
 
 def get_health(request: web.Request) -> Health:

@@ -1,4 +1,4 @@
-"""Retries and races across gunicorn workers: Idempotency-Key and If-Match hold between processes."""
+"""Retries and races across gunicorn workers: Idempotency-Key and If-Match hold across processes."""
 
 from __future__ import annotations
 

@@ -24,3 +24,15 @@ loglevel = os.environ.get("LOCKSTEP_LOG_LEVEL", "info")
 # gunicorn 27's runtime control socket is not used; without this, two instances on
 # one machine would fight over the same socket path.
 control_socket_disable = True
+
+
+def post_worker_init(worker: object) -> None:
+    """Keep a worker alive when a write hits the file-size limit (RLIMIT_FSIZE).
+
+    The kernel signals SIGXFSZ, whose default action kills the process; ignored, the write
+    fails with EFBIG instead, SQLite reports an I/O error and the request answers 503.
+    Python ignores it at startup already; this keeps it so whatever ran in between.
+    """
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

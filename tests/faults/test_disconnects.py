@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 async def send_and_abort(port: int, request: bytes) -> None:
     """Send ``request`` and reset the connection at once, without reading any answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
     await writer.drain()
     sock = writer.get_extra_info("socket")

@@ -23,7 +23,7 @@ async def test_open_applies_synchronous_and_wal_limit(
     )
     try:
         pragmas = [
-            list(await storage._writer_db.execute_fetchall(f"PRAGMA {name}"))[0][0]
+            next(iter(await storage._writer_db.execute_fetchall(f"PRAGMA {name}")))[0]
             for name in ("journal_mode", "synchronous", "journal_size_limit")
         ]
         assert pragmas == ["wal", number, 123456]

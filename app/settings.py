@@ -59,8 +59,47 @@ class Settings(BaseSettings):
     # --- PostgreSQL -------------------------------------------------------------------
 
     # --- security: tokens and input limits ----------------------------------------
+    tokens_file: Path | None = Field(
+        default=None,
+        description="Tokens file (`lockstep token new` writes it); unset means the API is open.",
+    )
+    tokens_check_interval: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds between checks of the tokens file for changes (0: every request).",
+    )
+    max_header_bytes: int = Field(
+        default=8192,
+        ge=256,
+        le=65536,
+        description="Largest total size of a request's header lines (431 above).",
+    )
+    max_json_depth: int = Field(
+        default=32,
+        ge=2,
+        le=256,
+        description="Deepest nesting of arrays and objects accepted in a JSON body (422 above).",
+    )
 
     # --- observability: logs, metrics, events -----------------------------------------
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Per-request and error log lines: readable `text` or one JSON object a line.",
+    )
+    events_poll_interval: float = Field(
+        default=0.05,
+        gt=0,
+        le=10,
+        description="Seconds between checks for committed changes while event streams are open.",
+    )
+    events_heartbeat: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds of silence after which an event stream sends a keep-alive comment.",
+    )
+    events_max_resources: int = Field(
+        default=100, ge=1, le=1000, description="Most resources one GET /events stream may watch."
+    )
 
     @property
     def sqlite_path(self) -> Path:

@@ -8,10 +8,13 @@ from aiohttp import web
 
 from app.combining import Combiner
 from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome
+from app.events import EventHub
 from app.idempotency import InFlight
 from app.locks import LockRegistry
+from app.metrics import Metrics
 from app.settings import Settings
 from app.storage import Storage
+from app.tokens import TokenStore
 
 
 @dataclass(slots=True)
@@ -28,6 +31,11 @@ STORAGE = web.AppKey("storage", Storage)
 COUNTERS = web.AppKey("counters", Combiner[CounterOp, CounterOutcome])
 ITEMS = web.AppKey("items", Combiner[ItemOp, ItemOutcome])
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
+# Present only when a tokens file is configured.
+TOKENS = web.AppKey("tokens", TokenStore)
+METRICS = web.AppKey("metrics", Metrics)
+EVENTS = web.AppKey("events", EventHub)
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def get_settings(request: web.Request) -> Settings:
@@ -52,3 +60,11 @@ def get_in_flight(request: web.Request) -> InFlight:
 
 def get_health(request: web.Request) -> Health:
     return request.app[HEALTH]
+
+
+def get_metrics(request: web.Request) -> Metrics:
+    return request.app[METRICS]
+
+
+def get_events(request: web.Request) -> EventHub:
+    return request.app[EVENTS]

@@ -4,6 +4,9 @@
 set -euo pipefail
 
 packages=(curl sqlite3)
+# The dashboard's browser test: Debian's Chromium (Playwright drives it; it never downloads
+# a browser of its own) and a font for it to render text with.
+packages+=(chromium fonts-dejavu-core)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -11,7 +11,7 @@ from aiohttp import web
 from app.domain import INT64_MAX, INT64_MIN, DeleteCounter, Increment, SetValue
 from app.errors import InvalidInput, NotFound
 from app.idempotency import Rendered
-from app.state import get_counters, get_storage
+from app.state import get_counters, get_settings, get_storage
 from app.views.common import (
     JSON,
     NO_STORE,
@@ -22,6 +22,7 @@ from app.views.common import (
     page,
     path_name,
     raise_if_error,
+    read_body,
 )
 from app.views.idempotent import claim_for, execute
 
@@ -63,8 +64,12 @@ def _render_deleted(_: Any) -> Rendered:
 async def increment(request: web.Request) -> web.Response:
     """Add ``by`` (default 1) to a counter, creating it at 0 first if needed."""
     name = path_name(request, "name")
-    raw = await request.read()
-    body = decode_json(raw, IncrementBody) if raw.strip() else None
+    raw = await read_body(request)
+    body = (
+        decode_json(raw, IncrementBody, get_settings(request).max_json_depth)
+        if raw.strip()
+        else None
+    )
     by = 1 if body is None else body.by
     render = _render_value(name)
     claim = claim_for(request, raw, render)
@@ -84,10 +89,10 @@ async def get_counter(request: web.Request) -> web.Response:
 async def set_counter(request: web.Request) -> web.Response:
     """Set a counter to a value, creating it if needed."""
     name = path_name(request, "name")
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         raise InvalidInput("a JSON body is required")
-    body = decode_json(raw, SetBody)
+    body = decode_json(raw, SetBody, get_settings(request).max_json_depth)
     render = _render_value(name)
     op = SetValue(body.value, claim_for(request, raw, render))
     return await execute(request, get_counters(request), name, op, render)
@@ -96,7 +101,7 @@ async def set_counter(request: web.Request) -> web.Response:
 async def delete_counter(request: web.Request) -> web.Response:
     """Delete a counter."""
     name = path_name(request, "name")
-    op = DeleteCounter(claim_for(request, await request.read(), _render_deleted))
+    op = DeleteCounter(claim_for(request, await read_body(request), _render_deleted))
     return await execute(request, get_counters(request), name, op, _render_deleted)
 
 

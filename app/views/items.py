@@ -10,7 +10,7 @@ from aiohttp import web
 from app.domain import DeleteItem, PatchItem, PutItem, Record, Written
 from app.errors import InvalidInput, NotFound
 from app.idempotency import Rendered
-from app.state import get_items, get_storage
+from app.state import get_items, get_settings, get_storage
 from app.views.common import (
     JSON,
     _encode,
@@ -20,6 +20,7 @@ from app.views.common import (
     page,
     path_name,
     precondition,
+    read_body,
 )
 from app.views.idempotent import claim_for, execute
 
@@ -58,7 +59,7 @@ def _render_deleted(_: Any) -> Rendered:
 
 
 async def _required_body(request: web.Request) -> bytes:
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         raise InvalidInput("a JSON body is required")
     return raw
@@ -68,7 +69,7 @@ async def put_item(request: web.Request) -> web.Response:
     """Create or replace a record; 201 when created."""
     item_id = path_name(request, "id")
     raw = await _required_body(request)
-    body = decode_json(raw, PutBody)
+    body = decode_json(raw, PutBody, get_settings(request).max_json_depth)
     op = PutItem(body.value, precondition(request), claim_for(request, raw, _render_written))
     return await execute(request, get_items(request), item_id, op, _render_written)
 
@@ -80,7 +81,7 @@ async def patch_item(request: web.Request) -> web.Response:
         raise web.HTTPUnsupportedMediaType(text=f"PATCH takes Content-Type: {MERGE_PATCH}")
     # An empty body is "a JSON body is required" (422), as on PUT, not a JSON syntax error.
     raw = await _required_body(request)
-    patch = decode_json(raw, Any)
+    patch = decode_json(raw, Any, get_settings(request).max_json_depth)
     op = PatchItem(patch, precondition(request), claim_for(request, raw, _render_written))
     return await execute(request, get_items(request), item_id, op, _render_written)
 
@@ -88,7 +89,7 @@ async def patch_item(request: web.Request) -> web.Response:
 async def delete_item(request: web.Request) -> web.Response:
     """Delete a record."""
     item_id = path_name(request, "id")
-    claim = claim_for(request, await request.read(), _render_deleted)
+    claim = claim_for(request, await read_body(request), _render_deleted)
     op = DeleteItem(precondition(request), claim)
     return await execute(request, get_items(request), item_id, op, _render_deleted)
 

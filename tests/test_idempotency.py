@@ -195,3 +195,21 @@ async def test_request_without_key_stores_nothing(client: Client, tmp_path: Path
     async with client.get("/access") as r:
         assert r.status == 200
     assert stored_keys(tmp_path) == []
+
+
+async def test_background_purge_deletes_expired_keys_while_serving(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """The background task deletes expired keys by itself while requests keep being served."""
+    settings = settings_for(tmp_path, idempotency_ttl=0.05, idempotency_purge_interval=0.05)
+    client = await aiohttp_client(await create_app(settings))
+    for i in range(3):
+        async with client.post("/counters/c/increment", headers={"Idempotency-Key": f"k{i}"}) as r:
+            assert r.status == 200
+    deadline = time.monotonic() + 10
+    while stored_keys(tmp_path) and time.monotonic() < deadline:
+        async with client.post("/counters/other/increment") as r:  # requests go on meanwhile
+            assert r.status == 200
+        await asyncio.sleep(0.05)
+    assert stored_keys(tmp_path) == []
+    assert await counter_value(client, "c") == 3

@@ -22,6 +22,7 @@ session-level is used, so PgBouncer in transaction mode works.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -60,6 +61,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # protocol state after the server dropped the connection
     asyncpg.OperatorInterventionError,  # admin shutdown, cannot connect now, query canceled
     asyncpg.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.TransactionRollbackError,  # still deadlocking after RETRIES
@@ -103,52 +105,78 @@ def _decode_record(row: Any) -> Record:
     return Record(row[0], msgspec.json.decode(row[1]), row[2], row[3])
 
 
+class _CommitUnknown(StorageUnavailable):
+    """The connection broke while COMMIT was under way: the batch may or may not have landed."""
+
+
 async def _commit_batch(conn: Connection, batch: list[_Unit]) -> list[tuple[bool, Any]]:
-    """Run ``batch`` in one transaction on ``conn``; returns (ok, outcome-or-error) per unit."""
+    """Run ``batch`` in one transaction on ``conn``; returns (ok, outcome-or-error) per unit.
+
+    Anything raised before COMMIT was sent left nothing behind, so the caller may retry;
+    a failure during COMMIT raises ``_CommitUnknown``, which must never be retried.
+    """
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        results = await _apply_batch(conn, batch)
+    except BaseException:
+        if not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await transaction.rollback()
+        raise
+    try:
+        await transaction.commit()
+    except _UNAVAILABLE as e:
+        raise _CommitUnknown(
+            f"database connection lost during COMMIT ({type(e).__name__}); the change may"
+            " or may not have been applied"
+        ) from e
+    return results
+
+
+async def _apply_batch(conn: Connection, batch: list[_Unit]) -> list[tuple[bool, Any]]:
+    """Lock, read, apply and write ``batch`` inside the open transaction on ``conn``."""
     names = sorted({u.key for u in batch if u.kind == "counter"})
     ids = sorted({u.key for u in batch if u.kind == "item"})
     locks = sorted({lock_key(f"{u.kind}:{u.key}") for u in batch})
-    async with conn.transaction():
-        # unnest yields the sorted keys in order, so locks are always taken in key order.
-        await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", locks)
-        counters: dict[str, int | None] = dict.fromkeys(names)
-        if names:
-            rows = await conn.fetch(
-                "SELECT name, value FROM counters WHERE name = ANY($1::text[])"
-                " ORDER BY name FOR UPDATE",
-                names,
-            )
-            counters.update((r[0], r[1]) for r in rows)
-        items: dict[str, Record | None] = dict.fromkeys(ids)
-        if ids:
-            rows = await conn.fetch(
-                "SELECT id, value, version, updated_at FROM items WHERE id = ANY($1::text[])"
-                " ORDER BY id FOR UPDATE",
-                ids,
-            )
-            items.update((r[0], _decode_record(r)) for r in rows)
-        stored_counters, stored_items = dict(counters), dict(items)
+    # unnest yields the sorted keys in order, so locks are always taken in key order.
+    await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", locks)
+    counters: dict[str, int | None] = dict.fromkeys(names)
+    if names:
+        rows = await conn.fetch(
+            "SELECT name, value FROM counters WHERE name = ANY($1::text[])"
+            " ORDER BY name FOR UPDATE",
+            names,
+        )
+        counters.update((r[0], r[1]) for r in rows)
+    items: dict[str, Record | None] = dict.fromkeys(ids)
+    if ids:
+        rows = await conn.fetch(
+            "SELECT id, value, version, updated_at FROM items WHERE id = ANY($1::text[])"
+            " ORDER BY id FOR UPDATE",
+            ids,
+        )
+        items.update((r[0], _decode_record(r)) for r in rows)
+    stored_counters, stored_items = dict(counters), dict(items)
 
-        results: list[tuple[bool, Any]] = []
-        for unit in batch:
-            outcomes: list[Any]
-            try:
-                if unit.kind == "counter":
-                    counters[unit.key], outcomes = apply_counter_ops(
-                        counters[unit.key], list(unit.ops)
-                    )
-                else:
-                    final, outcomes = apply_item_ops(unit.key, items[unit.key], list(unit.ops))
-                    if final is not None:
-                        msgspec.json.encode(final.value)  # fail this unit alone if unencodable
-                    items[unit.key] = final
-            except Exception as e:
-                results.append((False, e))
+    results: list[tuple[bool, Any]] = []
+    for unit in batch:
+        outcomes: list[Any]
+        try:
+            if unit.kind == "counter":
+                counters[unit.key], outcomes = apply_counter_ops(counters[unit.key], list(unit.ops))
             else:
-                results.append((True, outcomes))
+                final, outcomes = apply_item_ops(unit.key, items[unit.key], list(unit.ops))
+                if final is not None:
+                    msgspec.json.encode(final.value)  # fail this unit alone if unencodable
+                items[unit.key] = final
+        except Exception as e:
+            results.append((False, e))
+        else:
+            results.append((True, outcomes))
 
-        await _write_counters(conn, stored_counters, counters)
-        await _write_items(conn, stored_items, items)
+    await _write_counters(conn, stored_counters, counters)
+    await _write_items(conn, stored_items, items)
     return results
 
 
@@ -257,6 +285,7 @@ class _Writer:
                 unit.future.set_exception(value)
 
     async def _commit_with_retries(self, batch: list[_Unit]) -> list[tuple[bool, Any]]:
+        reconnected = False
         for attempt in range(1, RETRIES + 1):
             try:
                 async with _connection(self._pool, self._timeout) as conn:
@@ -265,6 +294,16 @@ class _Writer:
                 if attempt == RETRIES:
                     raise
                 logger.info("write batch retried after %s (attempt %d)", e.sqlstate, attempt)
+            except _CommitUnknown:
+                await self._pool.expire_connections()
+                raise
+            except _UNAVAILABLE:
+                # Nothing was committed. After a server restart every pooled connection
+                # is dead: drop them all and try once more on a fresh one.
+                await self._pool.expire_connections()
+                if reconnected:
+                    raise
+                reconnected = True
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
@@ -286,6 +325,8 @@ async def _open_pool(settings: Settings) -> asyncpg.Pool:
                 statement_cache_size=settings.pg_statement_cache_size,
                 command_timeout=settings.pg_command_timeout,
                 timeout=settings.pg_connect_timeout,
+                # A startup parameter PgBouncer understands; lets operators find our sessions.
+                server_settings={"application_name": "lockstep"},
             )
         except _UNAVAILABLE as e:
             if time.monotonic() >= deadline:
@@ -331,11 +372,16 @@ class PostgresStorage:
         return outcomes
 
     async def _read(self, sql: str, *params: Any) -> list[Any]:
-        try:
-            async with _connection(self._pool, self._timeout) as conn:
-                return list(await conn.fetch(sql, *params, timeout=self._timeout))
-        except _UNAVAILABLE as e:
-            raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
+        for attempt in (1, 2):
+            try:
+                async with _connection(self._pool, self._timeout) as conn:
+                    return list(await conn.fetch(sql, *params, timeout=self._timeout))
+            except _UNAVAILABLE as e:
+                # Reads are safe to repeat: once more on fresh connections, then 503.
+                await self._pool.expire_connections()
+                if attempt == 2:
+                    raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
+        raise AssertionError("unreachable")
 
     async def get_counter(self, name: str) -> int | None:
         rows = await self._read("SELECT value FROM counters WHERE name = $1", name)

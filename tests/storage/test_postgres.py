@@ -1,0 +1,133 @@
+"""The PostgreSQL backend: migrations under concurrent startup, cross-host locking, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from app.domain import Increment, PatchItem, PutItem, Written
+from app.errors import StorageUnavailable
+from app.settings import Settings
+from app.storage.pg_schema import MIGRATIONS, lock_key
+from app.storage.postgres import PostgresStorage
+from tests.conftest import backend_settings
+
+
+@pytest.fixture
+async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
+    async with backend_settings("postgres", tmp_path) as settings:
+        yield settings
+
+
+@pytest.fixture
+async def storage(settings: Settings) -> AsyncIterator[PostgresStorage]:
+    storage = await PostgresStorage.open(settings)
+    yield storage
+    await storage.close()
+
+
+async def test_concurrent_startup_migrates_exactly_once(settings: Settings) -> None:
+    """Eight instances opening one empty database at once all start, and each migration ran once."""
+    opened = await asyncio.gather(*(PostgresStorage.open(settings) for _ in range(8)))
+    try:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            rows = await conn.fetch("SELECT version FROM lockstep_migrations ORDER BY version")
+        finally:
+            await conn.close()
+        assert [r[0] for r in rows] == list(range(1, len(MIGRATIONS) + 1))
+    finally:
+        await asyncio.gather(*(s.close() for s in opened))
+
+
+async def test_new_counter_from_many_hosts_counts_exactly_once(settings: Settings) -> None:
+    """Four pools creating the same new counters concurrently hand out each value exactly once."""
+    hosts = [await PostgresStorage.open(settings) for _ in range(4)]
+    try:
+        for round_ in range(10):
+            name = f"fresh{round_}"
+            results = await asyncio.gather(
+                *(h.apply_counter_ops(name, [Increment(1)]) for h in hosts for _ in range(5))
+            )
+            assert sorted(r[0] for r in results if isinstance(r[0], int)) == list(range(1, 21))
+            assert await hosts[0].get_counter(name) == 20
+    finally:
+        await asyncio.gather(*(h.close() for h in hosts))
+
+
+async def test_patches_from_many_hosts_all_land(settings: Settings) -> None:
+    """Concurrent PATCHes of one record through four pools each land once: no lost update."""
+    hosts = [await PostgresStorage.open(settings) for _ in range(4)]
+    try:
+        await hosts[0].apply_item_ops("doc", [PutItem({})])
+        results = await asyncio.gather(
+            *(hosts[i % 4].apply_item_ops("doc", [PatchItem({f"f{i}": i})]) for i in range(40))
+        )
+        versions = sorted(r[0].record.version for r in results if isinstance(r[0], Written))
+        assert versions == list(range(2, 42))
+        record = await hosts[1].get_item("doc")
+        assert record is not None
+        assert (record.value, record.version) == ({f"f{i}": i for i in range(40)}, 41)
+    finally:
+        await asyncio.gather(*(h.close() for h in hosts))
+
+
+async def test_failing_unit_writes_nothing_and_batch_mates_commit(storage: PostgresStorage) -> None:
+    """A unit that cannot be stored fails alone; the units committed with it still land."""
+    good = storage.apply_counter_ops("good", [Increment(1)])
+    bad = storage.apply_item_ops("bad", [PutItem(object())])
+    results = await asyncio.gather(good, bad, return_exceptions=True)
+    assert results[0] == [1]
+    assert isinstance(results[1], TypeError)
+    assert await storage.get_counter("good") == 1
+    assert await storage.get_item("bad") is None
+
+
+async def test_timed_out_write_rolls_back_and_the_next_one_works(tmp_path: Path) -> None:
+    """A write stuck past the command timeout answers 503, writes nothing, and frees its locks."""
+    async with backend_settings("postgres", tmp_path, pg_command_timeout=0.5) as settings:
+        storage = await PostgresStorage.open(settings)
+        blocker = await asyncpg.connect(settings.database_url)
+        try:
+            await storage.apply_counter_ops("free", [Increment(1)])
+            # Another host holds the counter's lock for longer than the timeout.
+            blocking = blocker.transaction()
+            await blocking.start()
+            await blocker.execute("SELECT pg_advisory_xact_lock($1)", lock_key("counter:c"))
+            with pytest.raises(StorageUnavailable):
+                await storage.apply_counter_ops("c", [Increment(1), Increment(1)])
+            await storage.apply_counter_ops("free", [Increment(1)])
+            await blocking.rollback()
+            assert await storage.apply_counter_ops("c", [Increment(5)]) == [5]
+            assert await storage.get_counter("free") == 2
+            waiting = await blocker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
+            )
+            assert waiting == 0
+        finally:
+            await blocker.close()
+            await storage.close()
+
+
+async def test_killed_connections_answer_503_or_reconnect(storage: PostgresStorage) -> None:
+    """When the server kills every pooled connection, the next calls reconnect by themselves."""
+    settings_url = storage._pool._connect_args[0]  # type: ignore[attr-defined]
+    admin = await asyncpg.connect(settings_url)
+    try:
+        await asyncio.gather(
+            *(storage.apply_counter_ops(f"c{i}", [Increment(1)]) for i in range(20))
+        )
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'lockstep' AND datname = current_database()"
+        )
+        assert killed >= 1
+        assert await storage.get_counter("c0") == 1
+        assert await storage.apply_counter_ops("c0", [Increment(1)]) == [2]
+        await storage.ping()
+    finally:
+        await admin.close()

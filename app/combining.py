@@ -63,9 +63,13 @@ class Combiner(Generic[Op, Outcome]):
             outcome: Outcome = await me.future
             return outcome
         except BaseException:
-            if not self._withdraw(key, me) and not me.future.done():
-                # Taken by a holder and still committing; nobody will read the outcome.
-                me.future.add_done_callback(_discard)
+            if not self._withdraw(key, me):
+                # Taken by a holder: its outcome (often the very error being raised, when
+                # this request was the holder) is never read, so mark it as seen.
+                if me.future.done():
+                    _discard(me.future)
+                else:
+                    me.future.add_done_callback(_discard)
             raise
         result: Outcome = me.future.result()
         return result

@@ -43,16 +43,21 @@ async def fresh_postgres_url() -> AsyncIterator[str]:
     """A URL whose connections see only a new, empty schema, dropped again afterwards."""
     base = postgres_server_url()
     schema = f"t_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(base)
+    await _admin(base, f"CREATE SCHEMA {schema}")
     try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
         # asyncpg passes unknown URL parameters to the server as session settings.
         yield f"{base}{'&' if '?' in base else '?'}search_path={schema}"
     finally:
-        try:
-            await admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        finally:
-            await admin.close()
+        # A new connection: the test may have restarted the server meanwhile.
+        await _admin(base, f"DROP SCHEMA {schema} CASCADE")
+
+
+async def _admin(url: str, statement: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 @asynccontextmanager

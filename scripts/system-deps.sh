@@ -3,7 +3,8 @@
 # Runs as root in CI (apt-get works there); elsewhere it only says what is missing.
 set -euo pipefail
 
-packages=(curl sqlite3)
+# postgresql: the server the PostgreSQL backend's tests run against (scripts/test-postgres.sh).
+packages=(curl sqlite3 postgresql)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,33 +1,51 @@
 """Write combining under the per-resource lock.
 
-A request queues its operation for its resource, then takes the resource's lock from the
-registry. Whoever holds the lock takes every operation queued for that resource so far and
-applies them in one storage call (one read, one write, one commit shared with other
-resources' batches), then each request gets its own outcome. While one batch commits, the
-next requests pile up behind the lock and go out together in the following batch, so a hot
-counter costs one statement per commit instead of one per request, and every request still
-receives exactly the value a one-at-a-time increment would have given it.
+A request queues its operation for its resource. If nobody leads that resource, the
+request becomes its leader: it takes the resource's lock from the registry and applies
+*every* operation queued for the resource in one storage call (one read, one write, one
+commit shared with other resources' batches). Requests arriving meanwhile queue up behind
+it. When the batch has committed, each request in it gets its own outcome, and if more
+operations have queued, the lock is handed straight on to the first of them, which leads
+the next batch; otherwise the lock is released. So a hot counter costs one statement per
+commit, the next batch starts the moment the previous one lands, and every request still
+receives exactly the value a one-at-a-time increment in arrival order would have given it.
+
+A queued request that is not taken into a batch within the lock timeout is withdrawn and
+answered with ``LockTimeout``; a cancelled one is withdrawn too. Either way its operation
+is never applied. Once taken into a batch, an operation is committed or fails with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 from app.errors import LockTimeout
-from app.locks import LockRegistry
+from app.locks import Held, LockRegistry
 
 Op = TypeVar("Op")
 Outcome = TypeVar("Outcome")
 
 
-class _Pending(Generic[Op, Outcome]):
-    __slots__ = ("future", "op")
+class _Lead:
+    """Delivered instead of an outcome: "you lead this resource now"."""
 
-    def __init__(self, op: Op, future: asyncio.Future[Outcome]) -> None:
+    __slots__ = ("held",)
+
+    def __init__(self, held: Held | None) -> None:
+        self.held = held  # None: the lock is not held yet, acquire it
+
+
+class _Pending(Generic[Op]):
+    __slots__ = ("claimed", "future", "op")
+
+    def __init__(self, op: Op, future: asyncio.Future[Any]) -> None:
         self.op = op
         self.future = future
+        self.claimed = False  # taken into a batch: will be committed or fail with it
 
 
 class Combiner(Generic[Op, Outcome]):
@@ -42,66 +60,118 @@ class Combiner(Generic[Op, Outcome]):
         self._kind = kind
         self._locks = locks
         self._apply = apply
-        self._queues: dict[str, list[_Pending[Op, Outcome]]] = {}
+        self._queues: dict[str, deque[_Pending[Op]]] = {}
+
+    def __len__(self) -> int:
+        """Number of resources being worked on."""
+        return len(self._queues)
+
+    def waiting(self) -> int:
+        """Number of requests queued and not yet taken into a batch."""
+        return sum(len(q) for q in self._queues.values())
 
     async def submit(self, key: str, op: Op) -> Outcome:
         """Apply ``op`` to resource ``key`` once, in arrival order, and return its outcome."""
-        me = _Pending(op, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        me: _Pending[Op] = _Pending(op, loop.create_future())
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = []
-        queue.append(me)
-        try:
-            async with self._locks.hold(f"{self._kind}:{key}"):
-                if not me.future.done():
-                    await self._flush(key)
-        except LockTimeout:
-            # Withdraw the operation so it is never applied, unless a holder has already
-            # taken it: then it is being committed right now and its outcome stands.
-            if self._withdraw(key, me):
+            # Nobody works on this resource: lead it.
+            queue = self._queues[key] = deque((me,))
+            lead = _Lead(None)
+        else:
+            queue.append(me)
+            timer = loop.call_later(self._locks.timeout, self._expire, key, me)
+            try:
+                result = await me.future
+            except BaseException:
+                self._abandon(key, me)
                 raise
-            outcome: Outcome = await me.future
-            return outcome
-        except BaseException:
-            if not self._withdraw(key, me):
-                # Taken by a holder: its outcome (often the very error being raised, when
-                # this request was the holder) is never read, so mark it as seen.
-                if me.future.done():
-                    _discard(me.future)
-                else:
-                    me.future.add_done_callback(_discard)
+            finally:
+                timer.cancel()
+            if not isinstance(result, _Lead):
+                outcome: Outcome = result
+                return outcome
+            lead = result
+
+        held = lead.held
+        if held is None:
+            try:
+                held = await self._locks.acquire(f"{self._kind}:{key}")
+            except BaseException:
+                self._withdraw(key, me)
+                self._hand_on(key, None)
+                raise
+        me.future = loop.create_future()
+        self._flush(key, held)
+        try:
+            final: Outcome = await me.future
+        except asyncio.CancelledError:
+            me.future.add_done_callback(_discard)
             raise
-        result: Outcome = me.future.result()
-        return result
+        return final
 
-    def _withdraw(self, key: str, me: _Pending[Op, Outcome]) -> bool:
-        queue = self._queues.get(key)
-        if queue is None or me not in queue:
-            return False
-        queue.remove(me)
-        if not queue:
-            del self._queues[key]
-        return True
+    def _flush(self, key: str, held: Held) -> None:
+        """Take everything queued for ``key`` into one batch, applied in a task of its own.
 
-    async def _flush(self, key: str) -> None:
-        batch = self._queues.pop(key)
-        # The batch is applied in a task of its own, so that cancelling the lock holder
-        # can never strand the other requests in it without an outcome.
+        The batch's completion callback settles every request and hands the lock on, so
+        cancelling the leader can never strand the others or leak the lock.
+        """
+        queue = self._queues[key]
+        batch = list(queue)
+        queue.clear()
+        for p in batch:
+            p.claimed = True
         task = asyncio.ensure_future(self._apply(key, [p.op for p in batch]))
-        task.add_done_callback(lambda t: _settle(batch, t))
-        await asyncio.shield(task)
+        task.add_done_callback(partial(self._finished, key, held, batch))
 
-    def __len__(self) -> int:
-        """Number of resources with operations waiting."""
-        return len(self._queues)
+    def _finished(
+        self, key: str, held: Held, batch: list[_Pending[Op]], task: asyncio.Future[list[Outcome]]
+    ) -> None:
+        _settle(batch, task)
+        self._hand_on(key, held)
+
+    def _hand_on(self, key: str, held: Held | None) -> None:
+        """Give the lead (and the lock, if held) to the first queued request, or let go."""
+        queue = self._queues.get(key)
+        if queue:
+            queue[0].future.set_result(_Lead(held))
+            return
+        self._queues.pop(key, None)
+        if held is not None:
+            held.release()
+
+    def _expire(self, key: str, me: _Pending[Op]) -> None:
+        """The lock timeout passed while ``me`` was still queued: withdraw it, answer 503."""
+        if me.claimed or me.future.done():
+            return
+        self._withdraw(key, me)
+        me.future.set_exception(LockTimeout(f"{self._kind}:{key}", self._locks.timeout))
+
+    def _abandon(self, key: str, me: _Pending[Op]) -> None:
+        """A queued request was cancelled: withdraw it, passing on a lead it was handed."""
+        fut = me.future
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            result = fut.result()
+            if isinstance(result, _Lead):
+                self._withdraw(key, me)
+                self._hand_on(key, result.held)
+                return
+        if not me.claimed:
+            self._withdraw(key, me)
+
+    def _withdraw(self, key: str, me: _Pending[Op]) -> None:
+        queue = self._queues.get(key)
+        if queue is not None and me in queue:
+            queue.remove(me)
 
 
-def _discard(future: asyncio.Future[Outcome]) -> None:
+def _discard(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 
 
-def _settle(batch: list[_Pending[Op, Outcome]], task: asyncio.Future[list[Outcome]]) -> None:
+def _settle(batch: list[_Pending[Op]], task: asyncio.Future[list[Outcome]]) -> None:
     if task.cancelled():
         for p in batch:
             p.future.cancel()

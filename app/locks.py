@@ -35,6 +35,24 @@ class LockRegistry:
         """Exclusive access to ``key``; ``LockTimeout`` if not had within ``timeout`` s."""
         return _Hold(self, key, self.timeout if timeout is None else timeout)
 
+    async def acquire(self, key: str, max_wait: float | None = None) -> Held:
+        """Acquire ``key``'s lock for an owner that may hand it on; ``Held.release()`` frees it."""
+        limit = self.timeout if max_wait is None else max_wait
+        entry = self._enter(key)
+        try:
+            if entry.lock.locked():
+                async with asyncio.timeout(limit):
+                    await entry.lock.acquire()
+            else:
+                await entry.lock.acquire()
+        except TimeoutError:
+            self._leave(key, entry)
+            raise LockTimeout(key, limit) from None
+        except BaseException:
+            self._leave(key, entry)
+            raise
+        return Held(self, key, entry)
+
     def __len__(self) -> int:
         """Number of keys somebody holds or waits for."""
         return len(self._entries)
@@ -59,32 +77,38 @@ class LockRegistry:
             del self._entries[key]
 
 
+class Held:
+    """A lock that has been acquired; ``release()`` may be called from any task, once."""
+
+    __slots__ = ("_entry", "_key", "_registry")
+
+    def __init__(self, registry: LockRegistry, key: str, entry: _Entry) -> None:
+        self._registry = registry
+        self._key = key
+        self._entry: _Entry | None = entry
+
+    def release(self) -> None:
+        entry = self._entry
+        if entry is None:
+            raise RuntimeError(f"lock {self._key!r} released twice")
+        self._entry = None
+        entry.lock.release()
+        self._registry._leave(self._key, entry)
+
+
 class _Hold:
     """One task's claim on one key; an async context manager."""
 
-    __slots__ = ("_entry", "_key", "_registry", "_timeout")
+    __slots__ = ("_held", "_key", "_registry", "_timeout")
 
     def __init__(self, registry: LockRegistry, key: str, timeout: float) -> None:
         self._registry = registry
         self._key = key
         self._timeout = timeout
-        self._entry: _Entry | None = None
+        self._held: Held | None = None
 
     async def __aenter__(self) -> None:
-        entry = self._registry._enter(self._key)
-        try:
-            if entry.lock.locked():
-                async with asyncio.timeout(self._timeout):
-                    await entry.lock.acquire()
-            else:
-                await entry.lock.acquire()
-        except TimeoutError:
-            self._registry._leave(self._key, entry)
-            raise LockTimeout(self._key, self._timeout) from None
-        except BaseException:
-            self._registry._leave(self._key, entry)
-            raise
-        self._entry = entry
+        self._held = await self._registry.acquire(self._key, self._timeout)
 
     async def __aexit__(
         self,
@@ -92,8 +116,7 @@ class _Hold:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        entry = self._entry
-        assert entry is not None, "released a lock that was never acquired"
-        self._entry = None
-        entry.lock.release()
-        self._registry._leave(self._key, entry)
+        held = self._held
+        assert held is not None, "released a lock that was never acquired"
+        self._held = None
+        held.release()

@@ -11,7 +11,7 @@ import pytest
 from app.combining import Combiner
 from app.domain import CounterOp, CounterOutcome, Increment
 from app.errors import LockTimeout
-from app.locks import LockRegistry
+from app.locks import Held, LockRegistry
 from app.storage.sqlite import SQLiteStorage
 from tests.conftest import settings_for
 
@@ -111,3 +111,78 @@ async def test_cancelled_holder_still_settles_its_batch(storage: SQLiteStorage) 
     values = await asyncio.wait_for(asyncio.gather(*others), 5)
     assert sorted(v for v in values if isinstance(v, int)) == [2, 3, 4, 5, 6]
     assert await storage.get_counter("c") == 6
+
+
+async def test_queued_request_times_out_while_batch_is_stuck(storage: SQLiteStorage) -> None:
+    """A request still queued when the lock timeout passes gets LockTimeout and is never applied."""
+    gate = asyncio.Event()
+
+    async def stuck_apply(name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
+        await gate.wait()
+        return await storage.apply_counter_ops(name, ops)
+
+    locks = LockRegistry(timeout=0.05)
+    combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", locks, stuck_apply)
+    leader = asyncio.create_task(combiner.submit("c", Increment(1)))
+    await asyncio.sleep(0)
+    with pytest.raises(LockTimeout) as caught:
+        await combiner.submit("c", Increment(1000))
+    assert caught.value.resource == "counter:c"
+    gate.set()
+    assert await leader == 1
+    assert await combiner.submit("c", Increment(1)) == 2
+    assert len(locks) == 0
+    assert len(combiner) == 0
+
+
+async def test_lock_is_handed_on_between_batches_then_released(storage: SQLiteStorage) -> None:
+    """The lock stays held while batches follow each other and is free once the queue drains."""
+    locks = LockRegistry(timeout=5)
+    held_during: list[bool] = []
+
+    async def watching_apply(name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
+        held_during.append("counter:c" in locks)
+        return await storage.apply_counter_ops(name, ops)
+
+    combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", locks, watching_apply)
+    first = asyncio.create_task(combiner.submit("c", Increment(1)))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(combiner.submit("c", Increment(1))) for _ in range(10)]
+    assert sorted(await asyncio.gather(first, *rest)) == list(range(1, 12))  # type: ignore[type-var]
+    assert held_during == [True, True]
+    assert len(locks) == 0
+    async with locks.hold("counter:c", timeout=0.1):
+        pass
+
+
+async def test_cancelled_successor_passes_the_lead_on(
+    storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queued request cancelled just as it is handed the lead passes it on: no deadlock."""
+    locks = LockRegistry(timeout=5)
+    combiner: Combiner[CounterOp, CounterOutcome] = Combiner(
+        "counter", locks, storage.apply_counter_ops
+    )
+    leader = asyncio.create_task(combiner.submit("c", Increment(1)))
+    await asyncio.sleep(0)
+    successor = asyncio.create_task(combiner.submit("c", Increment(10)))
+    third = asyncio.create_task(combiner.submit("c", Increment(100)))
+    await asyncio.sleep(0)
+
+    real_hand_on = combiner._hand_on
+    cancelled: list[bool] = []
+
+    def hand_on_then_cancel(key: str, held: Held | None) -> None:
+        real_hand_on(key, held)
+        if not cancelled:  # the successor now has the lead but has not run yet
+            cancelled.append(successor.cancel())
+
+    monkeypatch.setattr(combiner, "_hand_on", hand_on_then_cancel)
+    assert await leader == 1
+    with pytest.raises(asyncio.CancelledError):
+        await successor
+    assert await asyncio.wait_for(third, 5) == 101
+    assert cancelled == [True]
+    assert await storage.get_counter("c") == 101
+    assert len(locks) == 0
+    assert len(combiner) == 0

@@ -11,7 +11,6 @@ from app.domain import DeleteItem, PatchItem, PutItem, Record, Written
 from app.errors import LockstepError, NotFound
 from app.state import get_items, get_storage
 from app.views.common import (
-    decode_json,
     json_response,
     list_params,
     page,
@@ -62,8 +61,8 @@ async def patch_item(request: web.Request) -> web.Response:
     item_id = path_name(request, "id")
     if request.content_type != MERGE_PATCH:
         raise web.HTTPUnsupportedMediaType(text=f"PATCH takes Content-Type: {MERGE_PATCH}")
-    raw = await request.read()
-    patch = decode_json(raw, Any)
+    # An empty body is "a JSON body is required" (422), as on PUT, not a JSON syntax error.
+    patch = await read_json(request, Any)
     op = PatchItem(patch, precondition(request))
     written = _written(await get_items(request).submit(item_id, op))
     return record_response(written.record)

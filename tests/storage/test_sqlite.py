@@ -145,3 +145,12 @@ async def test_readonly_database_answers_storage_unavailable(
     with pytest.raises(StorageUnavailable):
         await storage._writer.submit(refuse)
     assert await storage.apply_counter_ops("after", [Increment(1)]) == [1]
+
+
+async def test_ping_fails_cleanly_once_closed(settings: Settings) -> None:
+    """ping() reads the database file and reports a closed storage as StorageUnavailable."""
+    storage = await SQLiteStorage.open(settings)
+    await storage.ping()
+    await storage.close()
+    with pytest.raises(StorageUnavailable):
+        await storage.ping()

@@ -1,0 +1,261 @@
+"""Tests of the pure operation semantics in app.domain, shared by every storage backend."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+import pytest
+
+from app.domain import (
+    INT64_MAX,
+    INT64_MIN,
+    NO_PRECONDITION,
+    DeleteCounter,
+    DeleteItem,
+    Increment,
+    PatchItem,
+    Precondition,
+    PutItem,
+    Record,
+    SetValue,
+    Written,
+    apply_counter_ops,
+    apply_item_ops,
+    check_name,
+    merge_patch,
+    now_iso,
+)
+from app.errors import InvalidInput, NotFound, OutOfRange, PreconditionFailed
+
+# --- RFC 7396 JSON Merge Patch ------------------------------------------------------
+
+# RFC 7396 Appendix A, verbatim: (original, patch, result).
+RFC7396_APPENDIX_A = [
+    ('{"a":"b"}', '{"a":"c"}', '{"a":"c"}'),
+    ('{"a":"b"}', '{"b":"c"}', '{"a":"b","b":"c"}'),
+    ('{"a":"b"}', '{"a":null}', "{}"),
+    ('{"a":"b","b":"c"}', '{"a":null}', '{"b":"c"}'),
+    ('{"a":["b"]}', '{"a":"c"}', '{"a":"c"}'),
+    ('{"a":"c"}', '{"a":["b"]}', '{"a":["b"]}'),
+    ('{"a":{"b":"c"}}', '{"a":{"b":"d","c":null}}', '{"a":{"b":"d"}}'),
+    ('{"a":[{"b":"c"}]}', '{"a":[1]}', '{"a":[1]}'),
+    ('["a","b"]', '["c","d"]', '["c","d"]'),
+    ('{"a":"b"}', '["c"]', '["c"]'),
+    ('{"a":"foo"}', "null", "null"),
+    ('{"a":"foo"}', '"bar"', '"bar"'),
+    ('{"e":null}', '{"a":1}', '{"e":null,"a":1}'),
+    ("[1,2]", '{"a":"b","c":null}', '{"a":"b"}'),
+    ("{}", '{"a":{"bb":{"ccc":null}}}', '{"a":{"bb":{}}}'),
+]
+
+
+@pytest.mark.parametrize(("original", "patch", "result"), RFC7396_APPENDIX_A)
+def test_merge_patch_rfc7396_appendix_examples(original: str, patch: str, result: str) -> None:
+    """merge_patch gives the result RFC 7396 Appendix A lists for each example."""
+    assert merge_patch(json.loads(original), json.loads(patch)) == json.loads(result)
+
+
+def test_merge_patch_rfc7396_section3_example() -> None:
+    """merge_patch reproduces the worked example of RFC 7396 section 3."""
+    target = {
+        "title": "Goodbye!",
+        "author": {"givenName": "John", "familyName": "Doe"},
+        "tags": ["example", "sample"],
+        "content": "This will be unchanged",
+    }
+    patch = {
+        "title": "Hello!",
+        "phoneNumber": "+01-123-456-7890",
+        "author": {"familyName": None},
+        "tags": ["example"],
+    }
+    assert merge_patch(target, patch) == {
+        "title": "Hello!",
+        "author": {"givenName": "John"},
+        "tags": ["example"],
+        "content": "This will be unchanged",
+        "phoneNumber": "+01-123-456-7890",
+    }
+
+
+def test_merge_patch_leaves_target_untouched() -> None:
+    """merge_patch builds a new value and never mutates the stored one it is given."""
+    target: dict[str, Any] = {"a": {"b": 1, "c": [1]}, "d": 2}
+    before = copy.deepcopy(target)
+    merge_patch(target, {"a": {"b": None, "x": 1}, "d": None})
+    assert target == before
+
+
+# --- counters -----------------------------------------------------------------------
+
+
+def test_apply_counter_ops_increments_from_absent_at_zero() -> None:
+    """Increments on an absent counter start at 0; each op gets the value after it."""
+    final, outcomes = apply_counter_ops(None, [Increment(1), Increment(5), Increment(-10)])
+    assert final == -4
+    assert outcomes == [1, 6, -4]
+
+
+def test_apply_counter_ops_out_of_range_fails_only_that_op() -> None:
+    """An increment leaving int64 fails with OutOfRange and leaves the value for the next op."""
+    final, outcomes = apply_counter_ops(INT64_MAX - 1, [Increment(2), Increment(1), Increment(1)])
+    assert final == INT64_MAX
+    assert isinstance(outcomes[0], OutOfRange)
+    assert outcomes[1] == INT64_MAX
+    assert isinstance(outcomes[2], OutOfRange)
+
+
+def test_apply_counter_ops_below_int64_min_is_out_of_range() -> None:
+    """An increment below INT64_MIN fails and keeps the stored value."""
+    final, outcomes = apply_counter_ops(INT64_MIN, [Increment(-1)])
+    assert final == INT64_MIN
+    assert isinstance(outcomes[0], OutOfRange)
+    assert "64-bit range" in outcomes[0].detail
+
+
+def test_apply_counter_ops_set_then_increment() -> None:
+    """A set replaces the value, and later increments build on it."""
+    final, outcomes = apply_counter_ops(7, [SetValue(100), Increment(1)])
+    assert (final, outcomes) == (101, [100, 101])
+
+
+def test_apply_counter_ops_delete_then_increment_recreates() -> None:
+    """A delete removes the counter; a later increment recreates it from 0."""
+    final, outcomes = apply_counter_ops(9, [DeleteCounter(), Increment(3)])
+    assert (final, outcomes) == (3, [None, 3])
+
+
+def test_apply_counter_ops_delete_absent_is_not_found() -> None:
+    """Deleting an absent counter fails with NotFound and leaves it absent."""
+    final, outcomes = apply_counter_ops(None, [DeleteCounter()])
+    assert final is None
+    assert isinstance(outcomes[0], NotFound)
+
+
+def test_apply_counter_ops_no_ops_keeps_value() -> None:
+    """An empty batch leaves the value as it was."""
+    assert apply_counter_ops(5, []) == (5, [])
+
+
+# --- records ------------------------------------------------------------------------
+
+
+def rec(version: int, value: Any = None) -> Record:
+    return Record("r", value, version, "2024-01-01T00:00:00.000Z")
+
+
+def test_apply_item_ops_put_creates_then_replaces() -> None:
+    """A PUT on an absent record creates version 1; the next PUT replaces it as version 2."""
+    final, outcomes = apply_item_ops("r", None, [PutItem({"a": 1}), PutItem([2])])
+    assert final is not None
+    assert (final.id, final.value, final.version) == ("r", [2], 2)
+    first, second = outcomes
+    assert isinstance(first, Written) and isinstance(second, Written)
+    assert (first.created, first.record.version, first.record.value) == (True, 1, {"a": 1})
+    assert (second.created, second.record.version) == (False, 2)
+
+
+def test_apply_item_ops_patch_merges_and_bumps_version() -> None:
+    """A PATCH merges into the value and adds one to the version."""
+    final, outcomes = apply_item_ops("r", rec(4, {"a": 1, "b": 2}), [PatchItem({"b": None})])
+    assert final is not None
+    assert (final.value, final.version) == ({"a": 1}, 5)
+    assert outcomes == [Written(final)]
+
+
+def test_apply_item_ops_patch_absent_is_not_found() -> None:
+    """A PATCH on an absent record fails with NotFound and creates nothing."""
+    final, outcomes = apply_item_ops("r", None, [PatchItem({"a": 1})])
+    assert final is None
+    assert isinstance(outcomes[0], NotFound)
+
+
+def test_apply_item_ops_delete_then_delete_again() -> None:
+    """A DELETE removes the record; a second DELETE in the batch finds nothing."""
+    final, outcomes = apply_item_ops("r", rec(1), [DeleteItem(), DeleteItem()])
+    assert final is None
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], NotFound)
+
+
+def test_apply_item_ops_failed_precondition_writes_nothing() -> None:
+    """An op whose If-Match fails is skipped with PreconditionFailed; the next op still runs."""
+    current = rec(3, {"a": 1})
+    stale = Precondition(if_match=frozenset({2}))
+    fresh = Precondition(if_match=frozenset({3}))
+    final, outcomes = apply_item_ops(
+        "r", current, [PatchItem({"a": 2}, stale), PatchItem({"a": 3}, fresh)]
+    )
+    assert isinstance(outcomes[0], PreconditionFailed)
+    assert final is not None
+    assert (final.value, final.version) == ({"a": 3}, 4)
+
+
+def test_apply_item_ops_preconditions_see_earlier_ops_in_batch() -> None:
+    """A precondition is checked against the state after the earlier ops of the same batch."""
+    final, outcomes = apply_item_ops(
+        "r",
+        None,
+        [
+            PutItem(1, Precondition(if_none_match_any=True)),
+            PutItem(2, Precondition(if_none_match_any=True)),
+        ],
+    )
+    assert isinstance(outcomes[0], Written)
+    assert isinstance(outcomes[1], PreconditionFailed)
+    assert final is not None
+    assert (final.value, final.version) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("precondition", "current", "holds"),
+    [
+        (NO_PRECONDITION, None, True),
+        (NO_PRECONDITION, rec(1), True),
+        (Precondition(if_match=frozenset({1})), rec(1), True),
+        (Precondition(if_match=frozenset({1, 2})), rec(2), True),
+        (Precondition(if_match=frozenset({1})), rec(2), False),
+        (Precondition(if_match=frozenset({1})), None, False),
+        (Precondition(if_match=frozenset()), rec(1), False),
+        (Precondition(if_match_any=True), rec(1), True),
+        (Precondition(if_match_any=True), None, False),
+        (Precondition(if_none_match_any=True), None, True),
+        (Precondition(if_none_match_any=True), rec(1), False),
+        (Precondition(if_none_match=frozenset({1})), rec(1), False),
+        (Precondition(if_none_match=frozenset({1})), rec(2), True),
+        (Precondition(if_none_match=frozenset({1})), None, True),
+    ],
+)
+def test_precondition_check_matches_http_rules(
+    precondition: Precondition, current: Record | None, holds: bool
+) -> None:
+    """If-Match / If-None-Match hold or fail as RFC 9110 section 13.1 says for strong tags."""
+    if holds:
+        precondition.check(current)
+    else:
+        with pytest.raises(PreconditionFailed):
+            precondition.check(current)
+
+
+# --- names and time -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a", "A-z_0.9~:", "x" * 200, "..", "-"])
+def test_check_name_accepts_allowed_names(name: str) -> None:
+    """Names of 1-200 characters from the allowed alphabet are returned unchanged."""
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "x" * 201, "a/b", "a b", "é", "a\n", "a%2F", "a+b"])
+def test_check_name_rejects_other_names(name: str) -> None:
+    """Any other name raises InvalidInput whose detail states the rule and the field."""
+    with pytest.raises(InvalidInput, match=re.escape("id must be 1-200 characters from")):
+        check_name(name, "id")
+
+
+def test_now_iso_is_utc_rfc3339_with_milliseconds() -> None:
+    """now_iso answers a UTC RFC 3339 timestamp with millisecond precision and a Z."""
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", now_iso())

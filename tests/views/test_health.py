@@ -1,0 +1,62 @@
+"""Handler tests for /healthz and /readyz."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import pytest
+
+from app.state import STORAGE
+from tests.views.helpers import Client, app_of, assert_problem
+
+
+async def test_healthz_answers_ok(client: Client) -> None:
+    """GET /healthz answers 200 {"status": "ok"} while the process runs."""
+    async with client.get("/healthz") as r:
+        assert r.status == 200
+        assert r.content_type == "application/json"
+        assert await r.json() == {"status": "ok"}
+
+
+async def test_readyz_answers_ready_with_database(client: Client) -> None:
+    """GET /readyz answers 200 {"status": "ready"} when the database answers."""
+    async with client.get("/readyz") as r:
+        assert r.status == 200
+        assert await r.json() == {"status": "ready"}
+
+
+async def test_readyz_after_shutdown_starts_is_503(client: Client) -> None:
+    """Once the app's shutdown has begun, /readyz is a 503 but /healthz still answers 200."""
+    await app_of(client).shutdown()
+    async with client.get("/readyz") as r:
+        await assert_problem(r, 503, "unavailable", "shutting down")
+        assert r.headers["Retry-After"] == "1"
+    async with client.get("/healthz") as r:
+        assert r.status == 200
+
+
+async def test_readyz_database_error_is_503(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the database refuses queries, /readyz is a 503 problem naming the cause."""
+    reader = app_of(client)[STORAGE]._reader_db  # type: ignore[attr-defined]
+
+    async def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(reader, "execute_fetchall", refuse)
+    async with client.get("/readyz") as r:
+        await assert_problem(r, 503, "storage-unavailable", "disk I/O error")
+        assert r.headers["Retry-After"] == "1"
+    monkeypatch.undo()
+    async with client.get("/readyz") as r:
+        assert r.status == 200
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_health_endpoints_refuse_other_methods(client: Client, path: str) -> None:
+    """The operational endpoints answer GET (and HEAD) only; POST is a 405 problem."""
+    async with client.post(path) as r:
+        await assert_problem(r, 405)
+        assert r.headers["Allow"] == "GET,HEAD"

@@ -46,6 +46,7 @@ from app.domain import (
 )
 from app.errors import StorageUnavailable
 from app.settings import Settings
+from app.storage.pg_increments import Plan, increment_existing, plan
 from app.storage.pg_schema import lock_key, migrate
 
 # What the pool hands out; it forwards every call to the real connection.
@@ -263,6 +264,9 @@ class _Writer:
         self._slots.release()
 
     async def _commit(self, batch: list[_Unit]) -> None:
+        batch = await self._increment_fast(batch)
+        if not batch:
+            return
         try:
             results = await self._commit_with_retries(batch)
         except BaseException as e:
@@ -283,6 +287,59 @@ class _Writer:
                 unit.future.set_result(value)
             else:
                 unit.future.set_exception(value)
+
+    async def _increment_fast(self, batch: list[_Unit]) -> list[_Unit]:
+        """Settle the units the increment fast path can take; returns the rest."""
+        seen: dict[str, int] = {}
+        for u in batch:
+            seen[f"{u.kind}:{u.key}"] = seen.get(f"{u.kind}:{u.key}", 0) + 1
+        plans: dict[str, tuple[_Unit, Plan]] = {}
+        for u in batch:
+            # A key queued twice in one batch must see its own first write: general path.
+            if u.kind == "counter" and seen[f"counter:{u.key}"] == 1:
+                p = plan(u.ops)
+                if p is not None:
+                    plans[u.key] = (u, p)
+        if not plans:
+            return batch
+        try:
+            new_values = await self._run_fast({k: p for k, (_, p) in plans.items()})
+        except BaseException as e:
+            error = _translate(e)
+            if not isinstance(error, StorageUnavailable | asyncio.CancelledError):
+                logger.exception("increment batch failed")
+            for unit, _ in plans.values():
+                if not unit.future.done():
+                    unit.future.set_exception(error)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return [u for u in batch if u.key not in plans or u.kind != "counter"]
+        self.batches += 1
+        for key, value in new_values.items():
+            unit, p = plans[key]
+            final, outcomes = apply_counter_ops(value - p.delta, list(unit.ops))
+            assert final == value
+            if not unit.future.done():
+                unit.future.set_result(outcomes)
+        return [u for u in batch if not (u.kind == "counter" and u.key in new_values)]
+
+    async def _run_fast(self, plans: dict[str, Plan]) -> dict[str, int]:
+        for attempt in range(1, RETRIES + 1):
+            async with _connection(self._pool, self._timeout) as conn:
+                try:
+                    return await increment_existing(conn, plans)
+                except asyncpg.TransactionRollbackError as e:
+                    # The server aborted the statement: nothing was applied.
+                    if attempt == RETRIES:
+                        raise
+                    logger.info("increments retried after %s (attempt %d)", e.sqlstate, attempt)
+                except _UNAVAILABLE as e:
+                    # The statement commits by itself: once sent, its fate is unknown.
+                    raise _CommitUnknown(
+                        f"database connection lost during an increment ({type(e).__name__});"
+                        " it may or may not have been applied"
+                    ) from e
+        raise AssertionError("unreachable")
 
     async def _commit_with_retries(self, batch: list[_Unit]) -> list[tuple[bool, Any]]:
         reconnected = False

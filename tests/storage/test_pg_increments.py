@@ -62,7 +62,7 @@ async def test_increments_near_the_bottom_fail_alone(storage: PostgresStorage) -
 async def test_increments_of_existing_counters_share_one_statement(
     storage: PostgresStorage,
 ) -> None:
-    """Increments to 20 existing counters, submitted together, commit in at most two transactions."""
+    """Increments to 20 existing counters submitted together commit in two transactions at most."""
     for i in range(20):
         await storage.apply_counter_ops(f"c{i}", [SetValue(i)])
     before = storage.batches

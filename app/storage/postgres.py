@@ -383,6 +383,17 @@ class _Writer:
         await self._task
 
 
+async def _check_idle(conn: asyncpg.Connection) -> None:
+    """Pool reset: nothing session-level is ever set; refuse a connection left in a transaction.
+
+    asyncpg's default reset sends ``RESET ALL; UNLISTEN *; ...`` on every release, one
+    more round trip per request for state this service never creates. Raising here makes
+    the pool terminate the connection instead of reusing it.
+    """
+    if conn.is_in_transaction():
+        raise RuntimeError("connection returned to the pool inside a transaction")
+
+
 async def _open_pool(settings: Settings) -> asyncpg.Pool:
     """Connect and migrate, retrying for ``pg_startup_timeout`` while the server is unreachable."""
     deadline = time.monotonic() + settings.pg_startup_timeout
@@ -395,6 +406,7 @@ async def _open_pool(settings: Settings) -> asyncpg.Pool:
                 statement_cache_size=settings.pg_statement_cache_size,
                 command_timeout=settings.pg_command_timeout,
                 timeout=settings.pg_connect_timeout,
+                reset=_check_idle,
                 # A startup parameter PgBouncer understands; lets operators find our sessions.
                 server_settings={"application_name": "lockstep"},
             )

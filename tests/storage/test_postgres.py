@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from app.domain import Increment, PatchItem, PutItem, Written
+from app.domain import Increment, PatchItem, PutItem, SetValue, Written
 from app.errors import StorageUnavailable
 from app.settings import Settings
 from app.storage.pg_schema import MIGRATIONS, lock_key
@@ -131,3 +131,26 @@ async def test_killed_connections_answer_503_or_reconnect(storage: PostgresStora
         await storage.ping()
     finally:
         await admin.close()
+
+
+async def test_statement_cache_size_zero_prepares_nothing_named(tmp_path: Path) -> None:
+    """With LOCKSTEP_PG_STATEMENT_CACHE_SIZE=0 no named prepared statement outlives a call."""
+    for cache, expect_named in ((0, False), (100, True)):
+        async with backend_settings(
+            "postgres",
+            tmp_path,
+            pg_statement_cache_size=cache,
+            pg_pool_min_size=1,
+            pg_pool_max_size=1,
+            pg_writers=1,
+        ) as settings:
+            storage = await PostgresStorage.open(settings)
+            try:
+                await storage.apply_counter_ops("c", [SetValue(1)])
+                await storage.apply_counter_ops("c", [Increment(1)])
+                await storage.apply_item_ops("doc", [PutItem({"a": 1})])
+                assert await storage.get_counter("c") == 2
+                rows = await storage._read("SELECT name FROM pg_prepared_statements")
+                assert bool(rows) is expect_named, (cache, rows)
+            finally:
+                await storage.close()

@@ -19,8 +19,9 @@ from app.errors import InvalidInput, LockstepError, NotFound, OutOfRange, Precon
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
-NAME_RE = re.compile(r"[A-Za-z0-9._~:-]{1,200}")
-NAME_RULE = "1-200 characters from A-Z a-z 0-9 . _ ~ : -"
+# "." and ".." are dot segments: clients and proxies rewrite URLs holding them.
+NAME_RE = re.compile(r"(?!\.\.?$)[A-Za-z0-9._~:-]{1,200}")
+NAME_RULE = "1-200 characters from A-Z a-z 0-9 . _ ~ : -, and not . or .."
 # The largest character a name may contain is "~"; every name starting with a prefix
 # sorts below prefix + this, which keeps prefix listings on the primary-key index.
 NAME_CEILING = "\x7f"

@@ -93,3 +93,50 @@ class StorageUnavailable(Unavailable):
     """The database refused or failed the operation (locked, read-only, full, gone)."""
 
     slug = "storage-unavailable"
+
+
+class Unauthenticated(LockstepError):
+    """No bearer token, or one the tokens file does not know; RFC 6750 asks for a challenge."""
+
+    status = 401
+    slug = "unauthenticated"
+    title = "Unauthorized"
+
+    def __init__(self, detail: str, *, invalid: bool = False) -> None:
+        super().__init__(detail)
+        self.invalid = invalid
+
+    @property
+    def headers(self) -> dict[str, str]:
+        challenge = 'Bearer realm="lockstep"'
+        if self.invalid:
+            challenge += ', error="invalid_token"'
+        return {"WWW-Authenticate": challenge}
+
+
+class Forbidden(LockstepError):
+    """A known token whose scope does not cover the request."""
+
+    status = 403
+    slug = "insufficient-scope"
+    title = "Forbidden"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"this request needs a token with scope {scope!r}")
+        self.scope = scope
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {
+            "WWW-Authenticate": (
+                f'Bearer realm="lockstep", error="insufficient_scope", scope="{self.scope}"'
+            )
+        }
+
+
+class HeadersTooLarge(LockstepError):
+    """The request's header lines add up to more than the configured limit."""
+
+    status = 431
+    slug = "headers-too-large"
+    title = "Request Header Fields Too Large"

@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from app.auth import authenticate, setup_auth
 from app.combining import Combiner
+from app.limits import limit_headers, parser_limits
 from app.locks import LockRegistry
 from app.middlewares import problems
 from app.routes import setup_routes
@@ -37,11 +39,16 @@ async def _mark_shutting_down(app: web.Application) -> None:
 async def create_app(settings: Settings | None = None) -> web.Application:
     """Build the application; nothing is opened until the app starts."""
     settings = settings or Settings()
-    app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[problems, limit_headers, authenticate],
+        client_max_size=settings.max_body_bytes,
+        handler_args=parser_limits(settings.max_header_bytes),
+    )
     app[SETTINGS] = settings
     app[HEALTH] = Health()
     app[LOCKS] = LockRegistry(settings.lock_timeout)
     setup_routes(app)
+    setup_auth(app, settings)
     app.cleanup_ctx.append(_storage_ctx)
     app.on_shutdown.append(_mark_shutting_down)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from app.views import counters, health, items
+from app.views import counters, docs, health, items
 
 
 def setup_routes(app: web.Application) -> None:
@@ -23,3 +23,5 @@ def setup_routes(app: web.Application) -> None:
     router.add_delete("/items/{id}", items.delete_item)
     router.add_get("/healthz", health.healthz)
     router.add_get("/readyz", health.readyz)
+    router.add_get("/openapi.json", docs.openapi_json)
+    router.add_get("/docs", docs.docs)

@@ -80,6 +80,27 @@ class Settings(BaseSettings):
     )
 
     # --- security: tokens and input limits ----------------------------------------
+    tokens_file: Path | None = Field(
+        default=None,
+        description="Tokens file (`lockstep token new` writes it); unset means the API is open.",
+    )
+    tokens_check_interval: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds between checks of the tokens file for changes (0: every request).",
+    )
+    max_header_bytes: int = Field(
+        default=8192,
+        ge=256,
+        le=65536,
+        description="Largest total size of a request's header lines (431 above).",
+    )
+    max_json_depth: int = Field(
+        default=32,
+        ge=2,
+        le=256,
+        description="Deepest nesting of arrays and objects accepted in a JSON body (422 above).",
+    )
 
     # --- observability: logs, metrics, events -----------------------------------------
 

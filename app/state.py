@@ -11,6 +11,7 @@ from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome
 from app.locks import LockRegistry
 from app.settings import Settings
 from app.storage import Storage
+from app.tokens import TokenStore
 
 
 @dataclass(slots=True)
@@ -26,6 +27,8 @@ LOCKS = web.AppKey("locks", LockRegistry)
 STORAGE = web.AppKey("storage", Storage)
 COUNTERS = web.AppKey("counters", Combiner[CounterOp, CounterOutcome])
 ITEMS = web.AppKey("items", Combiner[ItemOp, ItemOutcome])
+# Present only when a tokens file is configured.
+TOKENS = web.AppKey("tokens", TokenStore)
 
 
 def get_settings(request: web.Request) -> Settings:

@@ -24,3 +24,13 @@ loglevel = os.environ.get("LOCKSTEP_LOG_LEVEL", "info")
 # gunicorn 27's runtime control socket is not used; without this, two instances on
 # one machine would fight over the same socket path.
 control_socket_disable = True
+
+
+def when_ready(server):
+    """Warn loudly, once, when the API is open on a non-loopback address."""
+    from app.auth import exposure_warning
+    from app.settings import Settings
+
+    warning = exposure_warning(server.cfg.address, Settings())
+    if warning:
+        server.log.warning(warning)

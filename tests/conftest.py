@@ -83,3 +83,9 @@ async def settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 async def client(aiohttp_client: ClientFactory, settings: Settings) -> TestClient[Any, Any]:
     """A test client on a fresh app with its own database."""
     return await aiohttp_client(await create_app(settings))
+
+
+@pytest.fixture(autouse=True)
+def _no_tokens_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A LOCKSTEP_TOKENS_FILE exported in the developer's shell must not secure every test."""
+    monkeypatch.delenv("LOCKSTEP_TOKENS_FILE", raising=False)

@@ -6,9 +6,11 @@ from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from app.domain import Precondition, check_name
 from app.errors import InvalidInput, LockstepError, MalformedBody
+from app.limits import check_json
 from app.state import get_settings
 
 T = TypeVar("T")
@@ -38,26 +40,36 @@ def path_name(request: web.Request, key: str) -> str:
     return check_name(request.match_info[key], key)
 
 
-def decode_json(raw: bytes, type_: type[T]) -> T:
+def decode_json(raw: bytes, type_: type[T], max_depth: int) -> T:
     """Decode and validate a JSON body: 400 when it is not JSON, 422 when it has the wrong shape."""
     try:
-        return msgspec.json.decode(raw, type=type_)
+        value = msgspec.json.decode(raw, type=type_)
     except msgspec.ValidationError as e:
         raise InvalidInput(f"invalid body: {e}") from e
     except RecursionError as e:
-        raise MalformedBody("invalid body: JSON nested too deeply") from e
+        raise MalformedBody(f"JSON nested too deeply: more than {max_depth} levels") from e
     except (msgspec.DecodeError, ValueError) as e:
         raise MalformedBody(f"body is not valid JSON: {e}") from e
+    check_json(raw, value, max_depth)
+    return value
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body (bounded by ``client_max_size``); 400 if the client stops short."""
+    try:
+        return await request.read()
+    except (HttpProcessingError, ConnectionError) as e:
+        raise MalformedBody("the body ended before its Content-Length or chunking said") from e
 
 
 async def read_json(request: web.Request, type_: type[T], *, optional: bool = False) -> T | None:
-    """Read the body (bounded by ``client_max_size``) and decode it as ``type_``."""
-    raw = await request.read()
+    """Read the body and decode it as ``type_``."""
+    raw = await read_body(request)
     if not raw.strip():
         if optional:
             return None
         raise InvalidInput("a JSON body is required")
-    return decode_json(raw, type_)
+    return decode_json(raw, type_, get_settings(request).max_json_depth)
 
 
 def list_params(request: web.Request) -> tuple[str, str, int]:

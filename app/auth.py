@@ -1,0 +1,120 @@
+"""Access control: which scope each request needs, and the middleware that checks its token.
+
+With no tokens file configured the service is open and this middleware costs one lookup.
+The token itself is never logged or stored; only its SHA-256 is compared (app/tokens.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Iterable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from app.errors import Forbidden, Unauthenticated, Unavailable
+from app.settings import Settings
+from app.state import TOKENS
+from app.tokens import Scope, TokensFileError, TokenStore
+
+logger = logging.getLogger(__name__)
+
+# Liveness and readiness probes must work without credentials.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Endpoints with a scope of their own rather than read/write.
+OWN_SCOPE: dict[str, Scope] = {"/metrics": "metrics"}
+# GET endpoints that change state, so they need write.
+WRITING_GETS = frozenset({"/access"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def required_scope(request: web.Request) -> Scope | None:
+    """The scope a request needs, from its route (None: open). Unknown routes need read."""
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else ""
+    if path in OPEN_PATHS:
+        return None
+    if path in OWN_SCOPE:
+        return OWN_SCOPE[path]
+    if request.method in SAFE_METHODS and path not in WRITING_GETS:
+        return "read"
+    return "write"
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, if there is one."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """401 without a known token, 403 when its scope does not cover the request."""
+    store = request.app.get(TOKENS)
+    if store is None:
+        return await handler(request)
+    needed = required_scope(request)
+    if needed is None:
+        return await handler(request)
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthenticated("this request needs an Authorization: Bearer <token> header")
+    try:
+        scopes = store.scopes_of(token)
+    except TokensFileError as e:
+        raise Unavailable("the tokens file is unusable; ask the operator") from e
+    if scopes is None:
+        raise Unauthenticated("the bearer token is unknown or revoked", invalid=True)
+    if needed not in scopes:
+        raise Forbidden(needed)
+    return await handler(request)
+
+
+def setup_auth(app: web.Application, settings: Settings) -> None:
+    """Require tokens when a tokens file is configured; it is read when the app starts."""
+    if settings.tokens_file is None:
+        return
+    store = TokenStore(settings.tokens_file, settings.tokens_check_interval)
+    app[TOKENS] = store
+
+    async def load_tokens(app: web.Application) -> AsyncIterator[None]:
+        store.load()  # a missing or broken file stops the start: never fall back to open
+        logger.info("access control on: tokens from %s", settings.tokens_file)
+        yield
+
+    app.cleanup_ctx.append(load_tokens)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # any other host name may resolve to a public address
+
+
+def exposure_warning(addresses: Iterable[object], settings: Settings) -> str | None:
+    """A warning when the API is open (no tokens file) on an address other machines can reach.
+
+    ``addresses`` are gunicorn's parsed binds: ``(host, port)`` tuples, or paths for
+    Unix sockets, which only local users reach.
+    """
+    if settings.tokens_file is not None:
+        return None
+    exposed = [
+        f"{host}:{port}"
+        for host, port in (a for a in addresses if isinstance(a, tuple))
+        if not _is_loopback(str(host))
+    ]
+    if not exposed:
+        return None
+    return (
+        f"!!! lockstep is OPEN on {', '.join(exposed)}: anyone who can reach it can change "
+        "every counter and record. Set LOCKSTEP_TOKENS_FILE (see `lockstep token new`). !!!"
+    )

@@ -1,0 +1,57 @@
+"""The ``lockstep`` command: ``lockstep token new|list|revoke`` manage the tokens file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.tokens import SCOPES, TokensFileError, add_token, read_tokens, revoke_token
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lockstep", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    token = commands.add_parser("token", help="manage bearer tokens")
+    token.add_argument(
+        "--file",
+        type=Path,
+        default=os.environ.get("LOCKSTEP_TOKENS_FILE"),
+        help="tokens file (default: $LOCKSTEP_TOKENS_FILE)",
+    )
+    actions = token.add_subparsers(dest="action", required=True)
+    new = actions.add_parser("new", help="create a token; it is printed once, only its hash kept")
+    new.add_argument("--scope", choices=SCOPES, required=True)
+    new.add_argument("--label", required=True, help="a unique name to list and revoke it by")
+    actions.add_parser("list", help="list labels and scopes (tokens cannot be shown)")
+    revoke = actions.add_parser("revoke", help="remove the token stored under LABEL")
+    revoke.add_argument("label")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    path: Path | None = args.file
+    if path is None:
+        parser.error("no tokens file: pass --file or set LOCKSTEP_TOKENS_FILE")
+    try:
+        if args.action == "new":
+            print(add_token(path, args.label, args.scope))
+        elif args.action == "list":
+            for t in read_tokens(path).tokens if path.exists() else []:
+                print(f"{t.label}\t{t.scope}\t{t.created_at}")
+        elif not revoke_token(path, args.label):
+            print(f"lockstep: no token labelled {args.label!r}", file=sys.stderr)
+            return 1
+    except TokensFileError as e:
+        print(f"lockstep: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Access control under real gunicorn: both workers honour revocation, tokens stay out of logs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+
+from app.tokens import add_token, revoke_token
+from tests.support import ROOT, Service, free_port
+
+
+def status_of(url: str, token: str | None = None, method: str = "GET") -> int:
+    req = urllib.request.Request(url, method=method)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        e.close()
+        return e.code
+
+
+@pytest.mark.slow
+def test_revoked_token_is_refused_by_every_worker(tmp_path: Path) -> None:
+    """After revoke, each of 2 workers refuses the token within the check interval, no restart."""
+    tokens = tmp_path / "tokens.json"
+    token = add_token(tokens, "ci", "write")
+    env = {"LOCKSTEP_TOKENS_FILE": str(tokens)}
+    with Service(tmp_path / "data", workers=2, env=env) as svc:
+        assert status_of(svc.url + "/counters", token) == 200
+        assert status_of(svc.url + "/counters") == 401
+        assert revoke_token(tokens, "ci")
+        deadline = time.monotonic() + 15
+        streak = 0
+        # Connections are new each time, so both workers answer over 40 requests in a row.
+        while streak < 40 and time.monotonic() < deadline:
+            streak = streak + 1 if status_of(svc.url + "/counters", token) == 401 else 0
+        assert streak == 40
+        assert status_of(svc.url + "/healthz") == 200
+
+
+async def _raw(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
+@pytest.mark.slow
+def test_tokens_never_appear_in_logs(tmp_path: Path) -> None:
+    """Good, unknown and malformed-request tokens are absent from access and error logs."""
+    tokens = tmp_path / "tokens.json"
+    good = add_token(tokens, "ci", "write")
+    unknown = "lst_unknown-token-that-must-not-be-logged"
+    env = {"LOCKSTEP_TOKENS_FILE": str(tokens), "LOCKSTEP_LOG_LEVEL": "debug"}
+    args = ["--access-logfile", "-"]  # the project's access log format
+    with Service(tmp_path / "data", workers=2, env=env, args=args) as svc:
+        assert status_of(svc.url + "/counters/x/increment", good, "POST") == 200
+        assert status_of(svc.url + "/counters", unknown) == 401
+        assert status_of(svc.url + "/access", unknown) == 401
+        bad = (
+            f"PUT /items/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {good}\r\n"
+            "X-Bad: \x01\r\nContent-Length: 2\r\n\r\n{}"
+        ).encode()
+        assert asyncio.run(_raw(svc.port, bad)).startswith(b"HTTP/1.0 400")
+        log = svc.log()
+    assert "/counters/x/increment" in log  # the access log did run
+    assert good not in log and unknown not in log
+
+
+@pytest.mark.slow
+def test_open_service_warns_only_when_bound_beyond_loopback(tmp_path: Path) -> None:
+    """Without a tokens file, a 0.0.0.0 bind logs the OPEN warning; a loopback bind does not."""
+    wide = f"0.0.0.0:{free_port()}"
+    with Service(tmp_path / "wide", workers=1, args=["--bind", wide]) as svc:
+        assert status_of(svc.url + "/healthz") == 200
+        log = svc.log()
+    assert f"lockstep is OPEN on {wide}" in log
+    with Service(tmp_path / "local", workers=1) as svc:
+        assert status_of(svc.url + "/healthz") == 200
+        log = svc.log()
+    assert "Listening at" in log and "is OPEN" not in log
+
+
+def test_compose_tokens_override_mounts_a_directory_holding_the_tokens_file() -> None:
+    """The compose override sets LOCKSTEP_TOKENS_FILE inside a read-only directory mount."""
+    compose = yaml.safe_load((ROOT / "docker-compose.tokens.yml").read_text())
+    base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    service = compose["services"]["lockstep"]
+    assert set(compose["services"]) <= set(base["services"])
+    tokens_file = PurePosixPath(service["environment"]["LOCKSTEP_TOKENS_FILE"])
+    [mount] = service["volumes"]
+    source, target, mode = mount.split(":")
+    # A directory mount: atomic replacement by `lockstep token` must stay visible.
+    assert tokens_file.parent == PurePosixPath(target)
+    assert source.startswith("./") and mode == "ro"

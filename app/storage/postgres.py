@@ -217,6 +217,20 @@ async def _write_items(
         await conn.execute("DELETE FROM items WHERE id = ANY($1::text[])", deletes)
 
 
+def _fail(units: list[_Unit], e: BaseException) -> None:
+    """Give every unsettled unit the failure ``e`` (cancelled units are cancelled)."""
+    if isinstance(e, asyncio.CancelledError):
+        for unit in units:
+            unit.future.cancel()
+        return
+    error = _translate(e)
+    if not isinstance(error, StorageUnavailable):
+        logger.error("write batch failed", exc_info=e)
+    for unit in units:
+        if not unit.future.done():
+            unit.future.set_exception(error)
+
+
 class _Writer:
     """Queues this worker's units and commits them in batches, ``writers`` transactions at once."""
 
@@ -279,12 +293,7 @@ class _Writer:
         try:
             results = await self._commit_with_retries(batch)
         except BaseException as e:
-            error = _translate(e)
-            if not isinstance(error, StorageUnavailable | asyncio.CancelledError):
-                logger.exception("write batch failed")
-            for unit in batch:
-                if not unit.future.done():
-                    unit.future.set_exception(error)
+            _fail(batch, e)
             if isinstance(e, asyncio.CancelledError):
                 raise
             return
@@ -314,12 +323,7 @@ class _Writer:
         try:
             new_values = await self._run_fast({k: p for k, (_, p) in plans.items()})
         except BaseException as e:
-            error = _translate(e)
-            if not isinstance(error, StorageUnavailable | asyncio.CancelledError):
-                logger.exception("increment batch failed")
-            for unit, _ in plans.values():
-                if not unit.future.done():
-                    unit.future.set_exception(error)
+            _fail([unit for unit, _ in plans.values()], e)
             if isinstance(e, asyncio.CancelledError):
                 raise
             return [u for u in batch if u.key not in plans or u.kind != "counter"]
@@ -383,15 +387,13 @@ class _Writer:
         await self._task
 
 
-async def _check_idle(conn: asyncpg.Connection) -> None:
-    """Pool reset: nothing session-level is ever set; refuse a connection left in a transaction.
+async def _skip_session_reset(conn: asyncpg.Connection) -> None:
+    """Pool reset hook: nothing session-level is ever set, so there is nothing to reset.
 
-    asyncpg's default reset sends ``RESET ALL; UNLISTEN *; ...`` on every release, one
-    more round trip per request for state this service never creates. Raising here makes
-    the pool terminate the connection instead of reusing it.
+    asyncpg's default sends ``RESET ALL; UNLISTEN *; ...`` on every release, one more
+    round trip per request. An open transaction is still rolled back on release: the pool
+    does that itself before calling this hook.
     """
-    if conn.is_in_transaction():
-        raise RuntimeError("connection returned to the pool inside a transaction")
 
 
 async def _open_pool(settings: Settings) -> asyncpg.Pool:
@@ -406,7 +408,7 @@ async def _open_pool(settings: Settings) -> asyncpg.Pool:
                 statement_cache_size=settings.pg_statement_cache_size,
                 command_timeout=settings.pg_command_timeout,
                 timeout=settings.pg_connect_timeout,
-                reset=_check_idle,
+                reset=_skip_session_reset,
                 # A startup parameter PgBouncer understands; lets operators find our sessions.
                 server_settings={"application_name": "lockstep"},
             )

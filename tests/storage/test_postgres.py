@@ -154,3 +154,42 @@ async def test_statement_cache_size_zero_prepares_nothing_named(tmp_path: Path) 
                 assert bool(rows) is expect_named, (cache, rows)
             finally:
                 await storage.close()
+
+
+async def wait_for_lockstep_backends(conn: asyncpg.Connection, where: str, count: int) -> None:
+    """Poll until exactly ``count`` of the storage's server backends match ``where``."""
+    async with asyncio.timeout(10):
+        while True:
+            # pg_stat_activity is a snapshot taken once per transaction: take a new one.
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            found = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'lockstep'"
+                f" AND datname = current_database() AND ({where})"
+            )
+            if found == count:
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_cancelled_write_is_rolled_back_and_its_connection_dropped(
+    storage: PostgresStorage, settings: Settings
+) -> None:
+    """Cancelling a batch that waits on a lock inside its transaction ends it on the server."""
+    blocker = await asyncpg.connect(settings.database_url)
+    try:
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute("SELECT pg_advisory_xact_lock($1)", lock_key("counter:c"))
+        write = asyncio.ensure_future(storage.apply_counter_ops("c", [SetValue(5)]))
+        await wait_for_lockstep_backends(blocker, "wait_event = 'advisory'", 1)
+        for task in list(storage._writer._inflight):
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        # Still holding the lock: the storage's transaction must be gone by its own doing.
+        await wait_for_lockstep_backends(blocker, "xact_start IS NOT NULL", 0)
+        await blocking.rollback()
+        assert await storage.get_counter("c") is None
+        assert await storage.apply_counter_ops("c", [Increment(1)]) == [1]
+    finally:
+        await blocker.close()

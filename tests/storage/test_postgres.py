@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+from pydantic import ValidationError
 
 from app.domain import Increment, PatchItem, PutItem, SetValue, Written
 from app.errors import StorageUnavailable
 from app.settings import Settings
 from app.storage.pg_schema import MIGRATIONS, lock_key
 from app.storage.postgres import PostgresStorage
-from tests.conftest import backend_settings
+from tests.conftest import backend_settings, settings_for
+from tests.support import free_port
 
 
 @pytest.fixture
@@ -193,3 +196,22 @@ async def test_cancelled_write_is_rolled_back_and_its_connection_dropped(
         assert await storage.apply_counter_ops("c", [Increment(1)]) == [1]
     finally:
         await blocker.close()
+
+
+async def test_unreachable_server_at_startup_fails_after_the_startup_timeout(
+    tmp_path: Path,
+) -> None:
+    """With nothing listening, opening retries for pg_startup_timeout, then says why it failed."""
+    url = f"postgresql://nobody:nothing@127.0.0.1:{free_port()}/none"
+    settings = settings_for(tmp_path, database_url=url, pg_startup_timeout=0.6)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="PostgreSQL unreachable"):
+        await PostgresStorage.open(settings)
+    assert 0.5 <= time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("url", ["mysql://h/db", "sqlite:/relative.db", "http://x"])
+def test_database_url_with_unknown_scheme_is_refused(tmp_path: Path, url: str) -> None:
+    """A LOCKSTEP_DATABASE_URL naming no supported backend stops startup with a clear error."""
+    with pytest.raises(ValidationError, match="database_url must start with"):
+        settings_for(tmp_path, database_url=url)

@@ -18,16 +18,25 @@ is never applied. Once taken into a batch, an operation is committed or fails wi
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from app.errors import LockTimeout
 from app.locks import Held, LockRegistry
 
 Op = TypeVar("Op")
 Outcome = TypeVar("Outcome")
+
+
+class WaitObserver(Protocol):
+    """Told how long each request waited for its resource, and about each that gave up."""
+
+    def waited(self, kind: str, seconds: float) -> None: ...
+
+    def timed_out(self, kind: str, seconds: float) -> None: ...
 
 
 class _Lead:
@@ -40,12 +49,13 @@ class _Lead:
 
 
 class _Pending(Generic[Op]):
-    __slots__ = ("claimed", "future", "op")
+    __slots__ = ("claimed", "claimed_at", "future", "op")
 
     def __init__(self, op: Op, future: asyncio.Future[Any]) -> None:
         self.op = op
         self.future = future
         self.claimed = False  # taken into a batch: will be committed or fail with it
+        self.claimed_at = 0.0
 
 
 class Combiner(Generic[Op, Outcome]):
@@ -56,10 +66,12 @@ class Combiner(Generic[Op, Outcome]):
         kind: str,
         locks: LockRegistry,
         apply: Callable[[str, list[Op]], Awaitable[list[Outcome]]],
+        observer: WaitObserver | None = None,
     ) -> None:
         self._kind = kind
         self._locks = locks
         self._apply = apply
+        self._observer = observer
         self._queues: dict[str, deque[_Pending[Op]]] = {}
 
     def __len__(self) -> int:
@@ -73,6 +85,7 @@ class Combiner(Generic[Op, Outcome]):
     async def submit(self, key: str, op: Op) -> Outcome:
         """Apply ``op`` to resource ``key`` once, in arrival order, and return its outcome."""
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         me: _Pending[Op] = _Pending(op, loop.create_future())
         queue = self._queues.get(key)
         if queue is None:
@@ -84,12 +97,16 @@ class Combiner(Generic[Op, Outcome]):
             timer = loop.call_later(self._locks.timeout, self._expire, key, me)
             try:
                 result = await me.future
-            except BaseException:
+            except BaseException as e:
                 self._abandon(key, me)
+                if isinstance(e, LockTimeout):
+                    self._report_timeout(started)
                 raise
             finally:
                 timer.cancel()
             if not isinstance(result, _Lead):
+                # Its wait ended when a leader took it into a batch.
+                self._report_wait(me.claimed_at - started)
                 outcome: Outcome = result
                 return outcome
             lead = result
@@ -98,10 +115,13 @@ class Combiner(Generic[Op, Outcome]):
         if held is None:
             try:
                 held = await self._locks.acquire(f"{self._kind}:{key}")
-            except BaseException:
+            except BaseException as e:
                 self._withdraw(key, me)
                 self._hand_on(key, None)
+                if isinstance(e, LockTimeout):
+                    self._report_timeout(started)
                 raise
+        self._report_wait(time.perf_counter() - started)
         me.future = loop.create_future()
         self._flush(key, held)
         try:
@@ -120,10 +140,20 @@ class Combiner(Generic[Op, Outcome]):
         queue = self._queues[key]
         batch = list(queue)
         queue.clear()
+        now = time.perf_counter()
         for p in batch:
             p.claimed = True
+            p.claimed_at = now
         task = asyncio.ensure_future(self._apply(key, [p.op for p in batch]))
         task.add_done_callback(partial(self._finished, key, held, batch))
+
+    def _report_wait(self, seconds: float) -> None:
+        if self._observer is not None:
+            self._observer.waited(self._kind, seconds)
+
+    def _report_timeout(self, started: float) -> None:
+        if self._observer is not None:
+            self._observer.timed_out(self._kind, time.perf_counter() - started)
 
     def _finished(
         self, key: str, held: Held, batch: list[_Pending[Op]], task: asyncio.Future[list[Outcome]]

@@ -60,6 +60,10 @@ class LockRegistry:
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
+    def held(self) -> int:
+        """Number of locks some task holds right now."""
+        return sum(e.lock.locked() for e in self._entries.values())
+
     def waiting(self) -> int:
         """Number of tasks waiting for some lock (not holding one)."""
         return sum(e.users - e.lock.locked() for e in self._entries.values())

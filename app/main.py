@@ -9,12 +9,15 @@ from aiohttp import web
 
 from app.auth import authenticate, setup_auth
 from app.combining import Combiner
+from app.events import EventHub
 from app.limits import limit_headers, parser_limits
 from app.locks import LockRegistry
+from app.metrics import Metrics
 from app.middlewares import problems
+from app.observe import observe, setup_observability
 from app.routes import setup_routes
 from app.settings import Settings
-from app.state import COUNTERS, HEALTH, ITEMS, LOCKS, SETTINGS, STORAGE, Health
+from app.state import COUNTERS, EVENTS, HEALTH, ITEMS, LOCKS, METRICS, SETTINGS, STORAGE, Health
 from app.storage import open_storage
 
 logger = logging.getLogger(__name__)
@@ -22,30 +25,39 @@ logger = logging.getLogger(__name__)
 
 async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the database before the first request; close it after the last one finished."""
-    storage = await open_storage(app[SETTINGS])
+    storage = await open_storage(app[SETTINGS], app[METRICS])
     app[STORAGE] = storage
+    app[EVENTS] = EventHub(storage, app[SETTINGS].events_poll_interval)
     locks = app[LOCKS]
-    app[COUNTERS] = Combiner("counter", locks, storage.apply_counter_ops)
-    app[ITEMS] = Combiner("item", locks, storage.apply_item_ops)
+    metrics = app[METRICS]
+    app[COUNTERS] = Combiner("counter", locks, storage.apply_counter_ops, metrics)
+    app[ITEMS] = Combiner("item", locks, storage.apply_item_ops, metrics)
     yield
+    await app[EVENTS].close()
     await storage.close()
 
 
 async def _mark_shutting_down(app: web.Application) -> None:
     # on_shutdown runs while requests are still in flight: only flip readiness here.
     app[HEALTH].shutting_down = True
+    # Event streams never finish on their own: end them so shutdown need not wait them out.
+    if EVENTS in app:
+        await app[EVENTS].close()
 
 
 async def create_app(settings: Settings | None = None) -> web.Application:
     """Build the application; nothing is opened until the app starts."""
     settings = settings or Settings()
+    # observe is outermost: it sees the final status of every answer, problems included.
     app = web.Application(
-        middlewares=[problems, limit_headers, authenticate],
+        middlewares=[observe, problems, limit_headers, authenticate],
         client_max_size=settings.max_body_bytes,
         handler_args=parser_limits(settings.max_header_bytes),
     )
     app[SETTINGS] = settings
     app[HEALTH] = Health()
+    metrics = Metrics()
+    setup_observability(app, metrics)
     app[LOCKS] = LockRegistry(settings.lock_timeout)
     setup_routes(app)
     setup_auth(app, settings)

@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from app.errors import LockstepError
+from app.state import REQUEST_ID
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ def problem_response(
     detail: str,
     slug: str | None = None,
     headers: Any = None,
+    extra: dict[str, Any] | None = None,
 ) -> web.Response:
     """An ``application/problem+json`` response."""
     from app.views.common import _encode
@@ -31,6 +33,7 @@ def problem_response(
         "title": title,
         "status": status,
         "detail": detail,
+        **(extra or {}),
     }
     extra = {k: v for k, v in (headers or {}).items() if k not in _DROP}
     return web.Response(body=_encode(body), status=status, content_type=PROBLEM, headers=extra)
@@ -49,5 +52,17 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         detail = e.text if e.text and e.text != f"{e.status}: {e.reason}" else e.reason
         return problem_response(e.status, e.reason, detail, None, e.headers)
     except Exception:
-        logger.exception("unhandled error in %s %s", request.method, request.path)
-        return problem_response(500, "Internal Server Error", "an unexpected error occurred")
+        # Logged once, here; the log record and the body carry the same request id.
+        request_id = request.get(REQUEST_ID)
+        logger.exception(
+            "unhandled error in %s %s",
+            request.method,
+            request.rel_url.raw_path[:256],
+            extra={"request_id": request_id},
+        )
+        return problem_response(
+            500,
+            "Internal Server Error",
+            "an unexpected error occurred",
+            extra={"request_id": request_id} if request_id else None,
+        )

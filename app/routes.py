@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from app.views import counters, docs, health, items
+from app.views import counters, dashboard, docs, events, health, items, metrics
 
 
 def setup_routes(app: web.Application) -> None:
@@ -25,3 +25,9 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/readyz", health.readyz)
     router.add_get("/openapi.json", docs.openapi_json)
     router.add_get("/docs", docs.docs)
+    router.add_get("/metrics", metrics.metrics)
+    router.add_get("/events", events.events)
+    router.add_get("/counters/{name}/events", events.counter_events)
+    router.add_get("/items/{id}/events", events.item_events)
+    router.add_get("/", dashboard.dashboard)
+    router.add_static("/static", dashboard.static_dir())

@@ -103,6 +103,24 @@ class Settings(BaseSettings):
     )
 
     # --- observability: logs, metrics, events -----------------------------------------
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Per-request and error log lines: readable `text` or one JSON object a line.",
+    )
+    events_poll_interval: float = Field(
+        default=0.05,
+        gt=0,
+        le=10,
+        description="Seconds between checks for committed changes while event streams are open.",
+    )
+    events_heartbeat: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds of silence after which an event stream sends a keep-alive comment.",
+    )
+    events_max_resources: int = Field(
+        default=100, ge=1, le=1000, description="Most resources one GET /events stream may watch."
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -8,7 +8,9 @@ from aiohttp import web
 
 from app.combining import Combiner
 from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome
+from app.events import EventHub
 from app.locks import LockRegistry
+from app.metrics import Metrics
 from app.settings import Settings
 from app.storage import Storage
 from app.tokens import TokenStore
@@ -29,6 +31,9 @@ COUNTERS = web.AppKey("counters", Combiner[CounterOp, CounterOutcome])
 ITEMS = web.AppKey("items", Combiner[ItemOp, ItemOutcome])
 # Present only when a tokens file is configured.
 TOKENS = web.AppKey("tokens", TokenStore)
+METRICS = web.AppKey("metrics", Metrics)
+EVENTS = web.AppKey("events", EventHub)
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def get_settings(request: web.Request) -> Settings:
@@ -49,3 +54,11 @@ def get_items(request: web.Request) -> Combiner[ItemOp, ItemOutcome]:
 
 def get_health(request: web.Request) -> Health:
     return request.app[HEALTH]
+
+
+def get_metrics(request: web.Request) -> Metrics:
+    return request.app[METRICS]
+
+
+def get_events(request: web.Request) -> EventHub:
+    return request.app[EVENTS]

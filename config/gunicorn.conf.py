@@ -6,6 +6,12 @@ default does.
 """
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from app.logs import logging_config
 
 wsgi_app = "app.main:create_app"
 worker_class = "aiohttp.GunicornWebWorker"
@@ -15,18 +21,18 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 graceful_timeout = 20
 timeout = 30
 keepalive = 5
-# Access log to stdout; "-" is gunicorn's spelling for it. Silence it with
-# GUNICORN_CMD_ARGS="--access-logfile /dev/null" under benchmarks if wanted.
-accesslog = "-"
-access_log_format = '%a "%r" %s %b %Tf'
+# The app logs one structured line per request (app.access, LOCKSTEP_LOG_FORMAT=text|json)
+# with its request id and lock wait, so gunicorn's own access log stays off.
+accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOCKSTEP_LOG_LEVEL", "info")
+logconfig_dict = logging_config(loglevel, os.environ.get("LOCKSTEP_LOG_FORMAT", "text"))
 # gunicorn 27's runtime control socket is not used; without this, two instances on
 # one machine would fight over the same socket path.
 control_socket_disable = True
 
 
-def when_ready(server):
+def when_ready(server: Any) -> None:
     """Warn loudly, once, when the API is open on a non-loopback address."""
     from app.auth import exposure_warning
     from app.settings import Settings
@@ -34,3 +40,36 @@ def when_ready(server):
     warning = exposure_warning(server.cfg.address, Settings())
     if warning:
         server.log.warning(warning)
+
+
+# --- Prometheus multiprocess mode -------------------------------------------------------
+# Workers write their metrics to files in this directory and a scrape of any worker adds
+# them all up. prometheus_client picks the mode when it is first imported, so the variable
+# is set here, while the configuration loads and before any worker (or --preload) imports
+# the app. An operator-given PROMETHEUS_MULTIPROC_DIR is used and emptied at start; a
+# directory made here is removed at exit.
+# (The ownership mark survives a SIGHUP reload, which runs this file again.)
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lockstep-metrics-")
+    os.environ["LOCKSTEP_OWNS_METRICS_DIR"] = "1"
+_metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def on_starting(server: Any) -> None:
+    """Start every run with no metrics left over from an earlier one."""
+    _metrics_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in _metrics_dir.glob("*.db"):
+        leftover.unlink()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges (locks held, open streams); its counters stay."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory this configuration made."""
+    if os.environ.get("LOCKSTEP_OWNS_METRICS_DIR") == "1":
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -3,8 +3,12 @@
 # Runs as root in CI (apt-get works there); elsewhere it only says what is missing.
 set -euo pipefail
 
-# postgresql: the server the PostgreSQL backend's tests run against (scripts/test-postgres.sh).
-packages=(curl sqlite3 postgresql)
+packages=(curl sqlite3)
+# The dashboard's browser test: Debian's Chromium (Playwright drives it; it never downloads
+# a browser of its own) and a font for it to render text with.
+packages+=(chromium fonts-dejavu-core)
+# The server the PostgreSQL backend's tests run against (scripts/test-postgres.sh).
+packages+=(postgresql)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -13,6 +13,22 @@ from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
 from app.settings import Settings
 
 
+class StorageObserver(Protocol):
+    """Told about every committed write transaction and every failed database operation."""
+
+    def committed(self, seconds: float, units: int) -> None:
+        """A write transaction of ``units`` resources committed after ``seconds``."""
+        ...
+
+    def failed(self, kind: str) -> None:
+        """An operation failed; ``kind`` is one of ``DB_ERROR_KINDS``."""
+        ...
+
+
+# The bounded set of kinds a backend reports failures as.
+DB_ERROR_KINDS = ("busy", "locked", "readonly", "full", "io", "corrupt", "other")
+
+
 class Storage(Protocol):
     """What every backend provides."""
 
@@ -40,6 +56,15 @@ class Storage(Protocol):
         """Up to ``limit`` records whose ids start with ``prefix`` and sort after ``after``."""
         ...
 
+    async def wait_for_change(self, mark: int) -> int:
+        """Wait until any process has committed a write since ``mark``; return the new mark.
+
+        A mark is an opaque number describing the committed state as this process last saw
+        it; ``-1`` returns the current mark at once. Returning early (a change that touched
+        nothing of interest) is allowed, missing a commit is not. Cancel to stop waiting.
+        """
+        ...
+
     async def ping(self) -> None:
         """Raise ``StorageUnavailable`` unless the database answers."""
         ...
@@ -49,7 +74,7 @@ class Storage(Protocol):
         ...
 
 
-async def open_storage(settings: Settings) -> Storage:
+async def open_storage(settings: Settings, observer: StorageObserver | None = None) -> Storage:
     """Open the backend ``settings`` name, creating or migrating its schema."""
     if settings.uses_postgres:
         from app.storage.postgres import PostgresStorage
@@ -57,4 +82,4 @@ async def open_storage(settings: Settings) -> Storage:
         return await PostgresStorage.open(settings)
     from app.storage.sqlite import SQLiteStorage
 
-    return await SQLiteStorage.open(settings)
+    return await SQLiteStorage.open(settings, observer)

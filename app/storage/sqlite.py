@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from app.domain import (
 )
 from app.errors import StorageUnavailable
 from app.settings import Settings
+from app.storage import StorageObserver
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,26 @@ def _translate(e: BaseException) -> BaseException:
     if isinstance(e, sqlite3.OperationalError):
         return StorageUnavailable(f"database: {e}")
     return e
+
+
+_KINDS = {
+    sqlite3.SQLITE_BUSY: "busy",
+    sqlite3.SQLITE_LOCKED: "locked",
+    sqlite3.SQLITE_READONLY: "readonly",
+    sqlite3.SQLITE_FULL: "full",
+    sqlite3.SQLITE_IOERR: "io",
+    sqlite3.SQLITE_CORRUPT: "corrupt",
+    sqlite3.SQLITE_NOTADB: "corrupt",
+}
+
+
+def _error_kind(e: BaseException) -> str | None:
+    """The bounded metric kind of a database error, or None for anything else."""
+    if not isinstance(e, sqlite3.Error):
+        return None
+    code = getattr(e, "sqlite_errorcode", None)
+    # Extended result codes carry the primary code in their low byte.
+    return _KINDS.get(code & 0xFF, "other") if code is not None else "other"
 
 
 async def _in_db_thread(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
@@ -119,10 +141,17 @@ def _run_transaction(
 class _Writer:
     """The worker's only writer: queues units and commits them in batches, in order."""
 
-    def __init__(self, db: aiosqlite.Connection, max_batch: int, turn_fd: int) -> None:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        max_batch: int,
+        turn_fd: int,
+        observer: StorageObserver | None,
+    ) -> None:
         self._db = db
         self._max_batch = max_batch
         self._turn_fd = turn_fd
+        self._observer = observer
         self._queue: deque[tuple[Unit, asyncio.Future[Any]]] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -148,11 +177,13 @@ class _Writer:
                 continue
             size = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(size)]
+            started = time.perf_counter()
             try:
                 results = await _in_db_thread(
                     self._db, _run_batch, [u for u, _ in batch], self._turn_fd
                 )
             except Exception as e:
+                self._report(e)
                 error = _translate(e)
                 if not isinstance(error, StorageUnavailable):
                     logger.exception("write batch failed")
@@ -161,13 +192,22 @@ class _Writer:
                         fut.set_exception(error)
                 continue
             self.batches += 1
+            if self._observer is not None:
+                self._observer.committed(time.perf_counter() - started, size)
             for (_, fut), (ok, value) in zip(batch, results, strict=True):
+                if not ok:
+                    self._report(value)
                 if fut.done():
                     continue
                 if ok:
                     fut.set_result(value)
                 else:
                     fut.set_exception(_translate(value))
+
+    def _report(self, error: BaseException) -> None:
+        kind = _error_kind(error)
+        if kind is not None and self._observer is not None:
+            self._observer.failed(kind)
 
     async def close(self) -> None:
         """Commit everything already queued, then stop."""
@@ -240,6 +280,22 @@ def _prepare(conn: sqlite3.Connection, busy_timeout_ms: int, synchronous: str) -
         raise RuntimeError(f"SQLite refused synchronous={synchronous} (got {level})")
 
 
+def _start_up(
+    conn: sqlite3.Connection, busy_timeout_ms: int, synchronous: str, turn_fd: int
+) -> None:
+    """Set pragmas and migrate while holding the writer turn.
+
+    Workers starting together on a new file would otherwise race to switch it to WAL,
+    which SQLite may refuse with "database is locked" without waiting out busy_timeout.
+    """
+    fcntl.flock(turn_fd, fcntl.LOCK_EX)
+    try:
+        _prepare(conn, busy_timeout_ms, synchronous)
+        _migrate(conn)
+    finally:
+        fcntl.flock(turn_fd, fcntl.LOCK_UN)
+
+
 def _migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema up to date under the write lock, so concurrent workers migrate once."""
     conn.execute("BEGIN IMMEDIATE")
@@ -263,13 +319,16 @@ class SQLiteStorage:
         self,
         writer_db: aiosqlite.Connection,
         reader_db: aiosqlite.Connection,
-        max_batch: int,
+        settings: Settings,
         turn_fd: int,
+        observer: StorageObserver | None = None,
     ) -> None:
         self._writer_db = writer_db
         self._reader_db = reader_db
         self._turn_fd = turn_fd
-        self._writer = _Writer(writer_db, max_batch, turn_fd)
+        self._observer = observer
+        self._poll_interval = settings.events_poll_interval
+        self._writer = _Writer(writer_db, settings.max_batch, turn_fd, observer)
 
     @property
     def batches(self) -> int:
@@ -277,7 +336,9 @@ class SQLiteStorage:
         return self._writer.batches
 
     @classmethod
-    async def open(cls, settings: Settings) -> SQLiteStorage:
+    async def open(
+        cls, settings: Settings, observer: StorageObserver | None = None
+    ) -> SQLiteStorage:
         """Connect, set durability pragmas, migrate; refuse SQLite older than 3.35."""
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise RuntimeError(
@@ -286,13 +347,20 @@ class SQLiteStorage:
             )
         path: Path = settings.sqlite_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer_db = await aiosqlite.connect(path, isolation_level=None)
+        turn_fd = os.open(f"{path}.writer-turn", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            await _in_db_thread(writer_db, _prepare, settings.busy_timeout_ms, settings.synchronous)
-            await _in_db_thread(writer_db, _migrate)
+            writer_db = await aiosqlite.connect(path, isolation_level=None)
+        except BaseException:
+            os.close(turn_fd)
+            raise
+        try:
+            await _in_db_thread(
+                writer_db, _start_up, settings.busy_timeout_ms, settings.synchronous, turn_fd
+            )
             reader_db = await aiosqlite.connect(path, isolation_level=None)
         except BaseException:
             await writer_db.close()
+            os.close(turn_fd)
             raise
         try:
             await reader_db.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout_ms)}")
@@ -300,9 +368,9 @@ class SQLiteStorage:
         except BaseException:
             await reader_db.close()
             await writer_db.close()
+            os.close(turn_fd)
             raise
-        turn_fd = os.open(f"{path}.writer-turn", os.O_RDWR | os.O_CREAT, 0o600)
-        return cls(writer_db, reader_db, settings.max_batch, turn_fd)
+        return cls(writer_db, reader_db, settings, turn_fd, observer)
 
     async def _write(self, unit: Unit) -> Any:
         return await self._writer.submit(unit)
@@ -320,6 +388,8 @@ class SQLiteStorage:
             rows = await self._reader_db.execute_fetchall(sql, params)
         except (sqlite3.OperationalError, ValueError) as e:
             # ValueError: aiosqlite's "no active connection" once the reader is closed.
+            if self._observer is not None:
+                self._observer.failed(_error_kind(e) or "other")
             raise StorageUnavailable(f"database: {e}") from e
         return list(rows)
 
@@ -348,6 +418,17 @@ class SQLiteStorage:
             (prefix, prefix + NAME_CEILING, after, limit),
         )
         return [Record(r[0], msgspec.json.decode(r[1]), r[2], r[3]) for r in rows]
+
+    async def wait_for_change(self, mark: int) -> int:
+        # PRAGMA data_version on the reader changes whenever any connection other than the
+        # reader commits (this worker's writer included); it reads the WAL index and touches
+        # no table. Polled only while somebody waits here.
+        while True:
+            rows = await self._read("PRAGMA data_version", ())
+            version: int = rows[0][0]
+            if version != mark:
+                return version
+            await asyncio.sleep(self._poll_interval)
 
     async def ping(self) -> None:
         # Reads the schema from the file itself; "SELECT 1" would not touch the database.

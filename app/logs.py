@@ -1,0 +1,124 @@
+"""Structured logs: request ids, the per-request context, and the text and JSON line formats.
+
+Every record logged while a request is being handled carries that request's id, so an
+error's traceback and the request's own line can be matched. gunicorn installs the
+formatter through ``logging_config`` (see ``config/gunicorn.conf.py``); nothing here runs
+at import time.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import re
+import time
+from typing import Any
+
+import msgspec
+
+ACCESS_LOGGER = "app.access"
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_MAX = 64
+# Characters a client's request id may keep; anything else is dropped (no spaces, no quotes,
+# no control characters), so an id can be pasted into a log search and never forges a line.
+_UNSAFE = re.compile(r"[^A-Za-z0-9._~:+=/@-]")
+
+
+class RequestContext:
+    """What one request gathers while it is handled: its id and the time spent on locks."""
+
+    __slots__ = ("lock_wait", "request_id")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.lock_wait = 0.0
+
+
+CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "lockstep_request", default=None
+)
+
+
+def request_id_from(header: str | None) -> str:
+    """The client's ``X-Request-ID`` made safe and short, or a fresh random id."""
+    if header:
+        cleaned = _UNSAFE.sub("", header[: REQUEST_ID_MAX * 4])[:REQUEST_ID_MAX]
+        if cleaned:
+            return cleaned
+    return os.urandom(12).hex()
+
+
+def _utc(created: float) -> str:
+    millis = int(created * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
+
+
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class LogFormatter(logging.Formatter):
+    """One line per record: ``text`` for people, ``json`` for log pipelines."""
+
+    def __init__(self, format: str = "text") -> None:
+        super().__init__()
+        if format not in ("text", "json"):
+            raise ValueError(f"log format must be text or json, not {format!r}")
+        self.json = format == "json"
+        self._encode = msgspec.json.Encoder().encode
+
+    def format(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "request_id", None)
+        if request_id is None:
+            context = CURRENT.get()
+            request_id = context.request_id if context is not None else None
+        extra = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+        extra.pop("request_id", None)
+        message = record.getMessage()
+        error = self.formatException(record.exc_info) if record.exc_info else None
+        if self.json:
+            line: dict[str, Any] = {
+                "time": _utc(record.created),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "pid": record.process,
+                "request_id": request_id,
+                "message": message,
+                **extra,
+            }
+            if error:
+                line["error"] = error
+            return self._encode(line).decode()
+        head = f"{_utc(record.created)} {record.levelname} [{record.process}] {record.name}"
+        if request_id is not None:
+            head += f" request_id={request_id}"
+        fields = "".join(f" {k}={v}" for k, v in extra.items())
+        text = f"{head} {message}{fields}"
+        return f"{text}\n{error}" if error else text
+
+
+def logging_config(level: str, format: str) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for gunicorn's ``logconfig_dict``: every logger, one format.
+
+    The per-request line replaces gunicorn's access log, which stays off.
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"lockstep": {"()": "app.logs.LogFormatter", "format": format}},
+        "handlers": {
+            "lockstep": {
+                "class": "logging.StreamHandler",
+                "formatter": "lockstep",
+                "stream": "ext://sys.stdout",
+            }
+        },
+        "root": {"level": level.upper(), "handlers": ["lockstep"]},
+        "loggers": {
+            "gunicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+            "aiohttp.access": {"level": "WARNING", "handlers": [], "propagate": False},
+            # Inherits the root level: LOCKSTEP_LOG_LEVEL=warning turns per-request lines off.
+            ACCESS_LOGGER: {"handlers": [], "propagate": True},
+        },
+    }

@@ -1,0 +1,178 @@
+"""Prometheus metrics: what the service counts, and how a scrape sees every gunicorn worker.
+
+Under gunicorn, ``config/gunicorn.conf.py`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh
+directory before any worker starts; each worker's metrics then live in memory-mapped files
+there and a scrape of any worker adds up all of them. Without that variable (tests, a
+single process) the app's own registry is rendered.
+
+No label ever takes a value a client chose: routes are the registered templates
+(``/counters/{name}``, never the name), methods and lock kinds come from fixed sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from app.logs import CURRENT
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+LOCK_KINDS = frozenset({"counter", "item"})
+UNMATCHED = "(unmatched)"
+
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_WAIT = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def lock_kind(key: str) -> str:
+    """The bounded label for a resource kind or a lock key such as ``counter:<name>``."""
+    kind = key.partition(":")[0]
+    return kind if kind in LOCK_KINDS else "other"
+
+
+def method_label(method: str) -> str:
+    """The request method, or ``other`` for anything outside the standard set."""
+    return method if method in METHODS else "other"
+
+
+class Metrics:
+    """Every metric the service exports, registered in a registry of this app's own."""
+
+    def __init__(self) -> None:
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "lockstep_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "lockstep_http_request_duration_seconds",
+            "Time from the request reaching the app to its response being ready, by route.",
+            ["route"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.lock_wait = Histogram(
+            "lockstep_lock_wait_seconds",
+            "Time a request waited for its resource's lock, by resource kind.",
+            ["kind"],
+            buckets=_WAIT,
+            registry=r,
+        )
+        self.lock_timeouts = Counter(
+            "lockstep_lock_timeouts",
+            "Requests that gave up waiting for a resource's lock (503), by resource kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.locks_held = Gauge(
+            "lockstep_locks_held",
+            "Resource locks currently held, summed over live workers.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.locks_waiting = Gauge(
+            "lockstep_locks_waiting",
+            "Requests currently waiting for a resource lock, summed over live workers.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.commit_latency = Histogram(
+            "lockstep_db_commit_duration_seconds",
+            "Time one write transaction (a batch of resources) took, BEGIN to COMMIT.",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "lockstep_db_commit_batch_size",
+            "Resources committed together in one write transaction.",
+            buckets=_BATCH,
+            registry=r,
+        )
+        self.db_errors = Counter(
+            "lockstep_db_errors",
+            "Database operations that failed, by kind (busy, locked, readonly, full, io, ...).",
+            ["kind"],
+            registry=r,
+        )
+        self.idempotent_replays = Counter(
+            "lockstep_idempotent_replays",
+            "Requests answered from a stored Idempotency-Key response instead of re-running.",
+            registry=r,
+        )
+        self.event_streams = Gauge(
+            "lockstep_event_streams",
+            "Server-Sent Event streams currently open, summed over live workers.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        # Label children are looked up once per distinct label set, not once per request.
+        self._request_children: dict[tuple[str, str, int], Callable[[], None]] = {}
+        self._latency_children: dict[str, Callable[[float], None]] = {}
+        self._wait_children = {k: self.lock_wait.labels(k).observe for k in (*LOCK_KINDS, "other")}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        key = (route, method if method in METHODS else "other", status)
+        inc = self._request_children.get(key)
+        if inc is None:
+            inc = self._request_children[key] = self.requests.labels(
+                key[0], key[1], str(status)
+            ).inc
+        inc()
+        observe = self._latency_children.get(route)
+        if observe is None:
+            observe = self._latency_children[route] = self.latency.labels(route).observe
+        observe(seconds)
+
+    # WaitObserver: called by the write combiners.
+    def waited(self, kind: str, seconds: float) -> None:
+        """Record how long a request waited for its resource (queue and lock)."""
+        self._wait_children[lock_kind(kind)](seconds)
+        context = CURRENT.get()
+        if context is not None:
+            context.lock_wait += seconds
+
+    def timed_out(self, kind: str, seconds: float) -> None:
+        """Record a request that gave up on its resource after waiting ``seconds``."""
+        self.lock_timeouts.labels(lock_kind(kind)).inc()
+        context = CURRENT.get()
+        if context is not None:
+            context.lock_wait += seconds
+
+    # StorageObserver: called by the storage backend.
+    def committed(self, seconds: float, units: int) -> None:
+        """Record one committed write transaction."""
+        self.commit_latency.observe(seconds)
+        self.batch_size.observe(units)
+
+    def failed(self, kind: str) -> None:
+        """Record a failed database operation of a bounded ``kind``."""
+        self.db_errors.labels(kind).inc()
+
+    def sample_locks(self, held: int, waiting: int) -> None:
+        self.locks_held.set(held)
+        self.locks_waiting.set(waiting)
+
+    def _render_sync(self) -> bytes:
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    async def render(self) -> bytes:
+        """The exposition text; reading every worker's files happens off the event loop."""
+        if self.multiprocess_dir is None:
+            return self._render_sync()
+        return await asyncio.to_thread(self._render_sync)

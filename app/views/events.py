@@ -1,0 +1,93 @@
+"""Server-Sent Event streams of committed changes: one resource, or several at once."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from aiohttp import web
+
+from app.domain import check_name
+from app.errors import InvalidInput
+from app.events import Change, Resource
+from app.state import get_events, get_metrics, get_settings
+from app.views.common import path_name
+
+EVENT_STREAM = "text/event-stream"
+_encode = msgspec.json.Encoder().encode
+
+
+def _iso(seen: float) -> str:
+    millis = int(seen * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seen)) + f".{millis:03d}Z"
+
+
+def encode_change(change: Change) -> bytes:
+    """One SSE event: ``event: counter|item`` and the state as JSON with the time it was seen."""
+    resource, state, seen = change
+    data = _encode({**state, "time": _iso(seen)})
+    return b"event: " + resource.kind.encode() + b"\ndata: " + data + b"\n\n"
+
+
+async def stream(request: web.Request, resources: tuple[Resource, ...]) -> web.StreamResponse:
+    """Send the resources' current states, then every change, until the client or server leaves."""
+    hub = get_events(request)
+    heartbeat = get_settings(request).events_heartbeat
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": EVENT_STREAM,
+            "Cache-Control": "no-store",
+            # Reverse proxies must pass events through as they come, not buffer them.
+            "X-Accel-Buffering": "no",
+        }
+    )
+    sub = await hub.subscribe(resources)
+    gauge = get_metrics(request).event_streams
+    gauge.inc()
+    try:
+        await response.prepare(request)
+        # Browsers reconnect after this many ms when the stream ends (e.g. a restart).
+        await response.write(b"retry: 2000\n\n")
+        while True:
+            changes = await sub.next(heartbeat)
+            if changes is None:
+                await response.write(b"event: shutdown\ndata: {}\n\n")
+                break
+            # write() waits for the socket to drain past its buffer limit, so a slow reader
+            # holds back only its own stream; meanwhile its pending states are overwritten.
+            await response.write(b"".join(map(encode_change, changes)) or b": keep-alive\n\n")
+        return response
+    except ConnectionError:
+        # The client went away; there is nobody left to answer.
+        return response
+    finally:
+        gauge.dec()
+        hub.unsubscribe(sub)
+
+
+async def counter_events(request: web.Request) -> web.StreamResponse:
+    """Stream a counter's value on every committed change."""
+    return await stream(request, (Resource("counter", path_name(request, "name")),))
+
+
+async def item_events(request: web.Request) -> web.StreamResponse:
+    """Stream a record on every committed change."""
+    return await stream(request, (Resource("item", path_name(request, "id")),))
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Stream several resources at once: ``?counter=a&counter=b&item=c`` (one connection)."""
+    limit = get_settings(request).events_max_resources
+    counters = request.query.getall("counter", [])
+    items = request.query.getall("item", [])
+    if not counters and not items:
+        raise InvalidInput("name at least one counter=<name> or item=<id> to watch")
+    if len(counters) + len(items) > limit:
+        raise InvalidInput(f"one stream watches at most {limit} resources")
+    resources = tuple(
+        dict.fromkeys(
+            [Resource("counter", check_name(n, "counter")) for n in counters]
+            + [Resource("item", check_name(i, "item")) for i in items]
+        )
+    )
+    return await stream(request, resources)

@@ -1,0 +1,54 @@
+"""Helpers for reading the service's metrics and event streams in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """Every sample of a Prometheus text exposition, keyed by name and label set."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+async def next_event(
+    content: aiohttp.StreamReader, within: float = 10
+) -> tuple[str, dict[str, Any]]:
+    """The next SSE event (name and JSON data) on a stream, skipping comments and retry lines."""
+    event, data = "message", ""
+    async with asyncio.timeout(within):
+        while True:
+            line = (await content.readline()).decode()
+            if line == "":
+                raise EOFError("stream ended")
+            line = line.rstrip("\n")
+            if line.startswith("event: "):
+                event = line[len("event: ") :]
+            elif line.startswith("data: "):
+                data += line[len("data: ") :]
+            elif line == "" and data:
+                return event, json.loads(data)
+
+
+async def until(condition: Callable[[], bool], within: float = 10, step: float = 0.005) -> None:
+    """Return once ``condition()`` holds (polled every ``step`` s), else time out."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - polls state that has no event to wait on
+            await asyncio.sleep(step)

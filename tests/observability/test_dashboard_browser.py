@@ -1,0 +1,109 @@
+"""The dashboard in a real browser (Debian's Chromium driven by Playwright) on real gunicorn."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import ROOT, Service
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+# Chromium as root in a container: no sandbox, and nothing that reaches for the network.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# Set to 1 to refresh the README's screenshot from this test.
+UPDATE_SCREENSHOT = os.environ.get("LOCKSTEP_UPDATE_SCREENSHOT") == "1"
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no browser: {CHROMIUM} missing (scripts/system-deps.sh installs chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def post(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = json.dumps(body).encode() if body is not None else b""
+    request = urllib.request.Request(url, data=data, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as r:
+        result: dict[str, Any] = json.load(r)
+        return result
+
+
+def put(url: str, body: dict[str, Any]) -> None:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT")
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+def test_dashboard_increments_and_follows_outside_changes(browser: Any, tmp_path: Path) -> None:
+    """Clicking +1 changes the value shown, and a change made with an outside HTTP request
+    appears without a reload."""
+    from playwright.sync_api import expect
+
+    with Service(tmp_path / "data", workers=2) as service:
+        post(service.url + "/counters/visits/increment")
+        post(service.url + "/counters/downloads/increment", {"by": 41})
+        put(service.url + "/items/settings", {"value": {"theme": "light", "size": 3}})
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        try:
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(service.url + "/")
+            value = page.locator('#counters tr[data-name="visits"] td.num')
+            expect(value).to_have_text("1")
+            expect(page.locator('#items tr[data-id="settings"]')).to_contain_text('"theme"')
+
+            page.get_by_role("button", name="Increment visits").click()
+            expect(value).to_have_text("2")
+
+            # Right after a periodic list refresh, so only the event stream can bring the
+            # outside change within the next few seconds.
+            page.evaluate("window.notReloaded = true")
+            with page.expect_response(lambda r: "/counters?limit" in r.url, timeout=15_000):
+                pass
+            lists: list[str] = []
+            page.on("request", lambda r: lists.append(r.url) if "/counters?" in r.url else None)
+            post(service.url + "/counters/visits/increment", {"by": 5})
+            expect(value).to_have_text("7", timeout=3_000)
+            assert lists == []
+            assert page.evaluate("window.notReloaded") is True
+
+            page.get_by_role("button", name="Edit settings").click()
+            page.get_by_label("Value (JSON)").fill('{"theme": "dark"}')
+            page.get_by_role("button", name="Save record").click()
+            row = page.locator('#items tr[data-id="settings"]')
+            expect(row).to_contain_text('"dark"')
+            expect(row.locator("td.num")).to_have_text("2")
+            expect(page.locator("#fig-rps")).to_have_text(re.compile(r"^\d+\.\d$"), timeout=10_000)
+            assert errors == []
+
+            shot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if UPDATE_SCREENSHOT:
+                shutil.copyfile(shot, ROOT / "docs" / "dashboard.png")
+        finally:
+            page.close()

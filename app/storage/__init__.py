@@ -79,7 +79,7 @@ async def open_storage(settings: Settings, observer: StorageObserver | None = No
     if settings.uses_postgres:
         from app.storage.postgres import PostgresStorage
 
-        return await PostgresStorage.open(settings)
+        return await PostgresStorage.open(settings, observer)
     from app.storage.sqlite import SQLiteStorage
 
     return await SQLiteStorage.open(settings, observer)

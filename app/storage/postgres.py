@@ -46,6 +46,7 @@ from app.domain import (
 )
 from app.errors import StorageUnavailable
 from app.settings import Settings
+from app.storage import StorageObserver
 from app.storage.pg_increments import Plan, increment_existing, plan
 from app.storage.pg_schema import lock_key, migrate
 
@@ -67,6 +68,25 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.TransactionRollbackError,  # still deadlocking after RETRIES
 )
+
+
+def _error_kind(e: BaseException) -> str | None:
+    """The bounded metric kind (``DB_ERROR_KINDS``) of a database failure, or None."""
+    if isinstance(e, asyncpg.DiskFullError):
+        return "full"
+    if isinstance(e, asyncpg.ReadOnlySQLTransactionError):
+        return "readonly"
+    if isinstance(e, asyncpg.TransactionRollbackError | asyncpg.LockNotAvailableError):
+        return "locked"
+    if isinstance(e, asyncpg.InsufficientResourcesError):
+        return "busy"
+    if isinstance(e, asyncpg.DataCorruptedError | asyncpg.IndexCorruptedError):
+        return "corrupt"
+    if isinstance(e, _UNAVAILABLE):
+        return "io"
+    if isinstance(e, asyncpg.PostgresError):
+        return "other"
+    return None
 
 
 def _translate(e: BaseException) -> BaseException:
@@ -217,8 +237,11 @@ async def _write_items(
         await conn.execute("DELETE FROM items WHERE id = ANY($1::text[])", deletes)
 
 
-def _fail(units: list[_Unit], e: BaseException) -> None:
+def _fail(units: list[_Unit], e: BaseException, observer: StorageObserver | None) -> None:
     """Give every unsettled unit the failure ``e`` (cancelled units are cancelled)."""
+    kind = _error_kind(e.__cause__ if isinstance(e, _CommitUnknown) and e.__cause__ else e)
+    if kind is not None and observer is not None:
+        observer.failed(kind)
     if isinstance(e, asyncio.CancelledError):
         for unit in units:
             unit.future.cancel()
@@ -234,8 +257,16 @@ def _fail(units: list[_Unit], e: BaseException) -> None:
 class _Writer:
     """Queues this worker's units and commits them in batches, ``writers`` transactions at once."""
 
-    def __init__(self, pool: asyncpg.Pool, max_batch: int, writers: int, timeout: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        observer: StorageObserver | None,
+    ) -> None:
         self._pool = pool
+        self._observer = observer
+        max_batch, writers = settings.max_batch, settings.pg_writers
+        timeout = settings.pg_command_timeout
         self._timeout = timeout
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(writers)
@@ -290,14 +321,15 @@ class _Writer:
         batch = await self._increment_fast(batch)
         if not batch:
             return
+        started = time.perf_counter()
         try:
             results = await self._commit_with_retries(batch)
         except BaseException as e:
-            _fail(batch, e)
+            _fail(batch, e, self._observer)
             if isinstance(e, asyncio.CancelledError):
                 raise
             return
-        self.batches += 1
+        self._committed(started, len(batch))
         for unit, (ok, value) in zip(batch, results, strict=True):
             if unit.future.done():
                 continue
@@ -305,6 +337,11 @@ class _Writer:
                 unit.future.set_result(value)
             else:
                 unit.future.set_exception(value)
+
+    def _committed(self, started: float, units: int) -> None:
+        self.batches += 1
+        if self._observer is not None:
+            self._observer.committed(time.perf_counter() - started, units)
 
     async def _increment_fast(self, batch: list[_Unit]) -> list[_Unit]:
         """Settle the units the increment fast path can take; returns the rest."""
@@ -320,14 +357,15 @@ class _Writer:
                     plans[u.key] = (u, p)
         if not plans:
             return batch
+        started = time.perf_counter()
         try:
             new_values = await self._run_fast({k: p for k, (_, p) in plans.items()})
         except BaseException as e:
-            _fail([unit for unit, _ in plans.values()], e)
+            _fail([unit for unit, _ in plans.values()], e, self._observer)
             if isinstance(e, asyncio.CancelledError):
                 raise
             return [u for u in batch if u.key not in plans or u.kind != "counter"]
-        self.batches += 1
+        self._committed(started, len(plans))
         for key, value in new_values.items():
             unit, p = plans[key]
             final, outcomes = apply_counter_ops(value - p.delta, list(unit.ops))
@@ -430,12 +468,13 @@ async def _open_pool(settings: Settings) -> asyncpg.Pool:
 class PostgresStorage:
     """The backend for many hosts sharing one PostgreSQL database."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, settings: Settings, observer: StorageObserver | None = None
+    ) -> None:
         self._pool = pool
         self._timeout = settings.pg_command_timeout
-        self._writer = _Writer(
-            pool, settings.max_batch, settings.pg_writers, settings.pg_command_timeout
-        )
+        self._poll_interval = settings.events_poll_interval
+        self._writer = _Writer(pool, settings, observer)
 
     @property
     def batches(self) -> int:
@@ -443,9 +482,11 @@ class PostgresStorage:
         return self._writer.batches
 
     @classmethod
-    async def open(cls, settings: Settings) -> PostgresStorage:
+    async def open(
+        cls, settings: Settings, observer: StorageObserver | None = None
+    ) -> PostgresStorage:
         """Create the pool and migrate the schema under the migration lock."""
-        return cls(await _open_pool(settings), settings)
+        return cls(await _open_pool(settings), settings, observer)
 
     async def apply_counter_ops(self, name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
         outcomes: list[CounterOutcome] = await self._writer.submit("counter", name, ops)
@@ -498,6 +539,24 @@ class PostgresStorage:
             limit,
         )
         return [_decode_record(r) for r in rows]
+
+    async def wait_for_change(self, mark: int) -> int:
+        # Every commit writes a WAL record, so the flushed WAL position moves past each one
+        # (other databases' writes move it too: an early return, which is allowed). A plain
+        # query works behind PgBouncer, unlike LISTEN, and costs the write path nothing,
+        # unlike NOTIFY's commit-time queue lock. The low bit of a mark says whether the
+        # position was confirmed after a quiet interval: a commit flushed just before the
+        # mark was read may become visible a moment later, so each new position is returned
+        # once more after an interval, and the caller re-reads what it watches.
+        seen, confirmed = divmod(mark, 2) if mark >= 0 else (-1, 1)
+        while True:
+            rows = await self._read("SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn")
+            position = int(rows[0][0])
+            if position != seen:
+                return position * 2
+            await asyncio.sleep(self._poll_interval)
+            if not confirmed:
+                return position * 2 + 1
 
     async def ping(self) -> None:
         await self._read("SELECT 1")

@@ -215,3 +215,24 @@ def test_database_url_with_unknown_scheme_is_refused(tmp_path: Path, url: str) -
     """A LOCKSTEP_DATABASE_URL naming no supported backend stops startup with a clear error."""
     with pytest.raises(ValidationError, match="database_url must start with"):
         settings_for(tmp_path, database_url=url)
+
+
+async def test_wait_for_change_wakes_on_another_hosts_commit(settings: Settings) -> None:
+    """A waiter on one pool returns once another pool commits, via the confirming pass too."""
+    watcher = await PostgresStorage.open(settings)
+    writer = await PostgresStorage.open(settings)
+    try:
+        mark = await watcher.wait_for_change(-1)
+        async with asyncio.timeout(5):
+            mark = await watcher.wait_for_change(mark)  # the confirming pass
+        assert mark % 2 == 1
+        waiting = asyncio.ensure_future(watcher.wait_for_change(mark))
+        await asyncio.sleep(0.2)
+        await writer.apply_counter_ops("seen", [Increment(1)])
+        async with asyncio.timeout(5):
+            new_mark = await waiting
+        assert new_mark != mark
+        assert await watcher.get_counter("seen") == 1
+    finally:
+        await watcher.close()
+        await writer.close()

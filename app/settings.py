@@ -44,6 +44,20 @@ class Settings(BaseSettings):
     list_limit_max: int = Field(default=1000, ge=1, description="Largest `limit` on list calls.")
 
     # --- reliability: idempotency, shutdown, WAL -----------------------------------
+    idempotency_ttl: float = Field(
+        default=24 * 3600, gt=0, description="Seconds an Idempotency-Key and its response are kept."
+    )
+    idempotency_purge_interval: float = Field(
+        default=60, gt=0, description="Seconds between sweeps that delete expired keys."
+    )
+    idempotency_purge_batch: int = Field(
+        default=500, ge=1, description="Most expired keys deleted in one write transaction."
+    )
+    wal_size_limit: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="WAL bytes above which the writer checkpoints and truncates it (0: never).",
+    )
 
     # --- PostgreSQL -------------------------------------------------------------------
     pg_pool_min_size: int = Field(

@@ -32,6 +32,18 @@ logconfig_dict = logging_config(loglevel, os.environ.get("LOCKSTEP_LOG_FORMAT", 
 control_socket_disable = True
 
 
+def post_worker_init(worker: object) -> None:
+    """Keep a worker alive when a write hits the file-size limit (RLIMIT_FSIZE).
+
+    The kernel signals SIGXFSZ, whose default action kills the process; ignored, the write
+    fails with EFBIG instead, SQLite reports an I/O error and the request answers 503.
+    Python ignores it at startup already; this keeps it so whatever ran in between.
+    """
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def when_ready(server: Any) -> None:
     """Warn loudly, once, when the API is open on a non-loopback address."""
     from app.auth import exposure_warning

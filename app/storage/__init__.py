@@ -33,11 +33,20 @@ class Storage(Protocol):
     """What every backend provides."""
 
     async def apply_counter_ops(self, name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
-        """Apply ``ops`` to counter ``name`` in order, atomically, and commit before returning."""
+        """Apply ``ops`` to counter ``name`` in order, atomically, and commit before returning.
+
+        Ops carrying an idempotency ``claim`` follow ``app.idempotency``: claimed keys are
+        looked up inside the same write transaction, stored ones replay instead of applying,
+        and the rendered responses of the applied ones are inserted before the commit.
+        """
         ...
 
     async def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> list[ItemOutcome]:
         """Apply ``ops`` to record ``item_id`` in order, atomically, and commit before returning."""
+        ...
+
+    async def purge_expired_keys(self, limit: int) -> int:
+        """Delete up to ``limit`` expired idempotency keys in one write; returns how many."""
         ...
 
     async def get_counter(self, name: str) -> int | None:

@@ -13,6 +13,8 @@ import hashlib
 
 import asyncpg
 
+from app.storage import pg_idempotency
+
 # Names sort byte-wise (COLLATE "C"), as in SQLite, so listings page identically on both
 # backends and a prefix range stays on the primary-key index whatever the server locale.
 MIGRATIONS: list[list[str]] = [
@@ -21,6 +23,7 @@ MIGRATIONS: list[list[str]] = [
         'CREATE TABLE items (id TEXT COLLATE "C" PRIMARY KEY, value TEXT NOT NULL,'
         " version BIGINT NOT NULL, updated_at TEXT NOT NULL)",
     ],
+    pg_idempotency.MIGRATION,
 ]
 
 MIN_SERVER_VERSION = (12, 0)  # unnest of several arrays, ON CONFLICT, stable since long before

@@ -45,8 +45,9 @@ from app.domain import (
     apply_item_ops,
 )
 from app.errors import StorageUnavailable
+from app.idempotency import NewKey, Stored, claimed_keys, merge, to_store, triage
 from app.settings import Settings
-from app.storage import StorageObserver
+from app.storage import StorageObserver, pg_idempotency
 from app.storage.pg_increments import Plan, increment_existing, plan
 from app.storage.pg_schema import lock_key, migrate
 
@@ -130,7 +131,9 @@ class _CommitUnknown(StorageUnavailable):
     """The connection broke while COMMIT was under way: the batch may or may not have landed."""
 
 
-async def _commit_batch(conn: Connection, batch: list[_Unit]) -> list[tuple[bool, Any]]:
+async def _commit_batch(
+    conn: Connection, batch: list[_Unit], key_ttl: float
+) -> list[tuple[bool, Any]]:
     """Run ``batch`` in one transaction on ``conn``; returns (ok, outcome-or-error) per unit.
 
     Anything raised before COMMIT was sent left nothing behind, so the caller may retry;
@@ -139,7 +142,7 @@ async def _commit_batch(conn: Connection, batch: list[_Unit]) -> list[tuple[bool
     transaction = conn.transaction()
     await transaction.start()
     try:
-        results = await _apply_batch(conn, batch)
+        results = await _apply_batch(conn, batch, key_ttl)
     except BaseException:
         if not conn.is_closed():
             with contextlib.suppress(Exception):
@@ -155,11 +158,16 @@ async def _commit_batch(conn: Connection, batch: list[_Unit]) -> list[tuple[bool
     return results
 
 
-async def _apply_batch(conn: Connection, batch: list[_Unit]) -> list[tuple[bool, Any]]:
+async def _apply_batch(
+    conn: Connection, batch: list[_Unit], key_ttl: float
+) -> list[tuple[bool, Any]]:
     """Lock, read, apply and write ``batch`` inside the open transaction on ``conn``."""
     names = sorted({u.key for u in batch if u.kind == "counter"})
     ids = sorted({u.key for u in batch if u.kind == "item"})
-    locks = sorted({lock_key(f"{u.kind}:{u.key}") for u in batch})
+    claims = sorted({k for u in batch for k in claimed_keys(u.ops)})
+    locks = sorted(
+        {lock_key(f"{u.kind}:{u.key}") for u in batch} | {lock_key(f"idem:{k}") for k in claims}
+    )
     # unnest yields the sorted keys in order, so locks are always taken in key order.
     await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", locks)
     counters: dict[str, int | None] = dict.fromkeys(names)
@@ -179,25 +187,37 @@ async def _apply_batch(conn: Connection, batch: list[_Unit]) -> list[tuple[bool,
         )
         items.update((r[0], _decode_record(r)) for r in rows)
     stored_counters, stored_items = dict(counters), dict(items)
+    now = time.time()
+    keys = await pg_idempotency.load_keys(conn, claims, now) if claims else {}
+    new_keys: list[NewKey] = []
 
     results: list[tuple[bool, Any]] = []
     for unit in batch:
+        ops = list(unit.ops)
         outcomes: list[Any]
         try:
+            # Ops whose key is stored replay or are refused instead (app.idempotency).
+            run, settled = triage(ops, keys)
+            todo = [ops[i] for i in run]
             if unit.kind == "counter":
-                counters[unit.key], outcomes = apply_counter_ops(counters[unit.key], list(unit.ops))
+                counters[unit.key], outcomes = apply_counter_ops(counters[unit.key], todo)
             else:
-                final, outcomes = apply_item_ops(unit.key, items[unit.key], list(unit.ops))
+                final, outcomes = apply_item_ops(unit.key, items[unit.key], todo)
                 if final is not None:
                     msgspec.json.encode(final.value)  # fail this unit alone if unencodable
                 items[unit.key] = final
+            fresh = to_store(ops, run, outcomes)
         except Exception as e:
             results.append((False, e))
-        else:
-            results.append((True, outcomes))
+            continue
+        # Later units of this batch see these keys as stored, as they will be at COMMIT.
+        keys.update((row.key, Stored(row.fingerprint, row.response)) for row in fresh)
+        new_keys.extend(fresh)
+        results.append((True, merge(len(ops), run, outcomes, settled)))
 
     await _write_counters(conn, stored_counters, counters)
     await _write_items(conn, stored_items, items)
+    await pg_idempotency.store_keys(conn, new_keys, now + key_ttl)
     return results
 
 
@@ -265,6 +285,7 @@ class _Writer:
     ) -> None:
         self._pool = pool
         self._observer = observer
+        self._key_ttl = settings.idempotency_ttl
         max_batch, writers = settings.max_batch, settings.pg_writers
         timeout = settings.pg_command_timeout
         self._timeout = timeout
@@ -351,7 +372,8 @@ class _Writer:
         plans: dict[str, tuple[_Unit, Plan]] = {}
         for u in batch:
             # A key queued twice in one batch must see its own first write: general path.
-            if u.kind == "counter" and seen[f"counter:{u.key}"] == 1:
+            # Claimed ops need their key looked up in a transaction: general path too.
+            if u.kind == "counter" and seen[f"counter:{u.key}"] == 1 and not claimed_keys(u.ops):
                 p = plan(u.ops)
                 if p is not None:
                     plans[u.key] = (u, p)
@@ -401,7 +423,7 @@ class _Writer:
         for attempt in range(1, RETRIES + 1):
             try:
                 async with _connection(self._pool, self._timeout) as conn:
-                    return await _commit_batch(conn, batch)
+                    return await _commit_batch(conn, batch, self._key_ttl)
             except asyncpg.TransactionRollbackError as e:
                 if attempt == RETRIES:
                     raise
@@ -507,6 +529,13 @@ class PostgresStorage:
                 if attempt == 2:
                     raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
         raise AssertionError("unreachable")
+
+    async def purge_expired_keys(self, limit: int) -> int:
+        try:
+            async with _connection(self._pool, self._timeout) as conn:
+                return await pg_idempotency.purge(conn, time.time(), limit)
+        except _UNAVAILABLE as e:
+            raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
 
     async def get_counter(self, name: str) -> int | None:
         rows = await self._read("SELECT value FROM counters WHERE name = $1", name)

@@ -11,8 +11,9 @@ import asyncpg
 import pytest
 from pydantic import ValidationError
 
-from app.domain import Increment, PatchItem, PutItem, SetValue, Written
+from app.domain import CounterOp, Increment, PatchItem, PutItem, SetValue, Written
 from app.errors import StorageUnavailable
+from app.idempotency import Claim, KeyReused, Rendered, Replay
 from app.settings import Settings
 from app.storage.pg_schema import MIGRATIONS, lock_key
 from app.storage.postgres import PostgresStorage
@@ -236,3 +237,34 @@ async def test_wait_for_change_wakes_on_another_hosts_commit(settings: Settings)
     finally:
         await watcher.close()
         await writer.close()
+
+
+def claim(key: str, fingerprint: str) -> Claim:
+    return Claim(key, fingerprint, lambda outcome: Rendered(200, {}, repr(outcome).encode()))
+
+
+async def test_one_key_on_two_hosts_at_once_applies_once(settings: Settings) -> None:
+    """The same Idempotency-Key sent to two hosts at once changes state once; the rest replay."""
+    hosts = [await PostgresStorage.open(settings) for _ in range(2)]
+    try:
+        same: list[CounterOp] = [Increment(1, claim("k-same", "fp-same"))]
+        results = await asyncio.gather(
+            *(hosts[i % 2].apply_counter_ops("c", same) for i in range(10))
+        )
+        outcomes = [r[0] for r in results]
+        assert sorted(isinstance(o, Replay) for o in outcomes) == [False] + [True] * 9
+        assert await hosts[0].get_counter("c") == 1
+        # One key, two different requests on two resources at once: exactly one applies.
+        for round_ in range(10):
+            key = f"k-other-{round_}"
+            a: list[CounterOp] = [Increment(1, claim(key, "fp-a"))]
+            b: list[CounterOp] = [Increment(1, claim(key, "fp-b"))]
+            pair = await asyncio.gather(
+                hosts[0].apply_counter_ops(f"a{round_}", a),
+                hosts[1].apply_counter_ops(f"b{round_}", b),
+            )
+            assert sum(isinstance(o[0], KeyReused) for o in pair) == 1
+            values = [await hosts[0].get_counter(f"{x}{round_}") for x in "ab"]
+            assert sorted(values, key=str) == [1, None]
+    finally:
+        await asyncio.gather(*(h.close() for h in hosts))

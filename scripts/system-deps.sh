@@ -9,6 +9,8 @@ packages=(curl sqlite3)
 packages+=(chromium fonts-dejavu-core)
 # The benchmark (make bench) and its smoke test drive the servers with wrk.
 packages+=(wrk)
+# The server the PostgreSQL backend's tests run against (scripts/test-postgres.sh).
+packages+=(postgresql)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -8,22 +8,33 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 import app.storage.sqlite as sqlite_backend
 from app.housekeeping import purge_expired_keys
 from app.idempotency import NewKey
 from app.main import create_app
+from app.settings import Settings
 from app.state import IN_FLIGHT, LOCKS
+from app.storage import pg_idempotency
 from tests.conftest import ClientFactory, settings_for
 from tests.views.helpers import MERGE_PATCH, Client, app_of, assert_problem
 
 KEY = {"Idempotency-Key": "a8098c1a-f86e-11da-bd1a-00112444be1e"}
 
 
-def stored_keys(tmp_path: Path) -> list[tuple[str, int]]:
-    with sqlite3.connect(tmp_path / "data" / "lockstep.db") as db:
-        rows = db.execute("SELECT key, status FROM idempotency ORDER BY key").fetchall()
+async def stored_keys(settings: Settings) -> list[tuple[str, int]]:
+    """The stored (key, status) rows, read straight from either backend's database."""
+    query = "SELECT key, status FROM idempotency ORDER BY key"
+    if settings.uses_postgres:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return [(r[0], r[1]) for r in await conn.fetch(query)]
+        finally:
+            await conn.close()
+    with sqlite3.connect(settings.sqlite_path) as db:
+        rows = db.execute(query).fetchall()
     db.close()
     return [(k, s) for k, s in rows]
 
@@ -37,7 +48,9 @@ async def counter_value(client: Client, name: str) -> int | None:
         return value
 
 
-async def test_increment_with_key_repeated_is_applied_once(client: Client, tmp_path: Path) -> None:
+async def test_increment_with_key_repeated_is_applied_once(
+    client: Client, settings: Settings
+) -> None:
     """A repeat of a keyed increment replays the stored answer and changes nothing."""
     async with client.post("/counters/c/increment", json={"by": 5}, headers=KEY) as r:
         assert r.status == 200
@@ -50,7 +63,7 @@ async def test_increment_with_key_repeated_is_applied_once(client: Client, tmp_p
             assert r.content_type == "application/json"
             assert await r.read() == first
     assert await counter_value(client, "c") == 5
-    assert stored_keys(tmp_path) == [(KEY["Idempotency-Key"], 200)]
+    assert await stored_keys(settings) == [(KEY["Idempotency-Key"], 200)]
 
 
 async def test_increment_with_key_and_other_body_is_422(client: Client) -> None:
@@ -152,14 +165,20 @@ async def test_invalid_key_is_422_and_changes_nothing(client: Client, key: str) 
 
 
 async def test_key_is_stored_in_the_same_transaction_as_the_change(
-    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When storing the key fails, the change rolls back with it, so a retry applies it once."""
 
     def broken(*args: Any) -> list[NewKey]:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(sqlite_backend, "to_store", broken)
+    async def broken_pg(*args: Any) -> None:
+        raise OSError("disk I/O error")
+
+    if settings.uses_postgres:
+        monkeypatch.setattr(pg_idempotency, "store_keys", broken_pg)
+    else:
+        monkeypatch.setattr(sqlite_backend, "to_store", broken)
     async with client.post("/counters/c/increment", headers=KEY) as r:
         await assert_problem(r, 503, "storage-unavailable")
     assert await counter_value(client, "c") is None
@@ -185,16 +204,16 @@ async def test_expired_key_executes_again_and_is_purged(
         assert "Idempotent-Replayed" not in r.headers
         assert (await r.json())["value"] == 6
     assert await purge_expired_keys(app_of(client)) == 4
-    assert [k for k, _ in stored_keys(tmp_path)] == ["k0"]
+    assert [k for k, _ in await stored_keys(settings)] == ["k0"]
 
 
-async def test_request_without_key_stores_nothing(client: Client, tmp_path: Path) -> None:
+async def test_request_without_key_stores_nothing(client: Client, settings: Settings) -> None:
     """Requests without a key never touch the idempotency table."""
     async with client.post("/counters/c/increment") as r:
         assert r.status == 200
     async with client.get("/access") as r:
         assert r.status == 200
-    assert stored_keys(tmp_path) == []
+    assert await stored_keys(settings) == []
 
 
 async def test_background_purge_deletes_expired_keys_while_serving(
@@ -207,9 +226,9 @@ async def test_background_purge_deletes_expired_keys_while_serving(
         async with client.post("/counters/c/increment", headers={"Idempotency-Key": f"k{i}"}) as r:
             assert r.status == 200
     deadline = time.monotonic() + 10
-    while stored_keys(tmp_path) and time.monotonic() < deadline:
+    while await stored_keys(settings) and time.monotonic() < deadline:
         async with client.post("/counters/other/increment") as r:  # requests go on meanwhile
             assert r.status == 200
         await asyncio.sleep(0.05)
-    assert stored_keys(tmp_path) == []
+    assert await stored_keys(settings) == []
     assert await counter_value(client, "c") == 3

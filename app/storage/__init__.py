@@ -89,6 +89,10 @@ class Storage(Protocol):
 
 async def open_storage(settings: Settings, observer: StorageObserver | None = None) -> Storage:
     """Open the backend ``settings`` name, creating or migrating its schema."""
+    if settings.uses_postgres:
+        from app.storage.postgres import PostgresStorage
+
+        return await PostgresStorage.open(settings, observer)
     from app.storage.sqlite import SQLiteStorage
 
     return await SQLiteStorage.open(settings, observer)

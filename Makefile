@@ -25,6 +25,13 @@ test: $(STAMP) lint
 	bash scripts/system-deps.sh
 	$(BIN)/pytest
 
+# Throughput against aiohttp hello world; writes docs/benchmarks.md and docs/benchmarks.png.
+# Needs wrk (Debian/Ubuntu: apt-get install wrk). BENCH_ARGS="--rounds 5 --duration 10" etc.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk (or brew install wrk)"; exit 2; }
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 # A longer schemathesis run than the suite's: FUZZ_EXAMPLES per operation, any FUZZ_SEED.
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} FUZZ_TIMEOUT=1800 $(BIN)/pytest -q \

@@ -13,6 +13,10 @@ receives exactly the value a one-at-a-time increment in arrival order would have
 A queued request that is not taken into a batch within the lock timeout is withdrawn and
 answered with ``LockTimeout``; a cancelled one is withdrawn too. Either way its operation
 is never applied. Once taken into a batch, an operation is committed or fails with it.
+
+Per-request cost matters here (every write passes through): queued requests share one
+expiry timer per combiner instead of a timer each, and a storage call that returns a
+future (as SQLite's writer does) is awaited through it directly, without a task per batch.
 """
 
 from __future__ import annotations
@@ -49,11 +53,12 @@ class _Lead:
 
 
 class _Pending(Generic[Op]):
-    __slots__ = ("claimed", "claimed_at", "future", "op")
+    __slots__ = ("claimed", "claimed_at", "deadline", "future", "op")
 
-    def __init__(self, op: Op, future: asyncio.Future[Any]) -> None:
+    def __init__(self, op: Op, future: asyncio.Future[Any], deadline: float) -> None:
         self.op = op
         self.future = future
+        self.deadline = deadline  # loop time after which, still queued, it times out
         self.claimed = False  # taken into a batch: will be committed or fail with it
         self.claimed_at = 0.0
 
@@ -73,6 +78,7 @@ class Combiner(Generic[Op, Outcome]):
         self._apply = apply
         self._observer = observer
         self._queues: dict[str, deque[_Pending[Op]]] = {}
+        self._timer: asyncio.TimerHandle | None = None  # fires at the oldest waiter's deadline
 
     def __len__(self) -> int:
         """Number of resources being worked on."""
@@ -86,15 +92,17 @@ class Combiner(Generic[Op, Outcome]):
         """Apply ``op`` to resource ``key`` once, in arrival order, and return its outcome."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        me: _Pending[Op] = _Pending(op, loop.create_future())
         queue = self._queues.get(key)
         if queue is None:
             # Nobody works on this resource: lead it.
+            me: _Pending[Op] = _Pending(op, loop.create_future(), 0.0)
             queue = self._queues[key] = deque((me,))
             lead = _Lead(None)
         else:
+            me = _Pending(op, loop.create_future(), loop.time() + self._locks.timeout)
             queue.append(me)
-            timer = loop.call_later(self._locks.timeout, self._expire, key, me)
+            if self._timer is None:
+                self._timer = loop.call_at(me.deadline, self._expire_overdue)
             try:
                 result = await me.future
             except BaseException as e:
@@ -102,8 +110,6 @@ class Combiner(Generic[Op, Outcome]):
                 if isinstance(e, LockTimeout):
                     self._report_timeout(started)
                 raise
-            finally:
-                timer.cancel()
             if not isinstance(result, _Lead):
                 # Its wait ended when a leader took it into a batch.
                 self._report_wait(me.claimed_at - started)
@@ -144,7 +150,13 @@ class Combiner(Generic[Op, Outcome]):
         for p in batch:
             p.claimed = True
             p.claimed_at = now
-        task = asyncio.ensure_future(self._apply(key, [p.op for p in batch]))
+        task: asyncio.Future[list[Outcome]]
+        try:
+            # A future (SQLite's writer) is used as is; a coroutine gets a task.
+            task = asyncio.ensure_future(self._apply(key, [p.op for p in batch]))
+        except Exception as e:  # the backend refused synchronously (e.g. shutting down)
+            task = asyncio.get_running_loop().create_future()
+            task.set_exception(e)
         task.add_done_callback(partial(self._finished, key, held, batch))
 
     def _report_wait(self, seconds: float) -> None:
@@ -171,12 +183,30 @@ class Combiner(Generic[Op, Outcome]):
         if held is not None:
             held.release()
 
-    def _expire(self, key: str, me: _Pending[Op]) -> None:
-        """The lock timeout passed while ``me`` was still queued: withdraw it, answer 503."""
-        if me.claimed or me.future.done():
-            return
-        self._withdraw(key, me)
-        me.future.set_exception(LockTimeout(f"{self._kind}:{key}", self._locks.timeout))
+    def _expire_overdue(self) -> None:
+        """Answer 503 to every request still queued past its deadline; re-arm for the next.
+
+        Queues are first-in first-out and every waiter gets the same timeout, so the
+        overdue ones are at the front of their queues and the next deadline is the
+        earliest front. The one in front may already hold the lead (its future is done):
+        it is about to take the queue into a batch and is left alone.
+        """
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        next_deadline: float | None = None
+        for key, queue in list(self._queues.items()):
+            for me in list(queue):
+                if me.future.done() or me.deadline == 0.0:
+                    continue  # leading or about to lead
+                if me.deadline > now:
+                    if next_deadline is None or me.deadline < next_deadline:
+                        next_deadline = me.deadline
+                    break
+                self._withdraw(key, me)
+                me.future.set_exception(LockTimeout(f"{self._kind}:{key}", self._locks.timeout))
+        if next_deadline is not None:
+            self._timer = loop.call_at(next_deadline, self._expire_overdue)
 
     def _abandon(self, key: str, me: _Pending[Op]) -> None:
         """A queued request was cancelled: withdraw it, passing on a lead it was handed."""

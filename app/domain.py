@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.errors import InvalidInput, LockstepError, NotFound, OutOfRange, PreconditionFailed
+from app.idempotency import Claim, Replay
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -40,21 +41,24 @@ def check_name(name: str, what: str = "name") -> str:
 @dataclass(slots=True, frozen=True)
 class Increment:
     by: int
+    claim: Claim | None = None
 
 
 @dataclass(slots=True, frozen=True)
 class SetValue:
     value: int
+    claim: Claim | None = None
 
 
 @dataclass(slots=True, frozen=True)
 class DeleteCounter:
-    pass
+    claim: Claim | None = None
 
 
 CounterOp = Increment | SetValue | DeleteCounter
-# An int is the counter's value after the operation; None means "deleted".
-CounterOutcome = int | None | LockstepError
+# An int is the counter's value after the operation; None means "deleted"; a Replay is
+# the stored response of an op whose Idempotency-Key was already used (see app.idempotency).
+CounterOutcome = int | None | LockstepError | Replay
 
 
 def apply_counter_ops(
@@ -122,17 +126,20 @@ NO_PRECONDITION = Precondition()
 class PutItem:
     value: Any
     precondition: Precondition = NO_PRECONDITION
+    claim: Claim | None = None
 
 
 @dataclass(slots=True, frozen=True)
 class PatchItem:
     patch: Any
     precondition: Precondition = NO_PRECONDITION
+    claim: Claim | None = None
 
 
 @dataclass(slots=True, frozen=True)
 class DeleteItem:
     precondition: Precondition = NO_PRECONDITION
+    claim: Claim | None = None
 
 
 ItemOp = PutItem | PatchItem | DeleteItem
@@ -146,8 +153,8 @@ class Written:
     created: bool = False
 
 
-# None means "deleted".
-ItemOutcome = Written | None | LockstepError
+# None means "deleted"; Replay as for counters.
+ItemOutcome = Written | None | LockstepError | Replay
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

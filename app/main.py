@@ -10,6 +10,8 @@ from aiohttp import web
 from app.auth import authenticate, setup_auth
 from app.combining import Combiner
 from app.events import EventHub
+from app.housekeeping import purge_ctx
+from app.idempotency import InFlight
 from app.limits import limit_headers, parser_limits
 from app.locks import LockRegistry
 from app.metrics import Metrics
@@ -17,7 +19,18 @@ from app.middlewares import problems
 from app.observe import observe, setup_observability
 from app.routes import setup_routes
 from app.settings import Settings
-from app.state import COUNTERS, EVENTS, HEALTH, ITEMS, LOCKS, METRICS, SETTINGS, STORAGE, Health
+from app.state import (
+    COUNTERS,
+    EVENTS,
+    HEALTH,
+    IN_FLIGHT,
+    ITEMS,
+    LOCKS,
+    METRICS,
+    SETTINGS,
+    STORAGE,
+    Health,
+)
 from app.storage import open_storage
 
 logger = logging.getLogger(__name__)
@@ -59,8 +72,10 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     metrics = Metrics()
     setup_observability(app, metrics)
     app[LOCKS] = LockRegistry(settings.lock_timeout)
+    app[IN_FLIGHT] = InFlight()
     setup_routes(app)
     setup_auth(app, settings)
     app.cleanup_ctx.append(_storage_ctx)
+    app.cleanup_ctx.append(purge_ctx)  # after storage: stopped before storage closes
     app.on_shutdown.append(_mark_shutting_down)
     return app

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from bisect import bisect_left
+from collections import defaultdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -57,6 +58,35 @@ def lock_kind(key: str) -> str:
 def method_label(method: str) -> str:
     """The request method, or ``other`` for anything outside the standard set."""
     return method if method in METHODS else "other"
+
+
+class _Tally:
+    """Observations of one histogram child not yet handed to prometheus_client."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def add(self, amount: float) -> None:
+        # Prometheus buckets are "less than or equal": the first bound >= amount.
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.total += amount
+
+    def flush_into(self, child: Histogram) -> None:
+        """Add the tallied observations to ``child`` as observe() would have, then reset."""
+        if not any(self.counts):
+            return
+        # prometheus_client has no observe-many; a histogram child is a sum and one value
+        # per bucket (pinned prometheus-client ~=0.26).
+        child._sum.inc(self.total)
+        for i, count in enumerate(self.counts):
+            if count:
+                child._buckets[i].inc(count)
+        self.counts = [0] * len(self.counts)
+        self.total = 0.0
 
 
 class Metrics:
@@ -132,29 +162,40 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
-        # Label children are looked up once per distinct label set, not once per request.
-        self._request_children: dict[tuple[str, str, int], Callable[[], None]] = {}
-        self._latency_children: dict[str, Callable[[float], None]] = {}
-        self._wait_children = {k: self.lock_wait.labels(k).observe for k in (*LOCK_KINDS, "other")}
+        # Per-request figures are added up in plain dicts and handed to prometheus_client
+        # by flush() (once a second, and before every scrape of this worker): in
+        # multiprocess mode every inc() is a locked write to a memory-mapped file, five of
+        # them per request, which cost more than the rest of a GET /access.
+        self._requests: defaultdict[tuple[str, str, int], int] = defaultdict(int)
+        self._latencies: dict[str, _Tally] = {}
+        self._waits: dict[str, _Tally] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
-        key = (route, method if method in METHODS else "other", status)
-        inc = self._request_children.get(key)
-        if inc is None:
-            inc = self._request_children[key] = self.requests.labels(
-                key[0], key[1], str(status)
-            ).inc
-        inc()
-        observe = self._latency_children.get(route)
-        if observe is None:
-            observe = self._latency_children[route] = self.latency.labels(route).observe
-        observe(seconds)
+        self._requests[(route, method if method in METHODS else "other", status)] += 1
+        tally = self._latencies.get(route)
+        if tally is None:
+            tally = self._latencies[route] = _Tally(_LATENCY)
+        tally.add(seconds)
+
+    def flush(self) -> None:
+        """Hand the figures gathered since the last flush to the exported metrics."""
+        requests, self._requests = self._requests, defaultdict(int)
+        for (route, method, status), count in requests.items():
+            self.requests.labels(route, method, str(status)).inc(count)
+        for route, tally in self._latencies.items():
+            tally.flush_into(self.latency.labels(route))
+        for kind, tally in self._waits.items():
+            tally.flush_into(self.lock_wait.labels(kind))
 
     # WaitObserver: called by the write combiners.
     def waited(self, kind: str, seconds: float) -> None:
         """Record how long a request waited for its resource (queue and lock)."""
-        self._wait_children[lock_kind(kind)](seconds)
+        label = lock_kind(kind)
+        tally = self._waits.get(label)
+        if tally is None:
+            tally = self._waits[label] = _Tally(_WAIT)
+        tally.add(seconds)
         context = CURRENT.get()
         if context is not None:
             context.lock_wait += seconds
@@ -181,7 +222,9 @@ class Metrics:
         self.locks_waiting.set(waiting)
 
     def _scraped(self) -> CollectorRegistry:
-        """The registry a scrape reads: every worker's files, or this process's metrics."""
+        """The registry a scrape reads (every worker's files, or this process's metrics),
+        with this worker's buffered figures handed over first."""
+        self.flush()
         if self.multiprocess_dir is None:
             return self.registry
         registry = CollectorRegistry()

@@ -17,15 +17,14 @@ PROBLEM = "application/problem+json"
 _DROP = {"Content-Type", "Content-Length"}
 
 
-def problem_response(
+def problem_body(
     status: int,
     title: str,
     detail: str,
     slug: str | None = None,
-    headers: Any = None,
     extra: dict[str, Any] | None = None,
-) -> web.Response:
-    """An ``application/problem+json`` response."""
+) -> bytes:
+    """The JSON bytes of a problem document."""
     from app.views.common import _encode
 
     body = {
@@ -35,8 +34,21 @@ def problem_response(
         "detail": detail,
         **(extra or {}),
     }
-    extra = {k: v for k, v in (headers or {}).items() if k not in _DROP}
-    return web.Response(body=_encode(body), status=status, content_type=PROBLEM, headers=extra)
+    return _encode(body)
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    slug: str | None = None,
+    headers: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> web.Response:
+    """An ``application/problem+json`` response."""
+    body = problem_body(status, title, detail, slug, extra)
+    kept = {k: v for k, v in (headers or {}).items() if k not in _DROP}
+    return web.Response(body=body, status=status, content_type=PROBLEM, headers=kept)
 
 
 @web.middleware

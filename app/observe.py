@@ -88,6 +88,7 @@ def sample_locks(app: web.Application) -> None:
         if combiner is not None:
             waiting += combiner.waiting()
     app[METRICS].sample_locks(app[LOCKS].held(), waiting)
+    app[METRICS].flush()
 
 
 async def _sample_locks(app: web.Application) -> AsyncIterator[None]:
@@ -103,6 +104,7 @@ async def _sample_locks(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    app[METRICS].flush()
 
 
 def setup_observability(app: web.Application, metrics: Metrics) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,7 +20,10 @@ class Settings(BaseSettings):
     )
     database_url: str = Field(
         default="",
-        description="`sqlite:///path/to/file.db`; empty means `<data_dir>/lockstep.db`.",
+        description=(
+            "`sqlite:///path/to/file.db` (empty means `<data_dir>/lockstep.db`) or"
+            " `postgresql://user:password@host:port/db` for the PostgreSQL backend."
+        ),
     )
     synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",
@@ -41,8 +44,54 @@ class Settings(BaseSettings):
     list_limit_max: int = Field(default=1000, ge=1, description="Largest `limit` on list calls.")
 
     # --- reliability: idempotency, shutdown, WAL -----------------------------------
+    idempotency_ttl: float = Field(
+        default=24 * 3600, gt=0, description="Seconds an Idempotency-Key and its response are kept."
+    )
+    idempotency_purge_interval: float = Field(
+        default=60, gt=0, description="Seconds between sweeps that delete expired keys."
+    )
+    idempotency_purge_batch: int = Field(
+        default=500, ge=1, description="Most expired keys deleted in one write transaction."
+    )
+    wal_size_limit: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="WAL bytes above which the writer checkpoints and truncates it (0: never).",
+    )
 
     # --- PostgreSQL -------------------------------------------------------------------
+    pg_pool_min_size: int = Field(
+        default=1, ge=0, description="Connections each worker keeps open to PostgreSQL."
+    )
+    pg_pool_max_size: int = Field(
+        default=10, ge=1, description="Most connections each worker opens to PostgreSQL."
+    )
+    pg_writers: int = Field(
+        default=2,
+        ge=1,
+        description="Write transactions each worker may have in flight at once (group commit).",
+    )
+    pg_statement_cache_size: int = Field(
+        default=100,
+        ge=0,
+        description=(
+            "Prepared statements cached per connection; 0 disables them"
+            " (PgBouncer in transaction mode older than 1.21)."
+        ),
+    )
+    pg_command_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds one statement may take before its connection is discarded (503).",
+    )
+    pg_connect_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds one connection attempt to PostgreSQL may take."
+    )
+    pg_startup_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds startup keeps retrying while PostgreSQL is unreachable.",
+    )
 
     # --- security: tokens and input limits ----------------------------------------
     tokens_file: Path | None = Field(
@@ -86,6 +135,20 @@ class Settings(BaseSettings):
     events_max_resources: int = Field(
         default=100, ge=1, le=1000, description="Most resources one GET /events stream may watch."
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(
+                "database_url must start with sqlite:///, postgresql:// or postgres://"
+            )
+        return url
+
+    @property
+    def uses_postgres(self) -> bool:
+        """Whether ``database_url`` names a PostgreSQL server."""
+        return self.database_url.startswith(("postgresql://", "postgres://"))
 
     @property
     def sqlite_path(self) -> Path:

@@ -9,6 +9,7 @@ from aiohttp import web
 from app.combining import Combiner
 from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome
 from app.events import EventHub
+from app.idempotency import InFlight
 from app.locks import LockRegistry
 from app.metrics import Metrics
 from app.settings import Settings
@@ -29,6 +30,7 @@ LOCKS = web.AppKey("locks", LockRegistry)
 STORAGE = web.AppKey("storage", Storage)
 COUNTERS = web.AppKey("counters", Combiner[CounterOp, CounterOutcome])
 ITEMS = web.AppKey("items", Combiner[ItemOp, ItemOutcome])
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 # Present only when a tokens file is configured.
 TOKENS = web.AppKey("tokens", TokenStore)
 METRICS = web.AppKey("metrics", Metrics)
@@ -50,6 +52,10 @@ def get_counters(request: web.Request) -> Combiner[CounterOp, CounterOutcome]:
 
 def get_items(request: web.Request) -> Combiner[ItemOp, ItemOutcome]:
     return request.app[ITEMS]
+
+
+def get_in_flight(request: web.Request) -> InFlight:
+    return request.app[IN_FLIGHT]
 
 
 def get_health(request: web.Request) -> Health:

@@ -7,6 +7,10 @@ packages=(curl sqlite3)
 # The dashboard's browser test: Debian's Chromium (Playwright drives it; it never downloads
 # a browser of its own) and a font for it to render text with.
 packages+=(chromium fonts-dejavu-core)
+# The benchmark (make bench) and its smoke test drive the servers with wrk.
+packages+=(wrk)
+# The server the PostgreSQL backend's tests run against (scripts/test-postgres.sh).
+packages+=(postgresql)
 
 missing=()
 for p in "${packages[@]}"; do

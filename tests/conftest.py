@@ -1,11 +1,15 @@
-"""Shared fixtures: a settings object per test and an in-process client on it."""
+"""Shared fixtures: a settings object per test (on each backend) and an in-process client on it."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -14,15 +18,65 @@ from app.settings import Settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
+POSTGRES_URL_ENV = "LOCKSTEP_TEST_POSTGRES_URL"
+BACKENDS = ["sqlite", "postgres"]
+
 
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings with a private database under ``tmp_path``."""
     return Settings(data_dir=tmp_path / "data", **overrides)
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return settings_for(tmp_path)
+def postgres_server_url() -> str:
+    """The test server's URL; skips the test without one (fails instead when ``CI`` is set)."""
+    url = os.environ.get(POSTGRES_URL_ENV, "")
+    if not url:
+        reason = f"no PostgreSQL server: set {POSTGRES_URL_ENV} (scripts/test-postgres.sh --env)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run the PostgreSQL tests")
+        pytest.skip(reason)
+    return url
+
+
+@asynccontextmanager
+async def fresh_postgres_url() -> AsyncIterator[str]:
+    """A URL whose connections see only a new, empty schema, dropped again afterwards."""
+    base = postgres_server_url()
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    await _admin(base, f"CREATE SCHEMA {schema}")
+    try:
+        # asyncpg passes unknown URL parameters to the server as session settings.
+        yield f"{base}{'&' if '?' in base else '?'}search_path={schema}"
+    finally:
+        # A new connection: the test may have restarted the server meanwhile.
+        await _admin(base, f"DROP SCHEMA {schema} CASCADE")
+
+
+async def _admin(url: str, statement: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def backend_settings(
+    backend: str, tmp_path: Path, **overrides: Any
+) -> AsyncIterator[Settings]:
+    """Settings for a fresh, private database on ``backend`` ("sqlite" or "postgres")."""
+    if backend == "sqlite":
+        yield settings_for(tmp_path, **overrides)
+        return
+    async with fresh_postgres_url() as url:
+        yield settings_for(tmp_path, database_url=url, **overrides)
+
+
+@pytest.fixture(params=BACKENDS)
+async def settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Settings]:
+    """Settings for a fresh database, once per backend."""
+    async with backend_settings(request.param, tmp_path) as settings:
+        yield settings
 
 
 @pytest.fixture

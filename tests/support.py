@@ -77,7 +77,7 @@ class Service:
         return self
 
     def wait_ready(self, timeout: float = 30) -> None:
-        """Block until /readyz answers 200 (or fail with the log)."""
+        """Block until all workers are forked and /readyz answers 200 (or fail with the log)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
@@ -85,7 +85,7 @@ class Service:
                 raise RuntimeError(f"gunicorn exited {self.proc.returncode}:\n{self.log()}")
             try:
                 with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
-                    if r.status == 200:
+                    if r.status == 200 and len(self.worker_pids()) >= self.workers:
                         return
             except (urllib.error.URLError, OSError):
                 pass

@@ -7,6 +7,7 @@ answers reads, and reports its health. Handlers never see SQL; backends never se
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Protocol
 
 from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
@@ -32,12 +33,24 @@ DB_ERROR_KINDS = ("busy", "locked", "readonly", "full", "io", "corrupt", "other"
 class Storage(Protocol):
     """What every backend provides."""
 
-    async def apply_counter_ops(self, name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
-        """Apply ``ops`` to counter ``name`` in order, atomically, and commit before returning."""
+    # The two write calls may be ``async def`` or return a future (as SQLite's writer does,
+    # to spare the combiner a task per batch): either way the awaitable resolves only
+    # after the commit.
+    def apply_counter_ops(self, name: str, ops: list[CounterOp]) -> Awaitable[list[CounterOutcome]]:
+        """Apply ``ops`` to counter ``name`` in order, atomically, and commit before returning.
+
+        Ops carrying an idempotency ``claim`` follow ``app.idempotency``: claimed keys are
+        looked up inside the same write transaction, stored ones replay instead of applying,
+        and the rendered responses of the applied ones are inserted before the commit.
+        """
         ...
 
-    async def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> list[ItemOutcome]:
+    def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> Awaitable[list[ItemOutcome]]:
         """Apply ``ops`` to record ``item_id`` in order, atomically, and commit before returning."""
+        ...
+
+    async def purge_expired_keys(self, limit: int) -> int:
+        """Delete up to ``limit`` expired idempotency keys in one write; returns how many."""
         ...
 
     async def get_counter(self, name: str) -> int | None:
@@ -76,6 +89,10 @@ class Storage(Protocol):
 
 async def open_storage(settings: Settings, observer: StorageObserver | None = None) -> Storage:
     """Open the backend ``settings`` name, creating or migrating its schema."""
+    if settings.uses_postgres:
+        from app.storage.postgres import PostgresStorage
+
+        return await PostgresStorage.open(settings, observer)
     from app.storage.sqlite import SQLiteStorage
 
     return await SQLiteStorage.open(settings, observer)

@@ -18,6 +18,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,16 +36,29 @@ from app.domain import (
     apply_item_ops,
 )
 from app.errors import StorageUnavailable
+from app.idempotency import (
+    Claimable,
+    Rendered,
+    Stored,
+    claimed_keys,
+    merge,
+    to_store,
+    triage,
+)
 from app.settings import Settings
 from app.storage import StorageObserver
+from app.storage.sqlite_reads import BatchedReader
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Op = TypeVar("Op", bound=Claimable)
 # A unit of work: runs inside the batch's write transaction on the writer thread.
 Unit = Callable[[sqlite3.Connection], Any]
 
 MIN_SQLITE = (3, 35, 0)  # RETURNING, and the UPSERT forms used here
+CHECKPOINT_WAIT_MS = 50  # longest a checkpoint waits for readers before giving up this time
+CHECKPOINT_RETRY_S = 0.5  # after a reader blocked a checkpoint, the next try waits this long
 
 # Schema versions, applied in order; PRAGMA user_version records how many have run.
 MIGRATIONS: list[list[str]] = [
@@ -52,6 +66,14 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
         "CREATE TABLE items (id TEXT PRIMARY KEY, value TEXT NOT NULL,"
         " version INTEGER NOT NULL, updated_at TEXT NOT NULL) WITHOUT ROWID",
+    ],
+    [
+        # One row per Idempotency-Key: the request's fingerprint and its complete response,
+        # inserted in the same transaction as the change it answers.
+        "CREATE TABLE idempotency (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL,"
+        " status INTEGER NOT NULL, headers TEXT NOT NULL, body BLOB NOT NULL,"
+        " expires_at REAL NOT NULL)",
+        "CREATE INDEX idempotency_expiry ON idempotency (expires_at)",
     ],
 ]
 
@@ -138,19 +160,52 @@ def _run_transaction(
         raise
 
 
+def _checkpoint(
+    conn: sqlite3.Connection, turn_fd: int, busy_timeout_ms: int
+) -> tuple[int, int, int]:
+    """Checkpoint the whole WAL and truncate it to zero bytes, if no reader still needs it.
+
+    Runs between batches in this worker's writer turn. Waiting for readers is capped at a
+    short busy timeout, so a long-lived reader costs a skipped checkpoint, not stalled writes.
+    """
+    fcntl.flock(turn_fd, fcntl.LOCK_EX)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+        try:
+            busy, log, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    finally:
+        fcntl.flock(turn_fd, fcntl.LOCK_UN)
+    return busy, log, done
+
+
 class _Writer:
-    """The worker's only writer: queues units and commits them in batches, in order."""
+    """The worker's only writer: queues units and commits them in batches, in order.
+
+    Between batches it keeps the WAL bounded: once the WAL file is larger than
+    ``wal_limit`` bytes it runs a TRUNCATE checkpoint (SQLite's own PASSIVE autocheckpoint
+    cannot shrink the file, and never completes while readers keep using the WAL).
+    """
 
     def __init__(
         self,
         db: aiosqlite.Connection,
         max_batch: int,
         turn_fd: int,
-        observer: StorageObserver | None,
+        wal_path: str = "",
+        wal_limit: int = 0,
+        busy_timeout_ms: int = 5000,
+        observer: StorageObserver | None = None,
     ) -> None:
         self._db = db
         self._max_batch = max_batch
         self._turn_fd = turn_fd
+        self._wal_path = wal_path
+        self._wal_limit = wal_limit
+        self._busy_timeout_ms = busy_timeout_ms
+        self._next_checkpoint = 0.0
+        self.checkpoints = 0  # completed TRUNCATE checkpoints, for tests and metrics
         self._observer = observer
         self._queue: deque[tuple[Unit, asyncio.Future[Any]]] = deque()
         self._wakeup = asyncio.Event()
@@ -203,6 +258,27 @@ class _Writer:
                     fut.set_result(value)
                 else:
                     fut.set_exception(_translate(value))
+            if self._wal_limit:
+                await self._bound_wal()
+
+    async def _bound_wal(self) -> None:
+        now = time.monotonic()
+        if now < self._next_checkpoint:
+            return
+        try:
+            if os.stat(self._wal_path).st_size <= self._wal_limit:
+                return
+            busy, _, _ = await _in_db_thread(
+                self._db, _checkpoint, self._turn_fd, self._busy_timeout_ms
+            )
+        except (OSError, sqlite3.Error) as e:
+            logger.warning("WAL checkpoint failed: %s", e)
+            busy = 1
+        if busy:
+            # A reader still uses the WAL: try again a little later, not after every batch.
+            self._next_checkpoint = now + CHECKPOINT_RETRY_S
+        else:
+            self.checkpoints += 1
 
     def _report(self, error: BaseException) -> None:
         kind = _error_kind(error)
@@ -222,55 +298,121 @@ def _read_record(item_id: str, row: tuple[str, int, str] | None) -> Record | Non
     return Record(item_id, msgspec.json.decode(row[0]), row[1], row[2])
 
 
-def _counter_unit(name: str, ops: list[CounterOp]) -> Unit:
-    def unit(conn: sqlite3.Connection) -> list[CounterOutcome]:
-        row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
-        current = None if row is None else row[0]
-        final, outcomes = apply_counter_ops(current, ops)
-        if final is None:
-            if current is not None:
-                conn.execute("DELETE FROM counters WHERE name = ?", (name,))
-        elif final != current:
-            conn.execute(
-                "INSERT INTO counters (name, value) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                (name, final),
+def _load_keys(conn: sqlite3.Connection, keys: list[str], now: float) -> dict[str, Stored]:
+    marks = ",".join("?" * len(keys))
+    rows = conn.execute(
+        f"SELECT key, fingerprint, status, headers, body FROM idempotency"
+        f" WHERE key IN ({marks}) AND expires_at > ?",
+        (*keys, now),
+    ).fetchall()
+    return {
+        key: Stored(fp, Rendered(status, msgspec.json.decode(headers), bytes(body)))
+        for key, fp, status, headers, body in rows
+    }
+
+
+def _with_claims(
+    conn: sqlite3.Connection,
+    ops: list[Op],
+    apply: Callable[[list[Op]], list[Any]],
+    key_ttl: float,
+) -> list[Any]:
+    """Apply ``ops``; ops whose Idempotency-Key is stored replay instead (see app.idempotency)."""
+    keys = claimed_keys(ops)
+    if not keys:
+        return apply(ops)  # the usual path: no claim, no extra statement
+    now = time.time()
+    run, settled = triage(ops, _load_keys(conn, keys, now))
+    outcomes = apply([ops[i] for i in run]) if run else []
+    conn.executemany(
+        # An expired row may still be there (not purged yet): the new request replaces it.
+        "INSERT INTO idempotency (key, fingerprint, status, headers, body, expires_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+        " fingerprint = excluded.fingerprint, status = excluded.status,"
+        " headers = excluded.headers, body = excluded.body, expires_at = excluded.expires_at",
+        [
+            (
+                row.key,
+                row.fingerprint,
+                row.response.status,
+                msgspec.json.encode(dict(row.response.headers)).decode(),
+                row.response.body,
+                now + key_ttl,
             )
-        return outcomes
+            for row in to_store(ops, run, outcomes)
+        ],
+    )
+    return merge(len(ops), run, outcomes, settled)
+
+
+def _write_counter(conn: sqlite3.Connection, name: str, ops: list[CounterOp]) -> list[Any]:
+    row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+    current = None if row is None else row[0]
+    final, outcomes = apply_counter_ops(current, ops)
+    if final is None:
+        if current is not None:
+            conn.execute("DELETE FROM counters WHERE name = ?", (name,))
+    elif final != current:
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, final),
+        )
+    return list(outcomes)
+
+
+def _write_item(conn: sqlite3.Connection, item_id: str, ops: list[ItemOp]) -> list[Any]:
+    row = conn.execute(
+        "SELECT value, version, updated_at FROM items WHERE id = ?", (item_id,)
+    ).fetchone()
+    current = _read_record(item_id, row)
+    final, outcomes = apply_item_ops(item_id, current, ops)
+    if final is None:
+        if current is not None:
+            conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
+    elif final is not current:
+        conn.execute(
+            "INSERT INTO items (id, value, version, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET value = excluded.value,"
+            " version = excluded.version, updated_at = excluded.updated_at",
+            (item_id, msgspec.json.encode(final.value).decode(), final.version, final.updated_at),
+        )
+    return list(outcomes)
+
+
+def _counter_unit(name: str, ops: list[CounterOp], key_ttl: float) -> Unit:
+    def unit(conn: sqlite3.Connection) -> list[Any]:
+        return _with_claims(conn, ops, lambda todo: _write_counter(conn, name, todo), key_ttl)
 
     return unit
 
 
-def _item_unit(item_id: str, ops: list[ItemOp]) -> Unit:
-    def unit(conn: sqlite3.Connection) -> list[ItemOutcome]:
-        row = conn.execute(
-            "SELECT value, version, updated_at FROM items WHERE id = ?", (item_id,)
-        ).fetchone()
-        current = _read_record(item_id, row)
-        final, outcomes = apply_item_ops(item_id, current, ops)
-        if final is None:
-            if current is not None:
-                conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
-        elif final is not current:
-            conn.execute(
-                "INSERT INTO items (id, value, version, updated_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET value = excluded.value,"
-                " version = excluded.version, updated_at = excluded.updated_at",
-                (
-                    item_id,
-                    msgspec.json.encode(final.value).decode(),
-                    final.version,
-                    final.updated_at,
-                ),
-            )
-        return outcomes
+def _item_unit(item_id: str, ops: list[ItemOp], key_ttl: float) -> Unit:
+    def unit(conn: sqlite3.Connection) -> list[Any]:
+        return _with_claims(conn, ops, lambda todo: _write_item(conn, item_id, todo), key_ttl)
 
     return unit
 
 
-def _prepare(conn: sqlite3.Connection, busy_timeout_ms: int, synchronous: str) -> None:
+def _purge_unit(now: float, limit: int) -> Unit:
+    def unit(conn: sqlite3.Connection) -> int:
+        cursor = conn.execute(
+            "DELETE FROM idempotency WHERE key IN"
+            " (SELECT key FROM idempotency WHERE expires_at <= ? LIMIT ?)",
+            (now, limit),
+        )
+        return cursor.rowcount
+
+    return unit
+
+
+def _prepare(
+    conn: sqlite3.Connection, busy_timeout_ms: int, synchronous: str, wal_limit: int = 0
+) -> None:
     # busy_timeout first: every later statement may meet another worker's lock.
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    # After a checkpoint resets the WAL, SQLite cuts the file back to this size.
+    conn.execute(f"PRAGMA journal_size_limit = {int(wal_limit) if wal_limit else -1}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise RuntimeError(f"SQLite refused WAL mode (journal_mode={mode})")
@@ -281,7 +423,11 @@ def _prepare(conn: sqlite3.Connection, busy_timeout_ms: int, synchronous: str) -
 
 
 def _start_up(
-    conn: sqlite3.Connection, busy_timeout_ms: int, synchronous: str, turn_fd: int
+    conn: sqlite3.Connection,
+    busy_timeout_ms: int,
+    synchronous: str,
+    turn_fd: int,
+    wal_limit: int = 0,
 ) -> None:
     """Set pragmas and migrate while holding the writer turn.
 
@@ -290,7 +436,7 @@ def _start_up(
     """
     fcntl.flock(turn_fd, fcntl.LOCK_EX)
     try:
-        _prepare(conn, busy_timeout_ms, synchronous)
+        _prepare(conn, busy_timeout_ms, synchronous, wal_limit)
         _migrate(conn)
     finally:
         fcntl.flock(turn_fd, fcntl.LOCK_UN)
@@ -328,7 +474,22 @@ class SQLiteStorage:
         self._turn_fd = turn_fd
         self._observer = observer
         self._poll_interval = settings.events_poll_interval
-        self._writer = _Writer(writer_db, settings.max_batch, turn_fd, observer)
+        self._key_ttl = settings.idempotency_ttl
+        self._writer = _Writer(
+            writer_db,
+            settings.max_batch,
+            turn_fd,
+            f"{settings.sqlite_path}-wal",
+            settings.wal_size_limit,
+            settings.busy_timeout_ms,
+            observer,
+        )
+        self._reader = BatchedReader(partial(_in_db_thread, reader_db), settings.max_batch)
+
+    @property
+    def checkpoints(self) -> int:
+        """How many TRUNCATE checkpoints this process's writer has completed."""
+        return self._writer.checkpoints
 
     @property
     def batches(self) -> int:
@@ -355,7 +516,12 @@ class SQLiteStorage:
             raise
         try:
             await _in_db_thread(
-                writer_db, _start_up, settings.busy_timeout_ms, settings.synchronous, turn_fd
+                writer_db,
+                _start_up,
+                settings.busy_timeout_ms,
+                settings.synchronous,
+                turn_fd,
+                settings.wal_size_limit,
             )
             reader_db = await aiosqlite.connect(path, isolation_level=None)
         except BaseException:
@@ -375,17 +541,24 @@ class SQLiteStorage:
     async def _write(self, unit: Unit) -> Any:
         return await self._writer.submit(unit)
 
-    async def apply_counter_ops(self, name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
-        outcomes: list[CounterOutcome] = await self._write(_counter_unit(name, ops))
-        return outcomes
+    # Plain methods returning the writer's future: the combiner awaits it directly,
+    # without wrapping each batch in a task of its own.
+    def apply_counter_ops(
+        self, name: str, ops: list[CounterOp]
+    ) -> asyncio.Future[list[CounterOutcome]]:
+        return self._writer.submit(_counter_unit(name, ops, self._key_ttl))
 
-    async def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> list[ItemOutcome]:
-        outcomes: list[ItemOutcome] = await self._write(_item_unit(item_id, ops))
-        return outcomes
+    def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> asyncio.Future[list[ItemOutcome]]:
+        return self._writer.submit(_item_unit(item_id, ops, self._key_ttl))
+
+    async def purge_expired_keys(self, limit: int) -> int:
+        deleted: int = await self._write(_purge_unit(time.time(), limit))
+        return deleted
 
     async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         try:
-            rows = await self._reader_db.execute_fetchall(sql, params)
+            # Reads waiting together share one thread hop (see app.storage.sqlite_reads).
+            rows = await self._reader.fetch(sql, params)
         except (sqlite3.OperationalError, ValueError) as e:
             # ValueError: aiosqlite's "no active connection" once the reader is closed.
             if self._observer is not None:
@@ -438,6 +611,9 @@ class SQLiteStorage:
         try:
             await self._writer.close()
         finally:
-            await self._reader_db.close()
-            await self._writer_db.close()
-            os.close(self._turn_fd)
+            try:
+                await self._reader.close()
+            finally:
+                await self._reader_db.close()
+                await self._writer_db.close()
+                os.close(self._turn_fd)

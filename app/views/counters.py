@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
 from app.domain import INT64_MAX, INT64_MIN, DeleteCounter, Increment, SetValue
-from app.errors import NotFound
-from app.state import get_counters, get_storage
+from app.errors import InvalidInput, NotFound
+from app.idempotency import Rendered
+from app.state import get_counters, get_settings, get_storage
 from app.views.common import (
+    JSON,
     NO_STORE,
+    _encode,
+    decode_json,
     json_response,
     list_params,
     page,
     path_name,
     raise_if_error,
-    read_json,
+    read_body,
 )
+from app.views.idempotent import claim_for, execute
 
 Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 
@@ -44,13 +50,31 @@ async def access(request: web.Request) -> web.Response:
     return web.Response(text=f"Resource accessed {value} times.", headers=NO_STORE)
 
 
+def _render_value(name: str) -> Callable[[Any], Rendered]:
+    def render(value: Any) -> Rendered:
+        return Rendered(200, {"Content-Type": JSON}, _encode({"name": name, "value": value}))
+
+    return render
+
+
+def _render_deleted(_: Any) -> Rendered:
+    return Rendered(204, {}, b"")
+
+
 async def increment(request: web.Request) -> web.Response:
     """Add ``by`` (default 1) to a counter, creating it at 0 first if needed."""
     name = path_name(request, "name")
-    body = await read_json(request, IncrementBody, optional=True)
-    op = _ONE if body is None or body.by == 1 else Increment(body.by)
-    value = raise_if_error(await get_counters(request).submit(name, op))
-    return json_response({"name": name, "value": value})
+    raw = await read_body(request)
+    body = (
+        decode_json(raw, IncrementBody, get_settings(request).max_json_depth)
+        if raw.strip()
+        else None
+    )
+    by = 1 if body is None else body.by
+    render = _render_value(name)
+    claim = claim_for(request, raw, render)
+    op = _ONE if by == 1 and claim is None else Increment(by, claim)
+    return await execute(request, get_counters(request), name, op, render)
 
 
 async def get_counter(request: web.Request) -> web.Response:
@@ -65,17 +89,20 @@ async def get_counter(request: web.Request) -> web.Response:
 async def set_counter(request: web.Request) -> web.Response:
     """Set a counter to a value, creating it if needed."""
     name = path_name(request, "name")
-    body = await read_json(request, SetBody)
-    assert body is not None
-    value = raise_if_error(await get_counters(request).submit(name, SetValue(body.value)))
-    return json_response({"name": name, "value": value})
+    raw = await read_body(request)
+    if not raw.strip():
+        raise InvalidInput("a JSON body is required")
+    body = decode_json(raw, SetBody, get_settings(request).max_json_depth)
+    render = _render_value(name)
+    op = SetValue(body.value, claim_for(request, raw, render))
+    return await execute(request, get_counters(request), name, op, render)
 
 
 async def delete_counter(request: web.Request) -> web.Response:
     """Delete a counter."""
     name = path_name(request, "name")
-    raise_if_error(await get_counters(request).submit(name, DeleteCounter()))
-    return web.Response(status=204)
+    op = DeleteCounter(claim_for(request, await read_body(request), _render_deleted))
+    return await execute(request, get_counters(request), name, op, _render_deleted)
 
 
 async def list_counters(request: web.Request) -> web.Response:

@@ -8,17 +8,21 @@ import msgspec
 from aiohttp import web
 
 from app.domain import DeleteItem, PatchItem, PutItem, Record, Written
-from app.errors import LockstepError, NotFound
-from app.state import get_items, get_storage
+from app.errors import InvalidInput, NotFound
+from app.idempotency import Rendered
+from app.state import get_items, get_settings, get_storage
 from app.views.common import (
+    JSON,
+    _encode,
+    decode_json,
     json_response,
     list_params,
     page,
     path_name,
     precondition,
-    raise_if_error,
-    read_json,
+    read_body,
 )
+from app.views.idempotent import claim_for, execute
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -40,20 +44,34 @@ def record_response(record: Record, status: int = 200) -> web.Response:
     return json_response(record_body(record), status, {"ETag": f'"{record.version}"'})
 
 
-def _written(outcome: Written | LockstepError | None) -> Written:
-    result = raise_if_error(outcome)
-    assert result is not None
-    return result
+def _render_written(written: Any) -> Rendered:
+    assert isinstance(written, Written)
+    record = written.record
+    return Rendered(
+        201 if written.created else 200,
+        {"Content-Type": JSON, "ETag": f'"{record.version}"'},
+        _encode(record_body(record)),
+    )
+
+
+def _render_deleted(_: Any) -> Rendered:
+    return Rendered(204, {}, b"")
+
+
+async def _required_body(request: web.Request) -> bytes:
+    raw = await read_body(request)
+    if not raw.strip():
+        raise InvalidInput("a JSON body is required")
+    return raw
 
 
 async def put_item(request: web.Request) -> web.Response:
     """Create or replace a record; 201 when created."""
     item_id = path_name(request, "id")
-    body = await read_json(request, PutBody)
-    assert body is not None
-    op = PutItem(body.value, precondition(request))
-    written = _written(await get_items(request).submit(item_id, op))
-    return record_response(written.record, 201 if written.created else 200)
+    raw = await _required_body(request)
+    body = decode_json(raw, PutBody, get_settings(request).max_json_depth)
+    op = PutItem(body.value, precondition(request), claim_for(request, raw, _render_written))
+    return await execute(request, get_items(request), item_id, op, _render_written)
 
 
 async def patch_item(request: web.Request) -> web.Response:
@@ -62,17 +80,18 @@ async def patch_item(request: web.Request) -> web.Response:
     if request.content_type != MERGE_PATCH:
         raise web.HTTPUnsupportedMediaType(text=f"PATCH takes Content-Type: {MERGE_PATCH}")
     # An empty body is "a JSON body is required" (422), as on PUT, not a JSON syntax error.
-    patch = await read_json(request, Any)
-    op = PatchItem(patch, precondition(request))
-    written = _written(await get_items(request).submit(item_id, op))
-    return record_response(written.record)
+    raw = await _required_body(request)
+    patch = decode_json(raw, Any, get_settings(request).max_json_depth)
+    op = PatchItem(patch, precondition(request), claim_for(request, raw, _render_written))
+    return await execute(request, get_items(request), item_id, op, _render_written)
 
 
 async def delete_item(request: web.Request) -> web.Response:
     """Delete a record."""
     item_id = path_name(request, "id")
-    raise_if_error(await get_items(request).submit(item_id, DeleteItem(precondition(request))))
-    return web.Response(status=204)
+    claim = claim_for(request, await read_body(request), _render_deleted)
+    op = DeleteItem(precondition(request), claim)
+    return await execute(request, get_items(request), item_id, op, _render_deleted)
 
 
 async def get_item(request: web.Request) -> web.Response:

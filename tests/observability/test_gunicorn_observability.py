@@ -63,7 +63,7 @@ def post_via_worker(service: Service, path: str, worker: int, tries: int = 200) 
 
 
 async def test_metrics_add_up_across_workers(service: Service) -> None:
-    """Requests served by both workers are all counted, whichever worker answers the scrape."""
+    """Requests served by both workers are all counted (within a flush interval), by any worker."""
     connector = aiohttp.TCPConnector(force_close=True)
     sent = 0
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -80,6 +80,18 @@ async def test_metrics_add_up_across_workers(service: Service) -> None:
                 break
         served_by = {ln["pid"] for ln in access_lines(service) if ln["route"] == "/access"}
         assert served_by == set(service.worker_pids())
+        requests = "lockstep_http_requests_total"
+        # Workers hand their per-request figures to the shared files once a second.
+        deadline = time.monotonic() + 10
+        seen = -1.0
+        while time.monotonic() < deadline:
+            async with http.get(service.url + "/metrics") as r:
+                samples = parse_metrics(await r.text())
+            seen = total(samples, requests, route="/access", method="GET", status="200")
+            if seen >= sent:
+                break
+            await asyncio.sleep(0.1)
+        assert seen == sent
         for _ in range(4):
             async with http.get(service.url + "/metrics") as r:
                 assert r.status == 200

@@ -104,6 +104,7 @@ async def test_resource_waits_and_timeouts_are_observed_by_kind() -> None:
     gate.set()
     await holder
 
+    metrics.flush()
     samples = parse_metrics(generate_latest(metrics.registry).decode())
     assert total(samples, "lockstep_lock_wait_seconds_count", kind="counter") == 2
     assert total(samples, "lockstep_lock_wait_seconds_sum", kind="counter") >= 0.025

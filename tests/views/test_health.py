@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from app.state import STORAGE
+from app.storage import postgres
+from app.storage.postgres import PostgresStorage
 from tests.views.helpers import Client, app_of, assert_problem
 
 
@@ -40,12 +42,21 @@ async def test_readyz_database_error_is_503(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When the database refuses queries, /readyz is a 503 problem naming the cause."""
-    reader = app_of(client)[STORAGE]._reader_db  # type: ignore[attr-defined]
+    storage = app_of(client)[STORAGE]
+    if isinstance(storage, PostgresStorage):
+        # Every connection attempt fails, as when the server's disk or socket is gone.
+        def refuse_pg(*args: Any, **kwargs: Any) -> Any:
+            raise OSError("disk I/O error")
 
-    async def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise sqlite3.OperationalError("disk I/O error")
+        monkeypatch.setattr(postgres, "_connection", refuse_pg)
+    else:
+        # Reads reach the reader connection through its batching hop (sqlite_reads).
+        reader = storage._reader  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(reader, "execute_fetchall", refuse)
+        async def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(reader, "_hop", refuse)
     async with client.get("/readyz") as r:
         await assert_problem(r, 503, "storage-unavailable", "disk I/O error")
         assert r.headers["Retry-After"] == "1"

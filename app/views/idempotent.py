@@ -1,0 +1,90 @@
+"""The HTTP side of Idempotency-Key: claims from headers, rendered and replayed responses.
+
+Handlers of state-changing endpoints describe their success response as a pure
+``render(outcome) -> Rendered``. Without a key the outcome's error is raised for the
+problem middleware and the success is rendered as usual. With a key the same ``render``
+travels inside the op into the write transaction (see ``app.idempotency``), where the
+response is stored together with the change; the first request answers exactly those
+bytes, and a repeat answers them again with ``Idempotent-Replayed: true``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from app.combining import Combiner
+from app.errors import InvalidInput, LockstepError
+from app.idempotency import Claim, Rendered, Replay, fingerprint
+from app.middlewares import PROBLEM, problem_body
+from app.state import get_in_flight
+
+KEY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+
+Op = TypeVar("Op")
+Render = Callable[[Any], Rendered]
+
+
+def render_error(error: LockstepError) -> Rendered:
+    """The problem response the error middleware would have sent for ``error``."""
+    body = problem_body(error.status, error.title, error.detail, error.slug)
+    return Rendered(error.status, {"Content-Type": PROBLEM, **error.headers}, body)
+
+
+def claim_for(request: web.Request, body: bytes, render: Render) -> Claim | None:
+    """The request's claim on its ``Idempotency-Key``, or None without the header."""
+    raw = request.headers.get(KEY_HEADER)
+    if raw is None:
+        return None
+    key = raw.strip()
+    # The draft spells the key as a structured-field string: accept it quoted or bare.
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not (1 <= len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()):
+        raise InvalidInput(f"{KEY_HEADER} must be 1-{MAX_KEY_LENGTH} printable ASCII characters")
+    conditions = [request.headers.get(h, "") for h in ("If-Match", "If-None-Match")]
+    digest = fingerprint(request.method, request.path, conditions, body)
+
+    def render_any(outcome: Any) -> Rendered:
+        if isinstance(outcome, LockstepError):
+            return render_error(outcome)
+        return render(outcome)
+
+    return Claim(key, digest, render_any)
+
+
+def _response(rendered: Rendered, replayed: bool = False) -> web.Response:
+    headers = dict(rendered.headers)
+    if replayed:
+        headers[REPLAYED_HEADER] = "true"
+    body = rendered.body if rendered.status != 204 else None
+    return web.Response(status=rendered.status, body=body, headers=headers)
+
+
+async def execute(
+    request: web.Request,
+    combiner: Combiner[Op, Any],
+    resource: str,
+    op: Op,
+    render: Render,
+) -> web.Response:
+    """Submit ``op`` for ``resource`` and answer its outcome, honouring its claim if any."""
+    claim: Claim | None = getattr(op, "claim", None)
+    if claim is None:
+        outcome = await combiner.submit(resource, op)
+        if isinstance(outcome, LockstepError):
+            raise outcome
+        return _response(render(outcome))
+    in_flight = get_in_flight(request)
+    in_flight.enter(claim.key)
+    try:
+        outcome = await combiner.submit(resource, op)
+    finally:
+        in_flight.leave(claim.key)
+    if isinstance(outcome, Replay):
+        return _response(outcome.response, replayed=True)
+    return _response(claim.render(outcome))

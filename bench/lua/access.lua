@@ -1,0 +1,2 @@
+-- GET /access: count one access, answer the count as text.
+wrk.path = "/access"

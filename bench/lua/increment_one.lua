@@ -1,0 +1,3 @@
+-- POST /counters/<key>/increment on one hot counter (BENCH_KEY).
+wrk.method = "POST"
+wrk.path = "/counters/" .. os.getenv("BENCH_KEY") .. "/increment"

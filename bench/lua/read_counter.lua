@@ -1,0 +1,2 @@
+-- GET /counters/<key> on one existing counter (BENCH_KEY).
+wrk.path = "/counters/" .. os.getenv("BENCH_KEY")

@@ -1,0 +1,183 @@
+"""The benchmark's results: medians, ``docs/benchmarks.md`` and the chart next to it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+# Findings kept across runs: appended to every generated report.
+NOTES = Path(__file__).resolve().parent / "notes.md"
+
+# (req/s, p50 ms, p99 ms, workers' CPU µs per request) of one wrk run
+Run = tuple[float, float, float, float]
+
+
+@dataclass
+class Result:
+    """All rounds of one workload, for lockstep and for hello world."""
+
+    name: str
+    title: str
+    target: float | None
+    service: list[Run] = field(default_factory=list)
+    hello: list[Run] = field(default_factory=list)
+    errors: int = 0  # lockstep's non-2xx/3xx answers, all rounds
+    timeouts: int = 0  # lockstep's requests wrk gave up on (2 s), all rounds
+
+    @staticmethod
+    def _median(runs: list[Run], i: int) -> float:
+        return statistics.median(r[i] for r in runs)
+
+    def rate(self) -> tuple[float, float]:
+        return self._median(self.service, 0), self._median(self.hello, 0)
+
+    def p50(self) -> tuple[float, float]:
+        return self._median(self.service, 1), self._median(self.hello, 1)
+
+    def p99(self) -> tuple[float, float]:
+        return self._median(self.service, 2), self._median(self.hello, 2)
+
+    def cpu(self) -> tuple[float, float]:
+        return self._median(self.service, 3), self._median(self.hello, 3)
+
+    def ratio(self) -> float:
+        service, hello = self.rate()
+        return service / hello
+
+    def verdict(self) -> str:
+        if self.target is None:
+            return "—"
+        return f"{'met' if self.ratio() >= self.target else 'MISSED'} (≥ {self.target:.2f})"
+
+    def summary_line(self) -> str:
+        (s, h), (s99, h99), (sc, hc) = self.rate(), self.p99(), self.cpu()
+        return (
+            f"{self.title:<42} lockstep {s:8.0f} req/s p99 {s99:6.1f} ms {sc:4.0f} µs | "
+            f"hello {h:8.0f} req/s p99 {h99:6.1f} ms {hc:4.0f} µs | "
+            f"{self.ratio():.2f}x  {self.verdict()}"
+        )
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+
+    return (
+        f"{platform.system()} {platform.release()} ({platform.machine()}), {cpu}, "
+        f"{os.cpu_count()} CPUs; Python {platform.python_version()}, SQLite "
+        f"{sqlite3.sqlite_version}, aiohttp {version('aiohttp')}, gunicorn {version('gunicorn')}"
+    )
+
+
+def table(results: list[Result]) -> list[str]:
+    lines = [
+        "| workload | lockstep req/s | hello req/s | share of hello | target "
+        "| lockstep p50 / p99 ms | hello p50 / p99 ms | CPU µs/request lockstep / hello "
+        "| lockstep errors / timeouts |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        (s, h), (s50, h50), (s99, h99), (sc, hc) = r.rate(), r.p50(), r.p99(), r.cpu()
+        lines.append(
+            f"| {r.title} | {s:,.0f} | {h:,.0f} | {r.ratio():.2f} | {r.verdict()} "
+            f"| {s50:.1f} / {s99:.1f} | {h50:.1f} / {h99:.1f} | {sc:.0f} / {hc:.0f} "
+            f"| {r.errors} / {r.timeouts} |"
+        )
+    return lines
+
+
+def chart(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["\n".join(textwrap.wrap(r.title.replace("/counters/{k}/", "…/"), 16)) for r in results]
+    xs = range(len(results))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    width = 0.38
+    hello = [r.rate()[1] for r in results]
+    service = [r.rate()[0] for r in results]
+    ax.bar([x - width / 2 for x in xs], hello, width, label="aiohttp hello world", color="#bbb")
+    bars = ax.bar([x + width / 2 for x in xs], service, width, label="lockstep", color="#2a6")
+    for bar, r in zip(bars, results, strict=True):
+        ax.annotate(
+            f"{r.ratio():.2f}x",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
+    ax.set_xticks(list(xs), names, fontsize=8)
+    ax.set_ylabel("requests per second (median of rounds)")
+    ax.set_title("lockstep vs aiohttp hello world, same gunicorn settings (wrk)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(
+    args: argparse.Namespace,
+    results: list[Result],
+    failures: list[str],
+    started: float,
+    load: tuple[tuple[float, float, float], tuple[float, float, float]],
+) -> None:
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = out.with_suffix(".png")
+    chart(results, png)
+    command = " ".join(["python -m bench.run", *sys.argv[1:]])
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+    extra = " ".join(args.gunicorn_arg) or "none"
+    verdict = "**FAILED**: " + "; ".join(failures) if failures else "held in every write run"
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`bench/run.py`); re-run it to refresh this page.",
+        "",
+        f"- **Date**: {when}",
+        f"- **Machine**: {machine()}",
+        f"- **Load average** before / after: {load[0][0]:.2f} / {load[1][0]:.2f} "
+        "(other work on the machine makes absolute numbers noisy; the ratios are measured "
+        "side by side and matter more)",
+        f"- **Command**: `{command}`, i.e. for each workload {args.rounds} rounds of "
+        f"`wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency -s "
+        "bench/lua/<workload>.lua`, lockstep then hello world, alternating",
+        "- **Servers**: `gunicorn --config config/gunicorn.conf.py` (as `make run`, 2 workers, "
+        "fresh SQLite in a temp dir, `synchronous=FULL`) and, with the same config, "
+        f"`{'bench.hello:create_app'}`; extra gunicorn flags for both: `{extra}`",
+        f"- **Logging**: `LOCKSTEP_LOG_LEVEL={args.log_level}` for both apps; gunicorn's "
+        "access log is off in the config for both",
+        f"- **Exactly-once**: {verdict}",
+        "",
+        *table(results),
+        "",
+        f"![lockstep vs hello world]({png.name})",
+        "",
+        "The share of hello is lockstep's median req/s over hello world's median req/s from "
+        "the same run; hello world answers every request of the same wrk script with a fixed "
+        "text. Exactly-once: after each write run, the counter (or the sum of record versions) "
+        "grew by the number of 2xx answers wrk counted, give or take the requests wrk cut off "
+        "at the end (at most one per connection). Errors and timeouts are counted over all "
+        "rounds; wrk gives up on a request after 2 s.",
+        "",
+        *NOTES.read_text().splitlines(),
+        "",
+    ]
+    out.write_text("\n".join(lines))

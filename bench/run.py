@@ -1,0 +1,168 @@
+"""``make bench``: lockstep against aiohttp hello world, same gunicorn settings, driven by wrk.
+
+For every round and every workload, wrk drives lockstep and then the hello-world app with
+the very same Lua script (A B A B ...), so both see the same machine noise. The report
+gives the median req/s, p50 and p99 of the rounds and lockstep's share of hello world's
+req/s. After every write run the exactly-once check of ``bench.workloads`` must hold, or
+the benchmark fails (exit status 1) whatever the speed.
+
+    python -m bench.run [--rounds 3] [--duration 5] [--connections 64] [--only access,read]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.report import Result, Run, write_report
+from bench.servers import HELLO_APP, ROOT, Server
+from bench.workloads import WORKLOADS, Workload, exactly_once_error
+
+
+def wrk(
+    server: Server, workload: Workload, args: argparse.Namespace, workdir: Path
+) -> dict[str, int]:
+    """One wrk run; returns the totals the shared ``done()`` printed, and the workers' CPU."""
+    url = server.url
+    script = workdir / f"{workload.name}.lua"
+    script.write_text(workload.script_text())
+    cmd = [
+        "wrk",
+        f"-t{args.threads}",
+        f"-c{args.connections}",
+        f"-d{args.duration:g}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    env = {**os.environ, **workload.wrk_env()}
+    cpu_before = server.cpu_seconds()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    cpu_after = server.cpu_seconds()
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout}{done.stderr}")
+    out = done.stdout
+    for line in out.splitlines():
+        if line.startswith("BENCH_JSON "):
+            totals: dict[str, int] = json.loads(line.removeprefix("BENCH_JSON "))
+            if cpu_before is not None and cpu_after is not None and totals["requests"]:
+                # workers' CPU microseconds per answered request: robust to machine noise
+                totals["cpu_us"] = round((cpu_after - cpu_before) * 1e6 / totals["requests"])
+            return totals
+    raise RuntimeError(f"wrk printed no totals:\n{out}")
+
+
+def measure(totals: dict[str, int]) -> Run:
+    """req/s, p50 ms, p99 ms and worker CPU µs per request of one run."""
+    rate = totals["requests"] / (totals["duration_us"] / 1e6)
+    cpu = float(totals.get("cpu_us", "nan"))
+    return rate, totals["p50_us"] / 1000, totals["p99_us"] / 1000, cpu
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3, help="A/B rounds (default 3)")
+    p.add_argument("--duration", type=float, default=5, help="seconds per wrk run (default 5)")
+    p.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
+    p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
+    p.add_argument("--only", default="", help="comma-separated workload names to run")
+    p.add_argument(
+        "--gunicorn-arg",
+        action="append",
+        default=[],
+        help="extra gunicorn flag for BOTH apps, e.g. --gunicorn-arg=--worker-class=...",
+    )
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        help="LOCKSTEP_LOG_LEVEL for both apps (default warning: no per-request lines, "
+        "as hello world has none; info is make run's default)",
+    )
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--no-report", action="store_true", help="print only; write no files")
+    return p.parse_args(argv)
+
+
+def run_workload(
+    workload: Workload,
+    service: Server,
+    hello: Server,
+    args: argparse.Namespace,
+    workdir: Path,
+    failures: list[str],
+) -> Result:
+    result = Result(workload.name, workload.title, workload.target)
+    if workload.setup is not None:
+        workload.setup(service.url)
+    for round_no in range(1, args.rounds + 1):
+        before = workload.tally(service.url) if workload.tally else 0
+        totals = wrk(service, workload, args, workdir)
+        if workload.tally is not None:
+            ok = totals["requests"] - totals["non_2xx_3xx"]
+            error = exactly_once_error(before, workload.tally(service.url), ok, args.connections)
+            if error is None and workload.final_check is not None:
+                error = workload.final_check(service.url)
+            if error is not None:
+                failures.append(f"{workload.name} round {round_no}: {error}")
+                print(f"!!! EXACTLY-ONCE FAILED: {workload.name}: {error}", flush=True)
+        # Errors are reported, not failed on: a 503 under overload is correct behaviour.
+        result.errors += totals["non_2xx_3xx"]
+        result.timeouts += totals["timeout"]
+        if totals["non_2xx_3xx"] or totals["timeout"]:
+            print(f"!!! ERRORS (reported): {workload.name}: {totals}", flush=True)
+        result.service.append(measure(totals))
+        result.hello.append(measure(wrk(hello, workload, args, workdir)))
+        s, h = result.service[-1], result.hello[-1]
+        print(
+            f"{workload.name:>15} round {round_no}: lockstep {s[0]:8.0f} req/s "
+            f"p99 {s[2]:6.1f} ms {s[3]:4.0f} µs CPU | hello {h[0]:8.0f} req/s "
+            f"p99 {h[2]:6.1f} ms {h[3]:4.0f} µs CPU "
+            f"| {s[0] / h[0]:.2f}x",
+            flush=True,
+        )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk not found: install it (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
+        return 2
+    names = {n for n in args.only.split(",") if n}
+    workloads = [w for w in WORKLOADS if not names or w.name in names]
+    failures: list[str] = []
+    results: list[Result] = []
+    started = time.time()
+    load_before = os.getloadavg()
+    os.environ["LOCKSTEP_LOG_LEVEL"] = args.log_level  # read by config/gunicorn.conf.py
+    with tempfile.TemporaryDirectory(prefix="lockstep-bench-") as tmp:
+        workdir = Path(tmp)
+        extra = args.gunicorn_arg
+        service = Server("lockstep", workdir, extra_args=extra)
+        hello = Server("hello", workdir, app=HELLO_APP, extra_args=extra, ready_path="/")
+        with service, hello:
+            for workload in workloads:
+                results.append(run_workload(workload, service, hello, args, workdir, failures))
+    load_after = os.getloadavg()
+    print()
+    for r in results:
+        print(r.summary_line())
+    if not args.no_report:
+        write_report(args, results, failures, started, (load_before, load_after))
+        print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
+    if failures:
+        print("\nBENCHMARK FAILED:", *failures, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

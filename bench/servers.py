@@ -1,0 +1,114 @@
+"""Start lockstep and the hello-world baseline under the same gunicorn settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+CONFIG = ROOT / "config" / "gunicorn.conf.py"
+HELLO_APP = "bench.hello:create_app"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    """gunicorn with ``config/gunicorn.conf.py`` exactly as ``make run`` starts it.
+
+    Only the bind address (a free port), the data directory and, for the baseline, the
+    app module differ; ``extra_args`` (e.g. ``--worker-class``) go to both apps alike.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        app: str | None = None,
+        extra_args: list[str] | None = None,
+        ready_path: str = "/readyz",
+    ) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.app = app
+        self.extra_args = extra_args or []
+        self.ready_path = ready_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> Server:
+        env = {**os.environ, "LOCKSTEP_DATA_DIR": str(self.workdir / f"{self.name}-data")}
+        env.setdefault("WEB_CONCURRENCY", "2")
+        env.pop("GUNICORN_CMD_ARGS", None)
+        args = [GUNICORN, "--config", str(CONFIG), "--bind", f"127.0.0.1:{self.port}"]
+        args += self.extra_args
+        if self.app is not None:
+            args.append(self.app)
+        with self.log_path.open("ab") as log:
+            # The access log (if the config keeps it on) goes to this file for both apps.
+            self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"{self.name} not ready in {timeout} s:\n{self.log()}")
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the workers have used so far; None off Linux."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        if not children.exists():
+            return None
+        total = 0
+        for pid in children.read_text().split():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

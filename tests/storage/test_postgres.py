@@ -1,0 +1,270 @@
+"""The PostgreSQL backend: migrations under concurrent startup, cross-host locking, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from pydantic import ValidationError
+
+from app.domain import CounterOp, Increment, PatchItem, PutItem, SetValue, Written
+from app.errors import StorageUnavailable
+from app.idempotency import Claim, KeyReused, Rendered, Replay
+from app.settings import Settings
+from app.storage.pg_schema import MIGRATIONS, lock_key
+from app.storage.postgres import PostgresStorage
+from tests.conftest import backend_settings, settings_for
+from tests.support import free_port
+
+
+@pytest.fixture
+async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
+    async with backend_settings("postgres", tmp_path) as settings:
+        yield settings
+
+
+@pytest.fixture
+async def storage(settings: Settings) -> AsyncIterator[PostgresStorage]:
+    storage = await PostgresStorage.open(settings)
+    yield storage
+    await storage.close()
+
+
+async def test_concurrent_startup_migrates_exactly_once(settings: Settings) -> None:
+    """Eight instances opening one empty database at once all start, and each migration ran once."""
+    opened = await asyncio.gather(*(PostgresStorage.open(settings) for _ in range(8)))
+    try:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            rows = await conn.fetch("SELECT version FROM lockstep_migrations ORDER BY version")
+        finally:
+            await conn.close()
+        assert [r[0] for r in rows] == list(range(1, len(MIGRATIONS) + 1))
+    finally:
+        await asyncio.gather(*(s.close() for s in opened))
+
+
+async def test_new_counter_from_many_hosts_counts_exactly_once(settings: Settings) -> None:
+    """Four pools creating the same new counters concurrently hand out each value exactly once."""
+    hosts = [await PostgresStorage.open(settings) for _ in range(4)]
+    try:
+        for round_ in range(10):
+            name = f"fresh{round_}"
+            results = await asyncio.gather(
+                *(h.apply_counter_ops(name, [Increment(1)]) for h in hosts for _ in range(5))
+            )
+            assert sorted(r[0] for r in results if isinstance(r[0], int)) == list(range(1, 21))
+            assert await hosts[0].get_counter(name) == 20
+    finally:
+        await asyncio.gather(*(h.close() for h in hosts))
+
+
+async def test_patches_from_many_hosts_all_land(settings: Settings) -> None:
+    """Concurrent PATCHes of one record through four pools each land once: no lost update."""
+    hosts = [await PostgresStorage.open(settings) for _ in range(4)]
+    try:
+        await hosts[0].apply_item_ops("doc", [PutItem({})])
+        results = await asyncio.gather(
+            *(hosts[i % 4].apply_item_ops("doc", [PatchItem({f"f{i}": i})]) for i in range(40))
+        )
+        versions = sorted(r[0].record.version for r in results if isinstance(r[0], Written))
+        assert versions == list(range(2, 42))
+        record = await hosts[1].get_item("doc")
+        assert record is not None
+        assert (record.value, record.version) == ({f"f{i}": i for i in range(40)}, 41)
+    finally:
+        await asyncio.gather(*(h.close() for h in hosts))
+
+
+async def test_failing_unit_writes_nothing_and_batch_mates_commit(storage: PostgresStorage) -> None:
+    """A unit that cannot be stored fails alone; the units committed with it still land."""
+    good = storage.apply_counter_ops("good", [Increment(1)])
+    bad = storage.apply_item_ops("bad", [PutItem(object())])
+    results = await asyncio.gather(good, bad, return_exceptions=True)
+    assert results[0] == [1]
+    assert isinstance(results[1], TypeError)
+    assert await storage.get_counter("good") == 1
+    assert await storage.get_item("bad") is None
+
+
+async def test_timed_out_write_rolls_back_and_the_next_one_works(tmp_path: Path) -> None:
+    """A write stuck past the command timeout answers 503, writes nothing, and frees its locks."""
+    async with backend_settings("postgres", tmp_path, pg_command_timeout=0.5) as settings:
+        storage = await PostgresStorage.open(settings)
+        blocker = await asyncpg.connect(settings.database_url)
+        try:
+            await storage.apply_counter_ops("free", [Increment(1)])
+            # Another host holds the counter's lock for longer than the timeout.
+            blocking = blocker.transaction()
+            await blocking.start()
+            await blocker.execute("SELECT pg_advisory_xact_lock($1)", lock_key("counter:c"))
+            with pytest.raises(StorageUnavailable):
+                await storage.apply_counter_ops("c", [Increment(1), Increment(1)])
+            await storage.apply_counter_ops("free", [Increment(1)])
+            await blocking.rollback()
+            assert await storage.apply_counter_ops("c", [Increment(5)]) == [5]
+            assert await storage.get_counter("free") == 2
+            waiting = await blocker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
+            )
+            assert waiting == 0
+        finally:
+            await blocker.close()
+            await storage.close()
+
+
+async def test_killed_connections_answer_503_or_reconnect(storage: PostgresStorage) -> None:
+    """When the server kills every pooled connection, the next calls reconnect by themselves."""
+    settings_url = storage._pool._connect_args[0]  # type: ignore[attr-defined]
+    admin = await asyncpg.connect(settings_url)
+    try:
+        await asyncio.gather(
+            *(storage.apply_counter_ops(f"c{i}", [Increment(1)]) for i in range(20))
+        )
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'lockstep' AND datname = current_database()"
+        )
+        assert killed >= 1
+        assert await storage.get_counter("c0") == 1
+        assert await storage.apply_counter_ops("c0", [Increment(1)]) == [2]
+        await storage.ping()
+    finally:
+        await admin.close()
+
+
+async def test_statement_cache_size_zero_prepares_nothing_named(tmp_path: Path) -> None:
+    """With LOCKSTEP_PG_STATEMENT_CACHE_SIZE=0 no named prepared statement outlives a call."""
+    for cache, expect_named in ((0, False), (100, True)):
+        async with backend_settings(
+            "postgres",
+            tmp_path,
+            pg_statement_cache_size=cache,
+            pg_pool_min_size=1,
+            pg_pool_max_size=1,
+            pg_writers=1,
+        ) as settings:
+            storage = await PostgresStorage.open(settings)
+            try:
+                await storage.apply_counter_ops("c", [SetValue(1)])
+                await storage.apply_counter_ops("c", [Increment(1)])
+                await storage.apply_item_ops("doc", [PutItem({"a": 1})])
+                assert await storage.get_counter("c") == 2
+                rows = await storage._read("SELECT name FROM pg_prepared_statements")
+                assert bool(rows) is expect_named, (cache, rows)
+            finally:
+                await storage.close()
+
+
+async def wait_for_lockstep_backends(conn: asyncpg.Connection, where: str, count: int) -> None:
+    """Poll until exactly ``count`` of the storage's server backends match ``where``."""
+    async with asyncio.timeout(10):
+        while True:
+            # pg_stat_activity is a snapshot taken once per transaction: take a new one.
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            found = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'lockstep'"
+                f" AND datname = current_database() AND ({where})"
+            )
+            if found == count:
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_cancelled_write_is_rolled_back_and_its_connection_dropped(
+    storage: PostgresStorage, settings: Settings
+) -> None:
+    """Cancelling a batch that waits on a lock inside its transaction ends it on the server."""
+    blocker = await asyncpg.connect(settings.database_url)
+    try:
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute("SELECT pg_advisory_xact_lock($1)", lock_key("counter:c"))
+        write = asyncio.ensure_future(storage.apply_counter_ops("c", [SetValue(5)]))
+        await wait_for_lockstep_backends(blocker, "wait_event = 'advisory'", 1)
+        for task in list(storage._writer._inflight):
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        # Still holding the lock: the storage's transaction must be gone by its own doing.
+        await wait_for_lockstep_backends(blocker, "xact_start IS NOT NULL", 0)
+        await blocking.rollback()
+        assert await storage.get_counter("c") is None
+        assert await storage.apply_counter_ops("c", [Increment(1)]) == [1]
+    finally:
+        await blocker.close()
+
+
+async def test_unreachable_server_at_startup_fails_after_the_startup_timeout(
+    tmp_path: Path,
+) -> None:
+    """With nothing listening, opening retries for pg_startup_timeout, then says why it failed."""
+    url = f"postgresql://nobody:nothing@127.0.0.1:{free_port()}/none"
+    settings = settings_for(tmp_path, database_url=url, pg_startup_timeout=0.6)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="PostgreSQL unreachable"):
+        await PostgresStorage.open(settings)
+    assert 0.5 <= time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("url", ["mysql://h/db", "sqlite:/relative.db", "http://x"])
+def test_database_url_with_unknown_scheme_is_refused(tmp_path: Path, url: str) -> None:
+    """A LOCKSTEP_DATABASE_URL naming no supported backend stops startup with a clear error."""
+    with pytest.raises(ValidationError, match="database_url must start with"):
+        settings_for(tmp_path, database_url=url)
+
+
+async def test_wait_for_change_wakes_on_another_hosts_commit(settings: Settings) -> None:
+    """A waiter on one pool returns once another pool commits, via the confirming pass too."""
+    watcher = await PostgresStorage.open(settings)
+    writer = await PostgresStorage.open(settings)
+    try:
+        mark = await watcher.wait_for_change(-1)
+        async with asyncio.timeout(5):
+            mark = await watcher.wait_for_change(mark)  # the confirming pass
+        assert mark % 2 == 1
+        waiting = asyncio.ensure_future(watcher.wait_for_change(mark))
+        await asyncio.sleep(0.2)
+        await writer.apply_counter_ops("seen", [Increment(1)])
+        async with asyncio.timeout(5):
+            new_mark = await waiting
+        assert new_mark != mark
+        assert await watcher.get_counter("seen") == 1
+    finally:
+        await watcher.close()
+        await writer.close()
+
+
+def claim(key: str, fingerprint: str) -> Claim:
+    return Claim(key, fingerprint, lambda outcome: Rendered(200, {}, repr(outcome).encode()))
+
+
+async def test_one_key_on_two_hosts_at_once_applies_once(settings: Settings) -> None:
+    """The same Idempotency-Key sent to two hosts at once changes state once; the rest replay."""
+    hosts = [await PostgresStorage.open(settings) for _ in range(2)]
+    try:
+        same: list[CounterOp] = [Increment(1, claim("k-same", "fp-same"))]
+        results = await asyncio.gather(
+            *(hosts[i % 2].apply_counter_ops("c", same) for i in range(10))
+        )
+        outcomes = [r[0] for r in results]
+        assert sorted(isinstance(o, Replay) for o in outcomes) == [False] + [True] * 9
+        assert await hosts[0].get_counter("c") == 1
+        # One key, two different requests on two resources at once: exactly one applies.
+        for round_ in range(10):
+            key = f"k-other-{round_}"
+            a: list[CounterOp] = [Increment(1, claim(key, "fp-a"))]
+            b: list[CounterOp] = [Increment(1, claim(key, "fp-b"))]
+            pair = await asyncio.gather(
+                hosts[0].apply_counter_ops(f"a{round_}", a),
+                hosts[1].apply_counter_ops(f"b{round_}", b),
+            )
+            assert sum(isinstance(o[0], KeyReused) for o in pair) == 1
+            values = [await hosts[0].get_counter(f"{x}{round_}") for x in "ab"]
+            assert sorted(values, key=str) == [1, None]
+    finally:
+        await asyncio.gather(*(h.close() for h in hosts))

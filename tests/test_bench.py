@@ -1,0 +1,60 @@
+"""The benchmark harness: its exactly-once check, and one short smoke round so it cannot rot."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.servers import ROOT
+from bench.workloads import WORKLOADS, exactly_once_error
+
+
+def test_exactly_once_check_accepts_matching_tally() -> None:
+    """A tally that grew by the 2xx count, or by up to one per connection more, passes."""
+    assert exactly_once_error(before=10, after=110, ok=100, connections=8) is None
+    assert exactly_once_error(before=10, after=118, ok=100, connections=8) is None
+
+
+def test_exactly_once_check_rejects_lost_writes() -> None:
+    """Fewer applied writes than 2xx answers is reported as lost writes."""
+    error = exactly_once_error(before=10, after=109, ok=100, connections=8)
+    assert error is not None
+    assert "lost writes" in error
+
+
+def test_exactly_once_check_rejects_doubled_writes() -> None:
+    """More applied writes than 2xx answers plus cut-off connections is reported as doubled."""
+    error = exactly_once_error(before=10, after=119, ok=100, connections=8)
+    assert error is not None
+    assert "doubled writes" in error
+
+
+NO_WRK = "wrk is not installed (apt-get install wrk; scripts/system-deps.sh does it in CI)"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("wrk") is None, reason=NO_WRK)
+def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
+    """One short round of every workload runs, holds exactly-once, and writes table and chart."""
+    out = tmp_path / "benchmarks.md"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.run"),
+            *("--rounds=1", "--duration=1", "--connections=16", f"--out={out}"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "EXACTLY-ONCE FAILED" not in done.stdout
+    report = out.read_text()
+    assert "Exactly-once**: held in every write run" in report
+    for workload in WORKLOADS:
+        assert f"| {workload.title} |" in report
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")

@@ -167,3 +167,20 @@ async def test_lock_gauges_show_held_locks_and_queued_requests(
     samples = await scrape(client)
     assert total(samples, "lockstep_locks_held") == 0
     assert total(samples, "lockstep_locks_waiting") == 0
+
+
+async def test_stats_totals_match_the_metrics(client: TestClient[Any, Any]) -> None:
+    """GET /stats reports the same totals a /metrics scrape adds up, without labels."""
+    for _ in range(3):
+        assert (await client.post("/counters/s/increment")).status == 200
+    resp = await client.get("/stats")
+    assert resp.status == 200
+    stats = await resp.json()
+    assert resp.headers["Cache-Control"] == "no-store"
+    samples = await scrape(client)
+    # The scrape also counts the /stats request, answered in between.
+    assert stats["requests"] + 1 == total(samples, "lockstep_http_requests_total") == 4
+    assert stats["lock_waits"] == total(samples, "lockstep_lock_wait_seconds_count") == 3
+    assert stats["committed_resources"] == total(samples, "lockstep_db_commit_batch_size_sum")
+    assert stats["commits"] >= 1 and stats["lock_timeouts"] == 0
+    assert 0 <= stats["lock_waits_uncontended"] <= 3

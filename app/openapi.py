@@ -30,11 +30,13 @@ _ERRORS: dict[str, str] = {
     "401": "A tokens file is configured and the request has no known bearer token.",
     "403": "The token's scope does not cover this request.",
     "404": "The counter or record does not exist.",
-    "409": "The change would leave the signed 64-bit range; nothing changed.",
+    "409": "The change would leave the signed 64-bit range, or a request with the same "
+    "Idempotency-Key is still in flight; nothing changed.",
     "412": "An If-Match / If-None-Match precondition failed; nothing changed.",
     "413": "The body is larger than LOCKSTEP_MAX_BODY_BYTES.",
     "415": "PATCH needs Content-Type: application/merge-patch+json.",
-    "422": "A bad name, query parameter or body field.",
+    "422": "A bad name, query parameter or body field, or an Idempotency-Key reused for a "
+    "different request.",
     "431": "The header lines add up to more than LOCKSTEP_MAX_HEADER_BYTES.",
     "503": "The resource's lock or the database was not available in time; retry.",
 }
@@ -158,12 +160,24 @@ def _components(settings: Settings) -> Json:
                 "schema": {"type": "string", "enum": sorted(ASSETS)},
             },
             "If-Match": {"name": "If-Match", "in": "header", "schema": etag_list},
+            "Idempotency-Key": {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "description": "Makes the request exactly-once: a repeat with the same key "
+                "and the same request gets the stored response (Idempotent-Replayed: true) and "
+                "changes nothing, from any worker and after restarts, until the key expires.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            },
             "If-None-Match": {"name": "If-None-Match", "in": "header", "schema": etag_list},
         },
         "headers": {
             "ETag": {"schema": {"type": "string"}, "description": 'The version, e.g. "3".'},
             "Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait."},
             "WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer challenge."},
+            "Idempotent-Replayed": {
+                "schema": {"const": "true"},
+                "description": "Present when the answer is the stored one for an Idempotency-Key.",
+            },
         },
         "schemas": {
             "Problem": {
@@ -532,6 +546,39 @@ def _observability_paths() -> Json:
     }
 
 
+# The operations that take an Idempotency-Key (app/views/idempotent.py).
+IDEMPOTENT = (
+    ("/counters/{name}/increment", "post"),
+    ("/counters/{name}", "put"),
+    ("/counters/{name}", "delete"),
+    ("/items/{id}", "put"),
+    ("/items/{id}", "patch"),
+    ("/items/{id}", "delete"),
+)
+
+
+def _with_idempotency(paths: Json) -> Json:
+    """Add the Idempotency-Key header, its replay header and its error statuses."""
+    for path, method in IDEMPOTENT:
+        op = paths[path][method]
+        op["parameters"] = [*op.get("parameters", []), _ref("parameters", "Idempotency-Key")]
+        for status, response in op["responses"].items():
+            if status.startswith("2"):
+                response.setdefault("headers", {})["Idempotent-Replayed"] = _ref(
+                    "headers", "Idempotent-Replayed"
+                )
+        for status in ("409", "422"):
+            op["responses"].setdefault(
+                status,
+                {
+                    "description": _ERRORS[status],
+                    **_json(_ref("schemas", "Problem"), PROBLEM),
+                },
+            )
+        op["responses"] = dict(sorted(op["responses"].items()))
+    return paths
+
+
 def openapi_document(settings: Settings) -> Json:
     """The whole API as an OpenAPI 3.1 document."""
     return {
@@ -544,6 +591,6 @@ def openapi_document(settings: Settings) -> Json:
             "every operation but /healthz and /readyz needs `Authorization: Bearer <token>`.",
         },
         "security": [{"bearer": ["read"]}],
-        "paths": _paths(),
+        "paths": _with_idempotency(_paths()),
         "components": _components(settings),
     }

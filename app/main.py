@@ -62,8 +62,12 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     """Build the application; nothing is opened until the app starts."""
     settings = settings or Settings()
     # observe is outermost: it sees the final status of every answer, problems included.
+    middlewares = [observe, problems, limit_headers]
+    if settings.tokens_file is not None:
+        # An open service pays nothing for auth; tokens are configured at start-up only.
+        middlewares.append(authenticate)
     app = web.Application(
-        middlewares=[observe, problems, limit_headers, authenticate],
+        middlewares=middlewares,
         client_max_size=settings.max_body_bytes,
         handler_args=parser_limits(settings.max_header_bytes),
     )

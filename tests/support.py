@@ -85,12 +85,33 @@ class Service:
                 raise RuntimeError(f"gunicorn exited {self.proc.returncode}:\n{self.log()}")
             try:
                 with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
-                    if r.status == 200 and len(self.worker_pids()) >= self.workers:
+                    if r.status == 200 and self._workers_started():
                         return
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.05)
         raise TimeoutError(f"gunicorn not ready in {timeout} s:\n{self.log()}")
+
+    def _workers_started(self) -> bool:
+        """Every worker is forked and, on SQLite, has opened the database (its app started).
+
+        A SIGTERM that reaches a worker still booting is not handled until gunicorn's
+        graceful timeout kills it, so tests that signal the service wait for this.
+        """
+        pids = self.worker_pids()
+        if len(pids) < self.workers:
+            return False
+        if "LOCKSTEP_DATABASE_URL" in self.extra_env:
+            return True
+        for pid in pids:
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+                targets = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
+            except OSError:
+                return False
+            if not any(t.endswith("lockstep.db") for t in targets):
+                return False
+        return True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

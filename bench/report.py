@@ -131,6 +131,13 @@ def chart(results: list[Result], path: Path) -> None:
     plt.close(fig)
 
 
+def _redact(url: str) -> str:
+    """The database URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{creds.partition(':')[0]}{at}{host}" if at else url
+
+
 def write_report(
     args: argparse.Namespace,
     results: list[Result],
@@ -160,7 +167,12 @@ def write_report(
         f"`wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency -s "
         "bench/lua/<workload>.lua`, lockstep then hello world, alternating",
         "- **Servers**: `gunicorn --config config/gunicorn.conf.py` (as `make run`, 2 workers, "
-        "fresh SQLite in a temp dir, `synchronous=FULL`) and, with the same config, "
+        + (
+            f"PostgreSQL at `{_redact(args.database_url)}`"
+            if args.database_url
+            else "fresh SQLite in a temp dir, `synchronous=FULL`"
+        )
+        + ") and, with the same config, "
         f"`{'bench.hello:create_app'}`; extra gunicorn flags for both: `{extra}`",
         f"- **Logging**: `LOCKSTEP_LOG_LEVEL={args.log_level}` for both apps; gunicorn's "
         "access log is off in the config for both",

@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="LOCKSTEP_LOG_LEVEL for both apps (default warning: no per-request lines, "
         "as hello world has none; info is make run's default)",
     )
+    p.add_argument(
+        "--database-url",
+        default="",
+        help="LOCKSTEP_DATABASE_URL for lockstep, e.g. postgresql://... (default: SQLite)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-report", action="store_true", help="print only; write no files")
     return p.parse_args(argv)
@@ -143,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     load_before = os.getloadavg()
     os.environ["LOCKSTEP_LOG_LEVEL"] = args.log_level  # read by config/gunicorn.conf.py
+    if args.database_url:
+        # Read by lockstep only; the hello world app ignores it.
+        os.environ["LOCKSTEP_DATABASE_URL"] = args.database_url
     with tempfile.TemporaryDirectory(prefix="lockstep-bench-") as tmp:
         workdir = Path(tmp)
         extra = args.gunicorn_arg

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.domain import CounterOp, DeleteCounter, Increment, PatchItem, PutItem, SetValue, Written
-from app.errors import NotFound, OutOfRange, StorageUnavailable
+from app.domain import Increment
+from app.errors import StorageUnavailable
 from app.settings import Settings
 from app.storage.sqlite import MIGRATIONS, SQLiteStorage
 from tests.conftest import settings_for
@@ -47,20 +47,6 @@ async def test_open_refuses_old_sqlite(settings: Settings, monkeypatch: pytest.M
         await SQLiteStorage.open(settings)
 
 
-async def test_values_survive_reopen(settings: Settings) -> None:
-    """What was committed is there after the storage is closed and opened again."""
-    first = await SQLiteStorage.open(settings)
-    try:
-        assert await first.apply_counter_ops("c", [Increment(41), Increment(1)]) == [41, 42]
-    finally:
-        await first.close()
-    second = await SQLiteStorage.open(settings)
-    try:
-        assert await second.get_counter("c") == 42
-    finally:
-        await second.close()
-
-
 async def test_concurrent_writes_share_one_transaction(storage: SQLiteStorage) -> None:
     """Writes to many resources submitted together are committed in one batch."""
     before = storage.batches
@@ -86,52 +72,6 @@ async def test_failing_unit_rolls_back_only_itself(storage: SQLiteStorage) -> No
     assert isinstance(results[1], ValueError)
     assert await storage.get_counter("good") == 1
     assert await storage.get_counter("half") is None
-
-
-async def test_counter_ops_keep_their_own_outcomes(storage: SQLiteStorage) -> None:
-    """An out-of-range increment fails alone; the ops around it apply."""
-    ops: list[CounterOp] = [
-        SetValue(2**63 - 2),
-        Increment(1),
-        Increment(1),
-        Increment(-5),
-        DeleteCounter(),
-    ]
-    outcomes = await storage.apply_counter_ops("c", ops)
-    assert outcomes[:2] == [2**63 - 2, 2**63 - 1]
-    assert isinstance(outcomes[2], OutOfRange)
-    assert outcomes[3] == 2**63 - 6
-    assert outcomes[4] is None
-    assert await storage.get_counter("c") is None
-    assert isinstance((await storage.apply_counter_ops("c", [DeleteCounter()]))[0], NotFound)
-
-
-async def test_item_ops_bump_versions_and_merge(storage: SQLiteStorage) -> None:
-    """Puts and patches in one batch each get their own version; the result is stored once."""
-    outcomes = await storage.apply_item_ops(
-        "doc", [PutItem({"a": 1}), PatchItem({"b": 2}), PatchItem({"a": None})]
-    )
-    assert [o.record.version for o in outcomes if isinstance(o, Written)] == [1, 2, 3]
-    assert isinstance(outcomes[0], Written) and outcomes[0].created
-    record = await storage.get_item("doc")
-    assert record is not None
-    assert (record.value, record.version) == ({"b": 2}, 3)
-
-
-async def test_two_connections_on_one_file_never_lose_increments(settings: Settings) -> None:
-    """Two storages on one file (as two workers have) interleave without losing an update."""
-    a = await SQLiteStorage.open(settings)
-    b = await SQLiteStorage.open(settings)
-    try:
-        results = await asyncio.gather(
-            *(s.apply_counter_ops("shared", [Increment(1)]) for _ in range(100) for s in (a, b))
-        )
-        values = sorted(r[0] for r in results if isinstance(r[0], int))
-        assert values == list(range(1, 201))
-        assert await a.get_counter("shared") == 200
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_readonly_database_answers_storage_unavailable(

@@ -10,6 +10,10 @@
 #   scripts/test-postgres.sh --stop   stops the cluster again
 set -euo pipefail
 
+# Only the result goes to stdout (callers eval it); whatever the PostgreSQL tools print,
+# such as pg_ctlcluster's "Removed stale pid file", goes to stderr.
+exec 3>&1 1>&2
+
 cluster=${LOCKSTEP_TEST_CLUSTER_NAME:-lockstep-test}
 version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
 [ -n "$version" ] || { echo "PostgreSQL server binaries not found" >&2; exit 1; }
@@ -28,7 +32,7 @@ if ! exists; then
 fi
 port=$(pg_lsclusters -h | awk -v v="$version" -v c="$cluster" '$1 == v && $2 == c {print $3}')
 if ! pg_ctlcluster "$version" "$cluster" status >/dev/null 2>&1; then
-  pg_ctlcluster "$version" "$cluster" start
+  pg_ctlcluster "$version" "$cluster" start 3>&-  # the server must not hold our stdout open
 fi
 
 psql_admin() { runuser -u postgres -- psql -p "$port" -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
@@ -42,8 +46,8 @@ fi
 
 url="postgresql://lockstep:lockstep@127.0.0.1:$port/lockstep"
 if [ "${1:-}" = "--env" ]; then
-  echo "export LOCKSTEP_TEST_POSTGRES_URL='$url'"
-  echo "export LOCKSTEP_TEST_POSTGRES_CLUSTER='$version $cluster'"
+  echo "export LOCKSTEP_TEST_POSTGRES_URL='$url'" >&3
+  echo "export LOCKSTEP_TEST_POSTGRES_CLUSTER='$version $cluster'" >&3
 else
-  echo "$url"
+  echo "$url" >&3
 fi

@@ -12,7 +12,6 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from app.errors import HeadersTooLarge, MalformedBody
 from app.state import SETTINGS
@@ -23,14 +22,12 @@ def parser_limits(max_header_bytes: int) -> dict[str, int]:
     return {"max_field_size": 4 * max_header_bytes}
 
 
-@web.middleware
-async def limit_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+def check_header_size(request: web.Request) -> None:
     """431 when the header lines add up to more than ``max_header_bytes``."""
     limit = request.app[SETTINGS].max_header_bytes
     size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
     if size > limit:
         raise HeadersTooLarge(f"request headers are {size} bytes; the limit is {limit}")
-    return await handler(request)
 
 
 def _walk(value: Any, max_depth: int) -> None:

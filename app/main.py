@@ -12,11 +12,11 @@ from app.combining import Combiner
 from app.events import EventHub
 from app.housekeeping import purge_ctx
 from app.idempotency import InFlight
-from app.limits import limit_headers, parser_limits
+from app.limits import parser_limits
 from app.locks import LockRegistry
 from app.metrics import Metrics
-from app.middlewares import problems
-from app.observe import observe, setup_observability
+from app.middlewares import envelope
+from app.observe import setup_observability
 from app.routes import setup_routes
 from app.settings import Settings
 from app.state import (
@@ -61,8 +61,8 @@ async def _mark_shutting_down(app: web.Application) -> None:
 async def create_app(settings: Settings | None = None) -> web.Application:
     """Build the application; nothing is opened until the app starts."""
     settings = settings or Settings()
-    # observe is outermost: it sees the final status of every answer, problems included.
-    middlewares = [observe, problems, limit_headers]
+    # One outer layer for what every request needs (see app.middlewares).
+    middlewares = [envelope]
     if settings.tokens_file is not None:
         # An open service pays nothing for auth; tokens are configured at start-up only.
         middlewares.append(authenticate)

@@ -1,8 +1,8 @@
-"""Per-request observation: the request id, one log line and the request metrics.
+"""Per-request observation: the request metrics and one log line, plus the lock gauges.
 
-The middleware sits outermost, so it sees the final status of every answer, problem bodies
-included, and everything logged during the request carries the request's id. Its cost per
-request is a clock read, a context variable, two metric updates and one log record.
+``app.middlewares.envelope`` calls ``answered`` for every request once its final status is
+known, problem bodies included. Its cost per request is a clock read, two dictionary
+tallies (flushed to Prometheus once a second) and, with info logging on, one log record.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
-from app.logs import ACCESS_LOGGER, CURRENT, REQUEST_ID_HEADER, RequestContext, request_id_from
+from app.logs import ACCESS_LOGGER, RequestContext
 from app.metrics import UNMATCHED, Metrics
-from app.state import COUNTERS, ITEMS, LOCKS, METRICS, REQUEST_ID
+from app.state import COUNTERS, ITEMS, LOCKS, METRICS
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -33,49 +32,25 @@ def route_label(request: web.Request) -> str:
     return UNMATCHED if resource is None else resource.canonical
 
 
-@web.middleware
-async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give the request an id, then count, time and log it once it is answered."""
-    started = time.perf_counter()
-    context = RequestContext(request_id_from(request.headers.get(REQUEST_ID_HEADER)))
-    request[REQUEST_ID] = context.request_id
-    token = CURRENT.set(context)
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as e:
-        status = e.status
-        raise
-    except asyncio.CancelledError:
-        status = CLIENT_CLOSED
-        raise
-    finally:
-        CURRENT.reset(token)
-        elapsed = time.perf_counter() - started
-        route = route_label(request)
-        request.app[METRICS].observe_request(route, request.method, status, elapsed)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "request",
-                extra={
-                    "request_id": context.request_id,
-                    "method": request.method,
-                    "route": route,
-                    # Without the query string, which may carry secrets.
-                    "path": request.rel_url.raw_path[:256],
-                    "status": status,
-                    "latency_ms": round(elapsed * 1000, 3),
-                    "lock_wait_ms": round(context.lock_wait * 1000, 3),
-                },
-            )
-
-
-async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    request_id = request.get(REQUEST_ID)
-    if request_id is not None:
-        response.headers[REQUEST_ID_HEADER] = request_id
+def answered(request: web.Request, context: RequestContext, status: int, started: float) -> None:
+    """Count and time one answered request, and log its line (when info is on)."""
+    elapsed = time.perf_counter() - started
+    route = route_label(request)
+    request.app[METRICS].observe_request(route, request.method, status, elapsed)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "request",
+            extra={
+                "request_id": context.request_id,
+                "method": request.method,
+                "route": route,
+                # Without the query string, which may carry secrets.
+                "path": request.rel_url.raw_path[:256],
+                "status": status,
+                "latency_ms": round(elapsed * 1000, 3),
+                "lock_wait_ms": round(context.lock_wait * 1000, 3),
+            },
+        )
 
 
 def sample_locks(app: web.Application) -> None:
@@ -108,7 +83,6 @@ async def _sample_locks(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup_observability(app: web.Application, metrics: Metrics) -> None:
-    """Install the metrics object, the X-Request-ID response header and the lock sampler."""
+    """Install the metrics object and the lock sampler."""
     app[METRICS] = metrics
-    app.on_response_prepare.append(_add_request_id)
     app.cleanup_ctx.append(_sample_locks)

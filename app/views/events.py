@@ -10,7 +10,8 @@ from aiohttp import web
 from app.domain import check_name
 from app.errors import InvalidInput
 from app.events import Change, Resource
-from app.state import get_events, get_metrics, get_settings
+from app.logs import REQUEST_ID_HEADER
+from app.state import REQUEST_ID, get_events, get_metrics, get_settings
 from app.views.common import path_name
 
 EVENT_STREAM = "text/event-stream"
@@ -39,6 +40,8 @@ async def stream(request: web.Request, resources: tuple[Resource, ...]) -> web.S
             "Cache-Control": "no-store",
             # Reverse proxies must pass events through as they come, not buffer them.
             "X-Accel-Buffering": "no",
+            # Set here: the envelope middleware only adds it to answers not yet started.
+            REQUEST_ID_HEADER: request[REQUEST_ID],
         }
     )
     if request.method == "HEAD":

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import aiosqlite
 import msgspec
@@ -53,8 +53,34 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Op = TypeVar("Op", bound=Claimable)
+W = TypeVar("W", bound="_Writes[Any]")
+
+
+class _Writes(Generic[Op]):
+    """One resource's queued ops with no Idempotency-Key among them: the usual write.
+
+    All of a batch's plain writes to one table are run together, in one savepoint: one
+    SELECT reads every resource they touch, the ops are applied in memory, and one
+    ``executemany`` writes the results back, instead of a savepoint, a read and a write per
+    resource. Every op's own failure (an overflow, a failed precondition) is an outcome
+    computed in Python before anything is written, so what can still fail is the write
+    itself, for reasons (disk full, I/O) no single request causes; then the whole group
+    fails together, and units outside it are unaffected.
+    """
+
+    __slots__ = ("key", "ops")
+
+    def __init__(self, key: str, ops: list[Op]) -> None:
+        self.key = key
+        self.ops = ops
+
+    @classmethod
+    def write_all(cls: type[W], conn: sqlite3.Connection, writes: list[W]) -> list[list[Any]]:
+        raise NotImplementedError
+
+
 # A unit of work: runs inside the batch's write transaction on the writer thread.
-Unit = Callable[[sqlite3.Connection], Any]
+Unit = Callable[[sqlite3.Connection], Any] | _Writes[Any]
 
 MIN_SQLITE = (3, 35, 0)  # RETURNING, and the UPSERT forms used here
 CHECKPOINT_WAIT_MS = 50  # longest a checkpoint waits for readers before giving up this time
@@ -125,31 +151,33 @@ def _run_batch(conn: sqlite3.Connection, units: list[Unit], turn_fd: int) -> lis
     while a writer blocked in ``flock`` is woken by the kernel the moment the other
     worker commits. The kernel drops the lock if its holder dies.
     """
-    results: list[tuple[bool, Any]] = []
     fcntl.flock(turn_fd, fcntl.LOCK_EX)
     try:
-        _run_transaction(conn, units, results)
+        return _run_transaction(conn, units)
     finally:
         fcntl.flock(turn_fd, fcntl.LOCK_UN)
-    return results
 
 
-def _run_transaction(
-    conn: sqlite3.Connection, units: list[Unit], results: list[tuple[bool, Any]]
-) -> None:
+def _run_transaction(conn: sqlite3.Connection, units: list[Unit]) -> list[tuple[bool, Any]]:
+    """Each unit's ``(ok, result or error)``, in order, once they have all committed.
+
+    Plain writes (``_Writes``) of one table are run as one group; anything else runs alone
+    under a savepoint of its own.
+    """
+    results: list[tuple[bool, Any]] = [(False, None)] * len(units)
+    groups: dict[type[_Writes[Any]], list[tuple[int, _Writes[Any]]]] = {}
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for unit in units:
-            conn.execute("SAVEPOINT unit")
-            try:
-                result = unit(conn)
-            except Exception as e:
-                conn.execute("ROLLBACK TO unit")
-                conn.execute("RELEASE unit")
-                results.append((False, e))
+        for i, unit in enumerate(units):
+            if isinstance(unit, _Writes):
+                groups.setdefault(type(unit), []).append((i, unit))
             else:
-                conn.execute("RELEASE unit")
-                results.append((True, result))
+                results[i] = _in_savepoint(conn, unit)
+        for kind, group in groups.items():
+            writes = [w for _, w in group]
+            ok, value = _in_savepoint(conn, partial(kind.write_all, writes=writes))
+            for n, (i, _) in enumerate(group):
+                results[i] = (True, value[n]) if ok else (False, value)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -158,6 +186,20 @@ def _run_transaction(
             except sqlite3.Error:
                 logger.exception("rollback failed")
         raise
+    return results
+
+
+def _in_savepoint(conn: sqlite3.Connection, unit: Callable[[sqlite3.Connection], Any]) -> Any:
+    """``(True, result)``, or ``(False, error)`` with the unit's statements rolled back."""
+    conn.execute("SAVEPOINT unit")
+    try:
+        result = unit(conn)
+    except Exception as e:
+        conn.execute("ROLLBACK TO unit")
+        conn.execute("RELEASE unit")
+        return False, e
+    conn.execute("RELEASE unit")
+    return True, result
 
 
 def _checkpoint(
@@ -380,6 +422,73 @@ def _write_item(conn: sqlite3.Connection, item_id: str, ops: list[ItemOp]) -> li
     return list(outcomes)
 
 
+def _keys_json(writes: list[Any]) -> str:
+    return msgspec.json.encode([w.key for w in writes]).decode()
+
+
+class _CounterWrites(_Writes[CounterOp]):
+    @classmethod
+    def write_all(
+        cls, conn: sqlite3.Connection, writes: list[_CounterWrites]
+    ) -> list[list[CounterOutcome]]:
+        before: dict[str, int] = dict(
+            conn.execute(
+                "SELECT name, value FROM counters WHERE name IN (SELECT value FROM json_each(?))",
+                (_keys_json(writes),),
+            ).fetchall()
+        )
+        values: dict[str, int | None] = dict(before)
+        outcomes = []
+        for w in writes:
+            values[w.key], done = apply_counter_ops(values.get(w.key), w.ops)
+            outcomes.append(list(done))
+        upserts = [(n, v) for n, v in values.items() if v is not None and v != before.get(n)]
+        deletes = [(n,) for n, v in values.items() if v is None and n in before]
+        if upserts:
+            conn.executemany(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                upserts,
+            )
+        if deletes:
+            conn.executemany("DELETE FROM counters WHERE name = ?", deletes)
+        return outcomes
+
+
+class _ItemWrites(_Writes[ItemOp]):
+    @classmethod
+    def write_all(
+        cls, conn: sqlite3.Connection, writes: list[_ItemWrites]
+    ) -> list[list[ItemOutcome]]:
+        rows = conn.execute(
+            "SELECT id, value, version, updated_at FROM items"
+            " WHERE id IN (SELECT value FROM json_each(?))",
+            (_keys_json(writes),),
+        ).fetchall()
+        before = {r[0]: Record(r[0], msgspec.json.decode(r[1]), r[2], r[3]) for r in rows}
+        records: dict[str, Record | None] = dict(before)
+        outcomes = []
+        for w in writes:
+            records[w.key], done = apply_item_ops(w.key, records.get(w.key), w.ops)
+            outcomes.append(list(done))
+        upserts = [
+            (i, msgspec.json.encode(r.value).decode(), r.version, r.updated_at)
+            for i, r in records.items()
+            if r is not None and r is not before.get(i)
+        ]
+        deletes = [(i,) for i, r in records.items() if r is None and i in before]
+        if upserts:
+            conn.executemany(
+                "INSERT INTO items (id, value, version, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET value = excluded.value,"
+                " version = excluded.version, updated_at = excluded.updated_at",
+                upserts,
+            )
+        if deletes:
+            conn.executemany("DELETE FROM items WHERE id = ?", deletes)
+        return outcomes
+
+
 def _counter_unit(name: str, ops: list[CounterOp], key_ttl: float) -> Unit:
     def unit(conn: sqlite3.Connection) -> list[Any]:
         return _with_claims(conn, ops, lambda todo: _write_counter(conn, name, todo), key_ttl)
@@ -546,10 +655,14 @@ class SQLiteStorage:
     def apply_counter_ops(
         self, name: str, ops: list[CounterOp]
     ) -> asyncio.Future[list[CounterOutcome]]:
-        return self._writer.submit(_counter_unit(name, ops, self._key_ttl))
+        if claimed_keys(ops):
+            return self._writer.submit(_counter_unit(name, ops, self._key_ttl))
+        return self._writer.submit(_CounterWrites(name, ops))
 
     def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> asyncio.Future[list[ItemOutcome]]:
-        return self._writer.submit(_item_unit(item_id, ops, self._key_ttl))
+        if claimed_keys(ops):
+            return self._writer.submit(_item_unit(item_id, ops, self._key_ttl))
+        return self._writer.submit(_ItemWrites(item_id, ops))
 
     async def purge_expired_keys(self, limit: int) -> int:
         deleted: int = await self._write(_purge_unit(time.time(), limit))

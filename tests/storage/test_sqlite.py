@@ -9,8 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from app.domain import Increment
-from app.errors import StorageUnavailable
+from app.domain import (
+    INT64_MAX,
+    DeleteCounter,
+    Increment,
+    PatchItem,
+    Precondition,
+    PutItem,
+    SetValue,
+    Written,
+)
+from app.errors import OutOfRange, PreconditionFailed, StorageUnavailable
+from app.idempotency import Claim, Rendered
 from app.settings import Settings
 from app.storage.sqlite import MIGRATIONS, SQLiteStorage
 from tests.conftest import settings_for
@@ -94,3 +104,74 @@ async def test_ping_fails_cleanly_once_closed(settings: Settings) -> None:
     await storage.close()
     with pytest.raises(StorageUnavailable):
         await storage.ping()
+
+
+async def test_plain_writes_of_a_batch_share_one_group(storage: SQLiteStorage) -> None:
+    """Many counters and records in one transaction: each op still gets its own outcome.
+
+    Creating, overflowing (an outcome of its own, not a failure of the group), deleting,
+    leaving unchanged, records with a failed precondition, and a unit that claims an
+    Idempotency-Key all run in the same batch.
+    """
+    await storage.apply_counter_ops("big", [SetValue(INT64_MAX)])
+    await storage.apply_counter_ops("gone", [SetValue(5)])
+    await storage.apply_item_ops("doc", [PutItem({"a": 1})])
+    claim = Claim("key-1", "fp", lambda value: Rendered(200, {}, b"%d" % value))
+    before = storage.batches
+    results = await asyncio.gather(
+        storage.apply_counter_ops("new", [Increment(2), Increment(3)]),
+        storage.apply_counter_ops("big", [Increment(1), Increment(-1)]),
+        storage.apply_counter_ops("gone", [DeleteCounter()]),
+        storage.apply_counter_ops("same", [Increment(1), Increment(-1)]),
+        storage.apply_counter_ops("claimed", [Increment(7, claim)]),
+        storage.apply_item_ops(
+            "doc", [PatchItem({"b": 2}), PutItem({}, Precondition(if_match=frozenset({9})))]
+        ),
+        storage.apply_item_ops("fresh", [PutItem({"x": True})]),
+    )
+    assert storage.batches - before == 1
+    new, big, gone, same, claimed, doc, fresh = results
+    assert new == [2, 5]
+    assert isinstance(big[0], OutOfRange) and big[1] == INT64_MAX - 1
+    assert gone == [None]
+    assert same == [1, 0]
+    assert claimed == [7]
+    assert isinstance(doc[0], Written) and doc[0].record.value == {"a": 1, "b": 2}
+    assert doc[0].record.version == 2
+    assert isinstance(doc[1], PreconditionFailed)
+    assert isinstance(fresh[0], Written) and fresh[0].created
+    assert await storage.get_counter("new") == 5
+    assert await storage.get_counter("big") == INT64_MAX - 1
+    assert await storage.get_counter("gone") is None
+    assert await storage.get_counter("same") == 0  # created at 0, like one increment at a time
+    assert await storage.get_counter("claimed") == 7
+    record = await storage.get_item("doc")
+    assert record is not None and record.value == {"a": 1, "b": 2} and record.version == 2
+
+
+async def test_failed_group_write_rolls_back_the_group_only(
+    settings: Settings, storage: SQLiteStorage
+) -> None:
+    """A statement failing midway through the group's write undoes the whole group.
+
+    Protection: the savepoint around the group in _run_transaction. Without it the rows
+    written before the failing one ("a1") would be committed with the rest of the batch
+    although their requests were answered with an error.
+    """
+    with sqlite3.connect(settings.sqlite_path) as conn:
+        conn.execute(
+            "CREATE TRIGGER poison BEFORE INSERT ON counters WHEN NEW.name = 'poison'"
+            " BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+        )
+    results = await asyncio.gather(
+        storage.apply_counter_ops("a1", [Increment(1)]),
+        storage.apply_counter_ops("poison", [Increment(1)]),
+        storage.apply_item_ops("other-table", [PutItem({})]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], sqlite3.IntegrityError)
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert isinstance(results[2], list) and isinstance(results[2][0], Written)
+    assert await storage.get_counter("a1") is None
+    assert await storage.get_item("other-table") is not None
+    assert await storage.apply_counter_ops("a1", [Increment(1)]) == [1]

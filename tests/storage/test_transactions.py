@@ -103,8 +103,8 @@ async def test_failed_commit_rolls_back_and_no_later_commit_carries_it(
     """
     original = sqlite_backend._run_transaction
 
-    def failing(conn: sqlite3.Connection, units: Any, results: Any) -> None:
-        original(_FailingCommit(conn), units, results)  # type: ignore[arg-type]
+    def failing(conn: sqlite3.Connection, units: Any) -> Any:
+        return original(_FailingCommit(conn), units)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sqlite_backend, "_run_transaction", failing)
     with pytest.raises(StorageUnavailable, match="disk is full"):

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,7 +119,7 @@ async def test_plain_writes_of_a_batch_share_one_group(storage: SQLiteStorage) -
     await storage.apply_item_ops("doc", [PutItem({"a": 1})])
     claim = Claim("key-1", "fp", lambda value: Rendered(200, {}, b"%d" % value))
     before = storage.batches
-    results = await asyncio.gather(
+    results: list[list[Any]] = await asyncio.gather(
         storage.apply_counter_ops("new", [Increment(2), Increment(3)]),
         storage.apply_counter_ops("big", [Increment(1), Increment(-1)]),
         storage.apply_counter_ops("gone", [DeleteCounter()]),

@@ -45,7 +45,7 @@ _ACCESS_TEXT = {"Content-Type": "text/plain; charset=utf-8", **NO_STORE}
 async def access(request: web.Request) -> web.Response:
     """Count one access and say how many there have been, this one included."""
     value = raise_if_error(await get_counters(request).submit(ACCESS, _ONE))
-    assert value is not None
+    assert isinstance(value, int)
     if "application/json" in request.headers.get("Accept", ""):
         return json_response({"name": ACCESS, "value": value}, headers=NO_STORE)
     # The finished header set, so aiohttp need not build the content type each time.

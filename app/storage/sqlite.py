@@ -16,7 +16,6 @@ import logging
 import os
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -47,6 +46,7 @@ from app.idempotency import (
 )
 from app.settings import Settings
 from app.storage import StorageObserver
+from app.storage.batching import BatchQueue, Outcome
 from app.storage.sqlite_reads import BatchedReader
 
 logger = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def _checkpoint(
     return busy, log, done
 
 
-class _Writer:
+class _Writer(BatchQueue[Unit]):
     """The worker's only writer: queues units and commits them in batches, in order.
 
     Between batches it keeps the WAL bounded: once the WAL file is larger than
@@ -240,8 +240,8 @@ class _Writer:
         busy_timeout_ms: int = 5000,
         observer: StorageObserver | None = None,
     ) -> None:
+        super().__init__(max_batch, "lockstep-sqlite-writer")
         self._db = db
-        self._max_batch = max_batch
         self._turn_fd = turn_fd
         self._wal_path = wal_path
         self._wal_limit = wal_limit
@@ -249,59 +249,32 @@ class _Writer:
         self._next_checkpoint = 0.0
         self.checkpoints = 0  # completed TRUNCATE checkpoints, for tests and metrics
         self._observer = observer
-        self._queue: deque[tuple[Unit, asyncio.Future[Any]]] = deque()
-        self._wakeup = asyncio.Event()
-        self._closing = False
-        self._task = asyncio.create_task(self._run(), name="lockstep-sqlite-writer")
         self.batches = 0  # committed transactions, for tests and metrics
 
-    def submit(self, unit: Unit) -> asyncio.Future[Any]:
-        """Queue ``unit``; the future resolves after its batch has committed."""
-        if self._closing:
-            raise StorageUnavailable("shutting down")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((unit, fut))
-        self._wakeup.set()
-        return fut
+    async def _run_batch(self, items: list[Unit]) -> list[Outcome]:
+        started = time.perf_counter()
+        try:
+            results = await _in_db_thread(self._db, _run_batch, items, self._turn_fd)
+        except Exception as e:
+            self._report(e)
+            error = _translate(e)
+            if not isinstance(error, StorageUnavailable):
+                logger.exception("write batch failed")
+            return [(False, error)] * len(items)
+        self.batches += 1
+        if self._observer is not None:
+            self._observer.committed(time.perf_counter() - started, len(items))
+        outcomes: list[Outcome] = []
+        for ok, value in results:
+            if not ok:
+                self._report(value)
+                value = _translate(value)
+            outcomes.append((ok, value))
+        return outcomes
 
-    async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            size = min(len(self._queue), self._max_batch)
-            batch = [self._queue.popleft() for _ in range(size)]
-            started = time.perf_counter()
-            try:
-                results = await _in_db_thread(
-                    self._db, _run_batch, [u for u, _ in batch], self._turn_fd
-                )
-            except Exception as e:
-                self._report(e)
-                error = _translate(e)
-                if not isinstance(error, StorageUnavailable):
-                    logger.exception("write batch failed")
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(error)
-                continue
-            self.batches += 1
-            if self._observer is not None:
-                self._observer.committed(time.perf_counter() - started, size)
-            for (_, fut), (ok, value) in zip(batch, results, strict=True):
-                if not ok:
-                    self._report(value)
-                if fut.done():
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(_translate(value))
-            if self._wal_limit:
-                await self._bound_wal()
+    async def _after_batch(self) -> None:
+        if self._wal_limit:
+            await self._bound_wal()
 
     async def _bound_wal(self) -> None:
         now = time.monotonic()
@@ -326,12 +299,6 @@ class _Writer:
         kind = _error_kind(error)
         if kind is not None and self._observer is not None:
             self._observer.failed(kind)
-
-    async def close(self) -> None:
-        """Commit everything already queued, then stop."""
-        self._closing = True
-        self._wakeup.set()
-        await self._task
 
 
 def _read_record(item_id: str, row: tuple[str, int, str] | None) -> Record | None:

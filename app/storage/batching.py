@@ -1,0 +1,73 @@
+"""The queue both SQLite connections are fed through: work waiting together runs together.
+
+A task submits an item and gets a future; one consumer task takes everything queued (up
+to ``max_batch``) and runs it as one batch, in one hop into the connection's thread, then
+settles each item's future with its own result or error. The writer (``app.storage.sqlite``)
+commits a batch as one transaction; the reader (``app.storage.sqlite_reads``) runs a batch
+of queries back to back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, Generic, TypeVar
+
+from app.errors import StorageUnavailable
+
+Item = TypeVar("Item")
+# One item's result: (True, value) or (False, the exception to raise to its submitter).
+Outcome = tuple[bool, Any]
+
+
+class BatchQueue(Generic[Item]):
+    """Queue items; a consumer task runs them in batches of at most ``max_batch``."""
+
+    def __init__(self, max_batch: int, name: str) -> None:
+        self._max_batch = max_batch
+        self._queue: deque[tuple[Item, asyncio.Future[Any]]] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.create_task(self._consume(), name=name)
+
+    def submit(self, item: Item) -> asyncio.Future[Any]:
+        """Queue ``item``; the future resolves once its batch has run."""
+        if self._closing:
+            raise StorageUnavailable("shutting down")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, fut))
+        self._wakeup.set()
+        return fut
+
+    async def _run_batch(self, items: list[Item]) -> list[Outcome]:
+        """Each item's outcome, in order. Never raises: a failure is every item's outcome."""
+        raise NotImplementedError
+
+    async def _after_batch(self) -> None:
+        """Housekeeping between batches (the writer bounds its WAL here)."""
+
+    async def _consume(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            size = min(len(self._queue), self._max_batch)
+            batch = [self._queue.popleft() for _ in range(size)]
+            outcomes = await self._run_batch([item for item, _ in batch])
+            for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
+                if fut.done():  # its submitter was cancelled meanwhile
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+            await self._after_batch()
+
+    async def close(self) -> None:
+        """Run everything already queued, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        await self._task

@@ -1,0 +1,70 @@
+"""BatchQueue: items waiting together run as one batch, each gets its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from app.errors import StorageUnavailable
+from app.storage.batching import BatchQueue, Outcome
+
+
+class Doubler(BatchQueue[int]):
+    """Doubles each item; odd items fail. Records the batches it ran."""
+
+    def __init__(self, max_batch: int) -> None:
+        super().__init__(max_batch, "test-doubler")
+        self.batches: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def _run_batch(self, items: list[int]) -> list[Outcome]:
+        await self.gate.wait()
+        self.batches.append(items)
+        return [(True, i * 2) if i % 2 == 0 else (False, ValueError(i)) for i in items]
+
+
+async def test_items_waiting_together_share_a_batch_up_to_the_limit() -> None:
+    """Five items submitted at once run as batches of at most three, in order."""
+    queue = Doubler(max_batch=3)
+    results = await asyncio.gather(*(queue.submit(i) for i in (0, 2, 4, 6, 8)))
+    assert results == [0, 4, 8, 12, 16]
+    assert queue.batches == [[0, 2, 4], [6, 8]]
+    await queue.close()
+
+
+async def test_each_item_gets_its_own_error() -> None:
+    """A failing item fails alone; its batch-mates get their results."""
+    queue = Doubler(max_batch=10)
+    results = await asyncio.gather(queue.submit(2), queue.submit(3), return_exceptions=True)
+    assert results[0] == 4
+    assert isinstance(results[1], ValueError)
+    await queue.close()
+
+
+async def test_a_cancelled_submitter_is_skipped_and_the_rest_settled() -> None:
+    """An item whose waiter gave up still runs (it was queued), without an error anywhere."""
+    queue = Doubler(max_batch=10)
+    queue.gate.clear()  # hold the first batch in flight
+    first = queue.submit(0)
+    await asyncio.sleep(0)  # the consumer takes it and waits at the gate
+    gone = queue.submit(2)
+    kept = queue.submit(4)
+    gone.cancel()
+    queue.gate.set()
+    assert await first == 0
+    assert await kept == 8
+    assert queue.batches == [[0], [2, 4]]
+    await queue.close()
+
+
+async def test_close_runs_what_is_queued_then_refuses_more() -> None:
+    """close() answers everything already queued; a later submit is a 503, not a hang."""
+    queue = Doubler(max_batch=1)
+    pending: list[asyncio.Future[Any]] = [queue.submit(i) for i in (0, 2, 4)]
+    await queue.close()
+    assert [f.result() for f in pending] == [0, 4, 8]
+    with pytest.raises(StorageUnavailable):
+        queue.submit(6)

@@ -10,6 +10,11 @@ the next batch; otherwise the lock is released. So a hot counter costs one state
 commit, the next batch starts the moment the previous one lands, and every request still
 receives exactly the value a one-at-a-time increment in arrival order would have given it.
 
+A batch stays open until storage actually starts it: the leader hands storage an
+``OpenBatch``, and storage calls ``take()`` right before the transaction begins. SQLite's
+writer first lets the event loop run a few turns (``commit_gather``), so requests already
+on their way join the batch instead of waiting a whole commit for the next one.
+
 A queued request that is not taken into a batch within the lock timeout is withdrawn and
 answered with ``LockTimeout``; a cancelled one is withdrawn too. Either way its operation
 is never applied. Once taken into a batch, an operation is committed or fails with it.
@@ -63,6 +68,45 @@ class _Pending(Generic[Op]):
         self.claimed_at = 0.0
 
 
+class OpenBatch(Generic[Op]):
+    """A resource's next batch: its leader's operation, then all queued when storage takes it."""
+
+    __slots__ = ("_pending", "_queue")
+
+    def __init__(self, leader: _Pending[Op], queue: deque[_Pending[Op]]) -> None:
+        self._pending = [leader]
+        self._queue: deque[_Pending[Op]] | None = queue
+
+    def take(self) -> list[Op]:
+        """Close the batch and return its operations in arrival order (once only)."""
+        queue = self._queue
+        if queue is None:
+            raise RuntimeError("batch taken twice")
+        self._queue = None
+        now = time.perf_counter()
+        while queue:
+            p = queue.popleft()
+            p.claimed = True
+            p.claimed_at = now
+            self._pending.append(p)
+        return [p.op for p in self._pending]
+
+    def requests(self) -> list[_Pending[Op]]:
+        """The batch's requests, in order (taking it now if storage never did)."""
+        if self._queue is not None:
+            self.take()
+        return self._pending
+
+
+# What storage is handed: a list (direct callers, tests) or a combiner's open batch.
+Batch = list[Op] | OpenBatch[Op]
+
+
+def ops_of(ops: Batch[Op]) -> list[Op]:
+    """The operations of a batch, taking it if it is still open."""
+    return ops if isinstance(ops, list) else ops.take()
+
+
 class Combiner(Generic[Op, Outcome]):
     """Queues operations per resource and applies each resource's queue under its lock."""
 
@@ -70,7 +114,7 @@ class Combiner(Generic[Op, Outcome]):
         self,
         kind: str,
         locks: LockRegistry,
-        apply: Callable[[str, list[Op]], Awaitable[list[Outcome]]],
+        apply: Callable[[str, OpenBatch[Op]], Awaitable[list[Outcome]]],
         observer: WaitObserver | None = None,
     ) -> None:
         self._kind = kind
@@ -129,7 +173,7 @@ class Combiner(Generic[Op, Outcome]):
                 raise
         self._report_wait(time.perf_counter() - started)
         me.future = loop.create_future()
-        self._flush(key, held)
+        self._flush(key, held, me)
         try:
             final: Outcome = await me.future
         except asyncio.CancelledError:
@@ -137,23 +181,24 @@ class Combiner(Generic[Op, Outcome]):
             raise
         return final
 
-    def _flush(self, key: str, held: Held) -> None:
-        """Take everything queued for ``key`` into one batch, applied in a task of its own.
+    def _flush(self, key: str, held: Held, leader: _Pending[Op]) -> None:
+        """Start the resource's next batch, applied in a task of its own.
 
+        The leader's operation is in it from the start; everyone else queued for the
+        resource joins when storage takes the batch (``OpenBatch.take``), right before its
+        transaction begins, so requests arriving while the writer gathers still make it.
         The batch's completion callback settles every request and hands the lock on, so
         cancelling the leader can never strand the others or leak the lock.
         """
         queue = self._queues[key]
-        batch = list(queue)
-        queue.clear()
-        now = time.perf_counter()
-        for p in batch:
-            p.claimed = True
-            p.claimed_at = now
+        queue.remove(leader)  # it is at the front: the lead goes to the first in line
+        leader.claimed = True
+        leader.claimed_at = time.perf_counter()
+        batch = OpenBatch(leader, queue)
         task: asyncio.Future[list[Outcome]]
         try:
             # A future (SQLite's writer) is used as is; a coroutine gets a task.
-            task = asyncio.ensure_future(self._apply(key, [p.op for p in batch]))
+            task = asyncio.ensure_future(self._apply(key, batch))
         except Exception as e:  # the backend refused synchronously (e.g. shutting down)
             task = asyncio.get_running_loop().create_future()
             task.set_exception(e)
@@ -168,9 +213,9 @@ class Combiner(Generic[Op, Outcome]):
             self._observer.timed_out(self._kind, time.perf_counter() - started)
 
     def _finished(
-        self, key: str, held: Held, batch: list[_Pending[Op]], task: asyncio.Future[list[Outcome]]
+        self, key: str, held: Held, batch: OpenBatch[Op], task: asyncio.Future[list[Outcome]]
     ) -> None:
-        _settle(batch, task)
+        _settle(batch.requests(), task)
         self._hand_on(key, held)
 
     def _hand_on(self, key: str, held: Held | None) -> None:

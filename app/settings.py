@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     max_batch: int = Field(
         default=256, ge=1, description="Most write units committed in one transaction."
     )
+    commit_gather: int = Field(
+        default=10,
+        ge=0,
+        description=(
+            "Event-loop turns a commit waits for more writes to join it while the worker is"
+            " busy (0: commit at once)."
+        ),
+    )
     list_limit_max: int = Field(default=1000, ge=1, description="Largest `limit` on list calls.")
 
     # --- reliability: idempotency, shutdown, WAL -----------------------------------

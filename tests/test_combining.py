@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.combining import Combiner
+from app.combining import Batch, Combiner, ops_of
 from app.domain import CounterOp, CounterOutcome, Increment
 from app.errors import LockTimeout
 from app.locks import Held, LockRegistry
@@ -30,9 +30,10 @@ class CountingApply:
         self.storage = storage
         self.batches: list[int] = []
 
-    async def __call__(self, name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
-        self.batches.append(len(ops))
-        return await self.storage.apply_counter_ops(name, ops)
+    async def __call__(self, name: str, ops: Batch[CounterOp]) -> list[CounterOutcome]:
+        taken = ops_of(ops)
+        self.batches.append(len(taken))
+        return await self.storage.apply_counter_ops(name, taken)
 
 
 async def test_concurrent_increments_get_distinct_values_in_few_batches(
@@ -46,6 +47,32 @@ async def test_concurrent_increments_get_distinct_values_in_few_batches(
     assert sum(apply.batches) == 200
     assert len(apply.batches) <= 3
     assert await storage.get_counter("hits") == 200
+    assert len(combiner) == 0
+
+
+async def test_requests_queued_before_storage_takes_the_batch_join_it(
+    storage: SQLiteStorage,
+) -> None:
+    """The batch stays open until storage takes it: requests queued meanwhile ride along."""
+    gate = asyncio.Event()
+    taken: list[int] = []
+
+    async def late_apply(name: str, ops: Batch[CounterOp]) -> list[CounterOutcome]:
+        await gate.wait()  # storage busy: the batch has not started yet
+        todo = ops_of(ops)
+        taken.append(len(todo))
+        return await storage.apply_counter_ops(name, todo)
+
+    locks = LockRegistry(5)
+    combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", locks, late_apply)
+    leader = asyncio.create_task(combiner.submit("c", Increment(1)))
+    await asyncio.sleep(0)
+    others = [asyncio.create_task(combiner.submit("c", Increment(10))) for _ in range(4)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(leader, *others) == [1, 11, 21, 31, 41]
+    assert taken == [5]  # one batch, not the leader's alone and then the rest
+    assert len(locks) == 0
     assert len(combiner) == 0
 
 
@@ -94,7 +121,7 @@ async def test_cancelled_holder_still_settles_its_batch(storage: SQLiteStorage) 
     """Cancelling the lock holder mid-commit still gives every request in its batch an outcome."""
     gate = asyncio.Event()
 
-    async def slow_apply(name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
+    async def slow_apply(name: str, ops: Batch[CounterOp]) -> list[CounterOutcome]:
         await gate.wait()
         return await storage.apply_counter_ops(name, ops)
 
@@ -117,7 +144,7 @@ async def test_queued_request_times_out_while_batch_is_stuck(storage: SQLiteStor
     """A request still queued when the lock timeout passes gets LockTimeout and is never applied."""
     gate = asyncio.Event()
 
-    async def stuck_apply(name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
+    async def stuck_apply(name: str, ops: Batch[CounterOp]) -> list[CounterOutcome]:
         await gate.wait()
         return await storage.apply_counter_ops(name, ops)
 
@@ -140,9 +167,10 @@ async def test_lock_is_handed_on_between_batches_then_released(storage: SQLiteSt
     locks = LockRegistry(timeout=5)
     held_during: list[bool] = []
 
-    async def watching_apply(name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
+    async def watching_apply(name: str, ops: Batch[CounterOp]) -> list[CounterOutcome]:
+        taken = ops_of(ops)  # at once: the others queue for a second batch
         held_during.append("counter:c" in locks)
-        return await storage.apply_counter_ops(name, ops)
+        return await storage.apply_counter_ops(name, taken)
 
     combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", locks, watching_apply)
     first = asyncio.create_task(combiner.submit("c", Increment(1)))
@@ -161,8 +189,8 @@ async def test_cancelled_successor_passes_the_lead_on(
     """A queued request cancelled just as it is handed the lead passes it on: no deadlock."""
     locks = LockRegistry(timeout=5)
     combiner: Combiner[CounterOp, CounterOutcome] = Combiner(
-        "counter", locks, storage.apply_counter_ops
-    )
+        "counter", locks, lambda name, ops: storage.apply_counter_ops(name, ops_of(ops))
+    )  # each batch taken at once, so the two queued below form a batch of their own
     leader = asyncio.create_task(combiner.submit("c", Increment(1)))
     await asyncio.sleep(0)
     successor = asyncio.create_task(combiner.submit("c", Increment(10)))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.combining import Combiner
+from app.combining import Batch, Combiner
 from app.domain import CounterOp, CounterOutcome, Increment
 from app.errors import LockTimeout
 from app.locks import LockRegistry
@@ -29,7 +29,7 @@ async def test_later_waiter_keeps_its_own_deadline_when_earlier_one_expires(
     """A request queued later on another key is not expired by an earlier waiter's deadline."""
     gate = asyncio.Event()
 
-    async def stuck_apply(name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
+    async def stuck_apply(name: str, ops: Batch[CounterOp]) -> list[CounterOutcome]:
         await gate.wait()
         return await storage.apply_counter_ops(name, ops)
 
@@ -61,7 +61,7 @@ async def test_waiters_on_many_keys_all_expire(storage: SQLiteStorage) -> None:
     """Every request queued behind stuck batches, on any key, times out and is never applied."""
     gate = asyncio.Event()
 
-    async def stuck_apply(name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
+    async def stuck_apply(name: str, ops: Batch[CounterOp]) -> list[CounterOutcome]:
         await gate.wait()
         return await storage.apply_counter_ops(name, ops)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Protocol
 
+from app.combining import Batch
 from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
 from app.settings import Settings
 
@@ -36,7 +37,9 @@ class Storage(Protocol):
     # The two write calls may be ``async def`` or return a future (as SQLite's writer does,
     # to spare the combiner a task per batch): either way the awaitable resolves only
     # after the commit.
-    def apply_counter_ops(self, name: str, ops: list[CounterOp]) -> Awaitable[list[CounterOutcome]]:
+    def apply_counter_ops(
+        self, name: str, ops: Batch[CounterOp]
+    ) -> Awaitable[list[CounterOutcome]]:
         """Apply ``ops`` to counter ``name`` in order, atomically, and commit before returning.
 
         Ops carrying an idempotency ``claim`` follow ``app.idempotency``: claimed keys are
@@ -45,7 +48,7 @@ class Storage(Protocol):
         """
         ...
 
-    def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> Awaitable[list[ItemOutcome]]:
+    def apply_item_ops(self, item_id: str, ops: Batch[ItemOp]) -> Awaitable[list[ItemOutcome]]:
         """Apply ``ops`` to record ``item_id`` in order, atomically, and commit before returning."""
         ...
 

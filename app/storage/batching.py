@@ -5,11 +5,19 @@ to ``max_batch``) and runs it as one batch, in one hop into the connection's thr
 settles each item's future with its own result or error. The writer (``app.storage.sqlite``)
 commits a batch as one transaction; the reader (``app.storage.sqlite_reads``) runs a batch
 of queries back to back.
+
+A queue may *gather* before it drains: it lets the event loop run up to ``gather`` more
+turns, so requests whose bytes have already arrived (or are about to) join this batch
+instead of waiting for the next one. It stops at the first turn that comes back at once,
+i.e. when the loop had nothing else to do, so a lone request is not held up. Under load
+this is what makes a commit worth its fsync: on `GET /access` at 64 connections it roughly
+doubles the requests per commit, and the CPU each request costs falls accordingly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Any, Generic, TypeVar
 
@@ -19,12 +27,16 @@ Item = TypeVar("Item")
 # One item's result: (True, value) or (False, the exception to raise to its submitter).
 Outcome = tuple[bool, Any]
 
+# A loop turn this short ran nothing but the gathering task itself: the loop is idle.
+IDLE_TURN_S = 15e-6
+
 
 class BatchQueue(Generic[Item]):
     """Queue items; a consumer task runs them in batches of at most ``max_batch``."""
 
-    def __init__(self, max_batch: int, name: str) -> None:
+    def __init__(self, max_batch: int, name: str, gather: int = 0) -> None:
         self._max_batch = max_batch
+        self._gather = gather
         self._queue: deque[tuple[Item, asyncio.Future[Any]]] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -54,6 +66,8 @@ class BatchQueue(Generic[Item]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if self._gather:
+                await _gather(self._gather)
             size = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(size)]
             outcomes = await self._run_batch([item for item, _ in batch])
@@ -71,3 +85,14 @@ class BatchQueue(Generic[Item]):
         self._closing = True
         self._wakeup.set()
         await self._task
+
+
+async def _gather(turns: int) -> None:
+    """Let the event loop run up to ``turns`` times, or until a turn finds it idle."""
+    before = time.perf_counter()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+        now = time.perf_counter()
+        if now - before < IDLE_TURN_S:
+            return
+        before = now

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from app.combining import Batch, ops_of
 from app.domain import (
     NAME_CEILING,
     CounterOp,
@@ -119,8 +120,9 @@ async def _connection(pool: asyncpg.Pool, wait: float) -> AsyncIterator[Connecti
 class _Unit:
     kind: str  # "counter" | "item"
     key: str
-    ops: Sequence[Any]
+    batch: Batch[Any]  # taken into ``ops`` when the unit's transaction is about to start
     future: asyncio.Future[Any] = field(repr=False)
+    ops: list[Any] = field(default_factory=list)
 
 
 def _decode_record(row: Any) -> Record:
@@ -298,7 +300,7 @@ class _Writer:
         self._task = asyncio.create_task(self._run(), name="lockstep-postgres-writer")
         self.batches = 0  # committed transactions, for tests and metrics
 
-    def submit(self, kind: str, key: str, ops: Sequence[Any]) -> asyncio.Future[Any]:
+    def submit(self, kind: str, key: str, ops: Batch[Any]) -> asyncio.Future[Any]:
         """Queue a unit; the future resolves after its batch has committed."""
         if self._closing:
             raise StorageUnavailable("shutting down")
@@ -319,6 +321,8 @@ class _Writer:
             # Whatever queued while we waited for a slot joins this batch.
             size = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(size)]
+            for unit in batch:  # a combiner's batch is open until now
+                unit.ops = ops_of(unit.batch)
             task = asyncio.create_task(self._commit(batch))
             self._inflight.add(task)
             task.add_done_callback(self._finished)
@@ -510,11 +514,11 @@ class PostgresStorage:
         """Create the pool and migrate the schema under the migration lock."""
         return cls(await _open_pool(settings), settings, observer)
 
-    async def apply_counter_ops(self, name: str, ops: list[CounterOp]) -> list[CounterOutcome]:
+    async def apply_counter_ops(self, name: str, ops: Batch[CounterOp]) -> list[CounterOutcome]:
         outcomes: list[CounterOutcome] = await self._writer.submit("counter", name, ops)
         return outcomes
 
-    async def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> list[ItemOutcome]:
+    async def apply_item_ops(self, item_id: str, ops: Batch[ItemOp]) -> list[ItemOutcome]:
         outcomes: list[ItemOutcome] = await self._writer.submit("item", item_id, ops)
         return outcomes
 

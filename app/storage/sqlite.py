@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 import aiosqlite
 import msgspec
 
+from app.combining import Batch, ops_of
 from app.domain import (
     NAME_CEILING,
     CounterOp,
@@ -81,6 +82,16 @@ class _Writes(Generic[Op]):
 
 # A unit of work: runs inside the batch's write transaction on the writer thread.
 Unit = Callable[[sqlite3.Connection], Any] | _Writes[Any]
+
+
+class _Later:
+    """A unit made only when its batch starts, so a combiner's batch stays open until then."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Unit]) -> None:
+        self.make = make
+
 
 MIN_SQLITE = (3, 35, 0)  # RETURNING, and the UPSERT forms used here
 CHECKPOINT_WAIT_MS = 50  # longest a checkpoint waits for readers before giving up this time
@@ -222,8 +233,11 @@ def _checkpoint(
     return busy, log, done
 
 
-class _Writer(BatchQueue[Unit]):
+class _Writer(BatchQueue["Unit | _Later"]):
     """The worker's only writer: queues units and commits them in batches, in order.
+
+    A combiner's batch arrives as a ``_Later``: its unit is made, and the combiner's queue
+    for that resource taken, only when the batch starts, after the queue has gathered.
 
     Between batches it keeps the WAL bounded: once the WAL file is larger than
     ``wal_limit`` bytes it runs a TRUNCATE checkpoint (SQLite's own PASSIVE autocheckpoint
@@ -239,8 +253,9 @@ class _Writer(BatchQueue[Unit]):
         wal_limit: int = 0,
         busy_timeout_ms: int = 5000,
         observer: StorageObserver | None = None,
+        gather: int = 0,
     ) -> None:
-        super().__init__(max_batch, "lockstep-sqlite-writer")
+        super().__init__(max_batch, "lockstep-sqlite-writer", gather)
         self._db = db
         self._turn_fd = turn_fd
         self._wal_path = wal_path
@@ -251,8 +266,9 @@ class _Writer(BatchQueue[Unit]):
         self._observer = observer
         self.batches = 0  # committed transactions, for tests and metrics
 
-    async def _run_batch(self, items: list[Unit]) -> list[Outcome]:
+    async def _run_batch(self, items: list[Unit | _Later]) -> list[Outcome]:
         started = time.perf_counter()
+        items = [i.make() if isinstance(i, _Later) else i for i in items]
         try:
             results = await _in_db_thread(self._db, _run_batch, items, self._turn_fd)
         except Exception as e:
@@ -559,6 +575,7 @@ class SQLiteStorage:
             settings.wal_size_limit,
             settings.busy_timeout_ms,
             observer,
+            settings.commit_gather,
         )
         self._reader = BatchedReader(partial(_in_db_thread, reader_db), settings.max_batch)
 
@@ -620,16 +637,24 @@ class SQLiteStorage:
     # Plain methods returning the writer's future: the combiner awaits it directly,
     # without wrapping each batch in a task of its own.
     def apply_counter_ops(
-        self, name: str, ops: list[CounterOp]
+        self, name: str, ops: Batch[CounterOp]
     ) -> asyncio.Future[list[CounterOutcome]]:
-        if claimed_keys(ops):
-            return self._writer.submit(_counter_unit(name, ops, self._key_ttl))
-        return self._writer.submit(_CounterWrites(name, ops))
+        return self._writer.submit(_Later(partial(self._counter_unit, name, ops)))
 
-    def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> asyncio.Future[list[ItemOutcome]]:
+    def apply_item_ops(self, item_id: str, ops: Batch[ItemOp]) -> asyncio.Future[list[ItemOutcome]]:
+        return self._writer.submit(_Later(partial(self._item_unit, item_id, ops)))
+
+    def _counter_unit(self, name: str, batch: Batch[CounterOp]) -> Unit:
+        ops = ops_of(batch)
         if claimed_keys(ops):
-            return self._writer.submit(_item_unit(item_id, ops, self._key_ttl))
-        return self._writer.submit(_ItemWrites(item_id, ops))
+            return _counter_unit(name, ops, self._key_ttl)
+        return _CounterWrites(name, ops)
+
+    def _item_unit(self, item_id: str, batch: Batch[ItemOp]) -> Unit:
+        ops = ops_of(batch)
+        if claimed_keys(ops):
+            return _item_unit(item_id, ops, self._key_ttl)
+        return _ItemWrites(item_id, ops)
 
     async def purge_expired_keys(self, limit: int) -> int:
         deleted: int = await self._write(_purge_unit(time.time(), limit))

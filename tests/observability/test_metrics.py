@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import generate_latest
 
-from app.combining import Combiner
+from app.combining import Batch, Combiner, ops_of
 from app.errors import LockTimeout
 from app.locks import LockRegistry
 from app.main import create_app
@@ -83,11 +83,11 @@ async def test_resource_waits_and_timeouts_are_observed_by_kind() -> None:
     metrics = Metrics()
     gate = asyncio.Event()
 
-    async def apply(key: str, ops: list[int]) -> list[int]:
+    async def apply(key: str, ops: Batch[int]) -> list[int]:
         await gate.wait()
-        return ops
+        return ops_of(ops)
 
-    combiner = Combiner("counter", LockRegistry(1.0), apply, metrics)
+    combiner: Combiner[int, int] = Combiner("counter", LockRegistry(1.0), apply, metrics)
     first = asyncio.create_task(combiner.submit("x", 1))
     await asyncio.sleep(0)
     second = asyncio.create_task(combiner.submit("x", 2))
@@ -96,7 +96,7 @@ async def test_resource_waits_and_timeouts_are_observed_by_kind() -> None:
     assert list(await asyncio.gather(first, second)) == [1, 2]
 
     gate.clear()
-    impatient = Combiner("item", LockRegistry(0.01), apply, metrics)
+    impatient: Combiner[int, int] = Combiner("item", LockRegistry(0.01), apply, metrics)
     holder = asyncio.create_task(impatient.submit("y", 1))
     await asyncio.sleep(0)
     with pytest.raises(LockTimeout):

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
 from app.errors import StorageUnavailable
-from app.storage.batching import BatchQueue, Outcome
+from app.storage.batching import IDLE_TURN_S, BatchQueue, Outcome
 
 
 class Doubler(BatchQueue[int]):
     """Doubles each item; odd items fail. Records the batches it ran."""
 
-    def __init__(self, max_batch: int) -> None:
-        super().__init__(max_batch, "test-doubler")
+    def __init__(self, max_batch: int, gather: int = 0) -> None:
+        super().__init__(max_batch, "test-doubler", gather)
         self.batches: list[list[int]] = []
         self.gate = asyncio.Event()
         self.gate.set()
@@ -68,3 +69,39 @@ async def test_close_runs_what_is_queued_then_refuses_more() -> None:
     assert [f.result() for f in pending] == [0, 4, 8]
     with pytest.raises(StorageUnavailable):
         queue.submit(6)
+
+
+async def _busy_turns(turns: int, submit: list[int], queue: Doubler) -> None:
+    """For ``turns`` loop turns, keep the loop busy (longer than an idle turn) and submit."""
+    for i in range(turns):
+        await asyncio.sleep(0)
+        deadline = time.perf_counter() + 20 * IDLE_TURN_S
+        while time.perf_counter() < deadline:
+            pass
+        if i < len(submit):
+            queue.submit(submit[i])
+
+
+@pytest.mark.parametrize(("gather", "first_batch"), [(0, [0]), (8, [0, 2, 4, 6])])
+async def test_a_busy_loop_gathers_items_into_the_batch(
+    gather: int, first_batch: list[int]
+) -> None:
+    """With ``gather``, items submitted over the next busy loop turns join the first batch."""
+    queue = Doubler(max_batch=10, gather=gather)
+    first = queue.submit(0)
+    await _busy_turns(12, [2, 4, 6], queue)
+    assert await first == 0
+    await queue.close()
+    assert queue.batches[0] == first_batch
+
+
+async def test_an_idle_loop_does_not_hold_a_batch_back() -> None:
+    """A lone item on an idle loop runs after a few turns, not after ``gather`` of them."""
+    queue = Doubler(max_batch=10, gather=100_000)
+    turns = 0
+    item = queue.submit(0)
+    while not item.done():
+        turns += 1
+        await asyncio.sleep(0)
+    assert turns < 1_000
+    await queue.close()

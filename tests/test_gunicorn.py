@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +13,8 @@ import aiohttp
 import pytest
 
 from tests.support import Service
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
 
@@ -78,3 +83,26 @@ async def test_values_survive_a_restart(tmp_path: Path) -> None:
                 assert await r.text() == "Resource accessed 4 times."
             async with http.get(second.url + "/items/keep") as r:
                 assert (await r.json())["value"] == [1, 2]
+
+
+def test_worker_init_freezes_what_is_imported(tmp_path: Path) -> None:
+    """post_worker_init leaves the imported modules out of every later full collection."""
+    script = (
+        "import gc, runpy\n"
+        "config = runpy.run_path('config/gunicorn.conf.py')\n"
+        "before = gc.get_freeze_count()\n"
+        "config['post_worker_init'](None)\n"
+        "print(before, gc.get_freeze_count())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    before, after = int(out[0]), int(out[1])
+    assert before == 0
+    assert after > 10_000

@@ -268,9 +268,10 @@ class _Writer(BatchQueue["Unit | _Later"]):
 
     async def _run_batch(self, items: list[Unit | _Later]) -> list[Outcome]:
         started = time.perf_counter()
-        items = [i.make() if isinstance(i, _Later) else i for i in items]
         try:
-            results = await _in_db_thread(self._db, _run_batch, items, self._turn_fd)
+            # A combiner's batch is taken here, after the queue gathered (app.combining).
+            units = [i.make() if isinstance(i, _Later) else i for i in items]
+            results = await _in_db_thread(self._db, _run_batch, units, self._turn_fd)
         except Exception as e:
             self._report(e)
             error = _translate(e)

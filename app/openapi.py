@@ -336,7 +336,8 @@ def _paths() -> Json:
                     }
                 },
                 ("409",),
-                description="Increments counter `access`; JSON with `Accept: application/json`. "
+                description="Increments counter `access`; JSON when `Accept` weighs "
+                "`application/json` above zero and not below `text/plain`. "
                 "Changes state, so it needs the write scope and HEAD is refused.",
             )
         },

@@ -42,11 +42,45 @@ _ONE = Increment(1)
 _ACCESS_TEXT = {"Content-Type": "text/plain; charset=utf-8", **NO_STORE}
 
 
+def wants_json(accept: str) -> bool:
+    """Whether ``Accept`` prefers JSON to plain text (RFC 9110 weights; ties go to JSON).
+
+    Each media range's weight is its ``q`` (1 when absent); a type is weighted by the most
+    specific range that matches it (``application/json`` over ``application/*`` over
+    ``*/*``), and ``q=0`` means "not acceptable". Without "json" in the header at all, the
+    answer is text at once: the classic hit counter's fast path.
+    """
+    if "json" not in accept:
+        return False
+    weights: dict[str, float] = {}
+    for media_range in accept.split(","):
+        kind, *params = (part.strip() for part in media_range.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        weights.setdefault(kind.lower(), q)
+
+    def weight(media_type: str) -> float:
+        major = media_type.split("/")[0]
+        for candidate in (media_type, f"{major}/*", "*/*"):
+            if candidate in weights:
+                return weights[candidate]
+        return 0.0
+
+    json_q = weight("application/json")
+    return json_q > 0 and json_q >= weight("text/plain")
+
+
 async def access(request: web.Request) -> web.Response:
     """Count one access and say how many there have been, this one included."""
     value = raise_if_error(await get_counters(request).submit(ACCESS, _ONE))
     assert isinstance(value, int)
-    if "application/json" in request.headers.get("Accept", ""):
+    if wants_json(request.headers.get("Accept", "")):
         return json_response({"name": ACCESS, "value": value}, headers=NO_STORE)
     # The finished header set, so aiohttp need not build the content type each time.
     return web.Response(body=b"Resource accessed %d times." % value, headers=_ACCESS_TEXT)

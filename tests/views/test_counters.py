@@ -391,3 +391,31 @@ async def test_list_counters_bad_parameter_is_422(client: Client, query: str, de
     """A bad limit, prefix or after is a 422 whose detail says what is allowed."""
     async with client.get(URL(f"/counters?{query}", encoded=True)) as r:
         await assert_problem(r, 422, "invalid-input", detail)
+
+
+@pytest.mark.parametrize(
+    ("accept", "json_wanted"),
+    [
+        ("", False),
+        ("*/*", False),
+        ("text/plain", False),
+        ("application/json", True),
+        ("text/html, application/json;q=0.9", True),
+        ("application/json, text/plain", True),
+        ("application/json;q=0", False),
+        ("application/json; q=0.0", False),
+        ("text/plain, application/json;q=0.5", False),
+        ("application/json;q=0.5, text/*;q=0.4", True),
+        ("application/*, text/plain;q=0.1", False),  # no "json" in it: text
+        ("application/json;q=oops", False),
+        ("application/vnd.api+json", False),
+    ],
+)
+async def test_access_negotiates_json_by_weight(
+    client: Client, accept: str, json_wanted: bool
+) -> None:
+    """GET /access answers JSON only when Accept weighs JSON above zero and not below text."""
+    async with client.get("/access", headers={"Accept": accept}) as r:
+        assert r.status == 200
+        expected = "application/json" if json_wanted else "text/plain"
+        assert r.content_type == expected

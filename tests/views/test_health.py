@@ -48,7 +48,7 @@ async def test_readyz_database_error_is_503(
         def refuse_pg(*args: Any, **kwargs: Any) -> Any:
             raise OSError("disk I/O error")
 
-        monkeypatch.setattr(postgres, "_connection", refuse_pg)
+        monkeypatch.setattr(postgres, "connection", refuse_pg)
     else:
         # Reads reach the reader connection through its batching hop (sqlite_reads).
         reader = storage._reader  # type: ignore[attr-defined]

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
         default=256, ge=1, description="Most write units committed in one transaction."
     )
     commit_gather: int = Field(
-        default=10,
+        default=40,
         ge=0,
         description=(
             "Event-loop turns a commit waits for more writes to join it while the worker is"

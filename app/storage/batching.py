@@ -9,7 +9,9 @@ of queries back to back.
 A queue may *gather* before it drains: it lets the event loop run up to ``gather`` more
 turns, so requests whose bytes have already arrived (or are about to) join this batch
 instead of waiting for the next one. It stops at the first turn that comes back at once,
-i.e. when the loop had nothing else to do, so a lone request is not held up. Under load
+i.e. when the loop had nothing else to do, so a lone request is not held up. "At once"
+is measured against this machine: within 3x the fastest turn the queue has seen (an idle
+one), kept between 15 and 100 µs, so a slow machine is not mistaken for a busy one. Under load
 this is what makes a commit worth its fsync: on `GET /access` at 64 connections it roughly
 doubles the requests per commit, and the CPU each request costs falls accordingly.
 """
@@ -28,7 +30,12 @@ Item = TypeVar("Item")
 Outcome = tuple[bool, Any]
 
 # A loop turn this short ran nothing but the gathering task itself: the loop is idle.
+# On a slower machine an idle turn takes longer, so the bar rises to 3x the fastest turn
+# seen, up to a ceiling that a turn doing real work (a request or more) stays above.
 IDLE_TURN_S = 15e-6
+IDLE_TURN_FACTOR = 3
+IDLE_TURN_MAX_S = 100e-6
+_clock = time.perf_counter
 
 
 class BatchQueue(Generic[Item]):
@@ -37,6 +44,8 @@ class BatchQueue(Generic[Item]):
     def __init__(self, max_batch: int, name: str, gather: int = 0) -> None:
         self._max_batch = max_batch
         self._gather = gather
+        self._idle_turn = IDLE_TURN_S  # raised once turns prove slower on this machine
+        self._fastest_turn = float("inf")
         self._queue: deque[tuple[Item, asyncio.Future[Any]]] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -67,7 +76,7 @@ class BatchQueue(Generic[Item]):
                 await self._wakeup.wait()
                 continue
             if self._gather:
-                await _gather(self._gather)
+                await self._gather_turns()
             size = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(size)]
             outcomes = await self._run_batch([item for item, _ in batch])
@@ -80,19 +89,22 @@ class BatchQueue(Generic[Item]):
                     fut.set_exception(value)
             await self._after_batch()
 
+    async def _gather_turns(self) -> None:
+        """Let the event loop run up to ``gather`` times, or until a turn finds it idle."""
+        before = _clock()
+        for _ in range(self._gather):
+            await asyncio.sleep(0)
+            now = _clock()
+            took = now - before
+            if took < self._fastest_turn:
+                self._fastest_turn = took
+                self._idle_turn = min(max(IDLE_TURN_S, IDLE_TURN_FACTOR * took), IDLE_TURN_MAX_S)
+            if took < self._idle_turn:
+                return
+            before = now
+
     async def close(self) -> None:
         """Run everything already queued, then stop."""
         self._closing = True
         self._wakeup.set()
         await self._task
-
-
-async def _gather(turns: int) -> None:
-    """Let the event loop run up to ``turns`` times, or until a turn finds it idle."""
-    before = time.perf_counter()
-    for _ in range(turns):
-        await asyncio.sleep(0)
-        now = time.perf_counter()
-        if now - before < IDLE_TURN_S:
-            return
-        before = now

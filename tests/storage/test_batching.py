@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from app.errors import StorageUnavailable
+from app.storage import batching
 from app.storage.batching import IDLE_TURN_S, BatchQueue, Outcome
 
 
@@ -104,4 +105,21 @@ async def test_an_idle_loop_does_not_hold_a_batch_back() -> None:
         turns += 1
         await asyncio.sleep(0)
     assert turns < 1_000
+    await queue.close()
+
+
+async def test_a_slow_machines_idle_loop_does_not_hold_a_batch_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where even an idle turn takes longer than 15 µs, idle is judged by the fastest turn."""
+    real = time.perf_counter
+    monkeypatch.setattr(batching, "_clock", lambda: real() * 10)  # every turn looks 10x longer
+    queue = Doubler(max_batch=10, gather=100_000)
+    for n in range(3):
+        turns = 0
+        item = queue.submit(n * 2)
+        while not item.done():
+            turns += 1
+            await asyncio.sleep(0)
+        assert turns < 1_000
     await queue.close()

@@ -1,6 +1,7 @@
-"""Access control: which scope each request needs, and the middleware that checks its token.
+"""Access control: which scope each request needs, and the check of its token.
 
-With no tokens file configured the service is open and this middleware costs one lookup.
+The envelope (``app.envelope``) runs ``authorize`` before every handler when a tokens file
+is configured; with none, the service is open and pays nothing.
 The token itself is never logged or stored; only its SHA-256 is compared (app/tokens.py).
 """
 
@@ -11,7 +12,6 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from app.errors import Forbidden, Unauthenticated, Unavailable
 from app.settings import Settings
@@ -54,15 +54,11 @@ def bearer_token(request: web.Request) -> str | None:
     return token
 
 
-@web.middleware
-async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+def authorize(request: web.Request, store: TokenStore) -> None:
     """401 without a known token, 403 when its scope does not cover the request."""
-    store = request.app.get(TOKENS)
-    if store is None:
-        return await handler(request)
     needed = required_scope(request)
     if needed is None:
-        return await handler(request)
+        return
     token = bearer_token(request)
     if token is None:
         raise Unauthenticated("this request needs an Authorization: Bearer <token> header")
@@ -74,13 +70,12 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         raise Unauthenticated("the bearer token is unknown or revoked", invalid=True)
     if needed not in scopes:
         raise Forbidden(needed)
-    return await handler(request)
 
 
-def setup_auth(app: web.Application, settings: Settings) -> None:
+def setup_auth(app: web.Application, settings: Settings) -> TokenStore | None:
     """Require tokens when a tokens file is configured; it is read when the app starts."""
     if settings.tokens_file is None:
-        return
+        return None
     store = TokenStore(settings.tokens_file, settings.tokens_check_interval)
     app[TOKENS] = store
 
@@ -90,6 +85,7 @@ def setup_auth(app: web.Application, settings: Settings) -> None:
         yield
 
     app.cleanup_ctx.append(load_tokens)
+    return store
 
 
 def _is_loopback(host: str) -> bool:

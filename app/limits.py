@@ -14,7 +14,6 @@ import msgspec
 from aiohttp import web
 
 from app.errors import HeadersTooLarge, MalformedBody
-from app.state import SETTINGS
 
 
 def parser_limits(max_header_bytes: int) -> dict[str, int]:
@@ -22,9 +21,8 @@ def parser_limits(max_header_bytes: int) -> dict[str, int]:
     return {"max_field_size": 4 * max_header_bytes}
 
 
-def check_header_size(request: web.Request) -> None:
-    """431 when the header lines add up to more than ``max_header_bytes``."""
-    limit = request.app[SETTINGS].max_header_bytes
+def check_header_size(request: web.Request, limit: int) -> None:
+    """431 when the header lines add up to more than ``limit`` bytes."""
     size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
     if size > limit:
         raise HeadersTooLarge(f"request headers are {size} bytes; the limit is {limit}")

@@ -7,20 +7,21 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from app.auth import authenticate, setup_auth
+from app.auth import setup_auth
 from app.combining import Combiner
+from app.envelope import check_enveloped, envelope_for
 from app.events import EventHub
 from app.housekeeping import purge_ctx
 from app.idempotency import InFlight
 from app.limits import parser_limits
 from app.locks import LockRegistry
 from app.metrics import Metrics
-from app.middlewares import envelope
 from app.observe import setup_observability
 from app.routes import setup_routes
 from app.settings import Settings
 from app.state import (
     COUNTERS,
+    ENVELOPE,
     EVENTS,
     HEALTH,
     IN_FLIGHT,
@@ -58,16 +59,15 @@ async def _mark_shutting_down(app: web.Application) -> None:
         await app[EVENTS].close()
 
 
+async def _check_routes(app: web.Application) -> None:
+    check_enveloped(app)
+
+
 async def create_app(settings: Settings | None = None) -> web.Application:
     """Build the application; nothing is opened until the app starts."""
     settings = settings or Settings()
-    # One outer layer for what every request needs (see app.middlewares).
-    middlewares = [envelope]
-    if settings.tokens_file is not None:
-        # An open service pays nothing for auth; tokens are configured at start-up only.
-        middlewares.append(authenticate)
+    # No middleware: every route's handler runs in the envelope instead (see app.envelope).
     app = web.Application(
-        middlewares=middlewares,
         client_max_size=settings.max_body_bytes,
         handler_args=parser_limits(settings.max_header_bytes),
     )
@@ -77,8 +77,11 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     setup_observability(app, metrics)
     app[LOCKS] = LockRegistry(settings.lock_timeout)
     app[IN_FLIGHT] = InFlight()
-    setup_routes(app)
-    setup_auth(app, settings)
+    tokens = setup_auth(app, settings)
+    app[ENVELOPE] = envelope_for(settings.max_header_bytes, metrics, tokens)
+    setup_routes(app, app[ENVELOPE])
+    # First, before anything is opened: routes can still be added after create_app.
+    app.on_startup.insert(0, _check_routes)
     app.cleanup_ctx.append(_storage_ctx)
     app.cleanup_ctx.append(purge_ctx)  # after storage: stopped before storage closes
     app.on_shutdown.append(_mark_shutting_down)

@@ -1,7 +1,7 @@
 """Per-request observation: the request metrics and one log line, plus the lock gauges.
 
-``app.middlewares.envelope`` calls ``answered`` for every request once its final status is
-known, problem bodies included. Its cost per request is a clock read, two dictionary
+The envelope (``app.envelope``) calls ``answered`` for every request once its final status
+is known, problem bodies included. Its cost per request is a clock read, two dictionary
 tallies (flushed to Prometheus once a second) and, with info logging on, one log record.
 """
 
@@ -32,11 +32,22 @@ def route_label(request: web.Request) -> str:
     return UNMATCHED if resource is None else resource.canonical
 
 
-def answered(request: web.Request, context: RequestContext, status: int, started: float) -> None:
-    """Count and time one answered request, and log its line (when info is on)."""
+def answered(
+    request: web.Request,
+    metrics: Metrics,
+    route: str | None,
+    context: RequestContext,
+    status: int,
+    started: float,
+) -> None:
+    """Count and time one answered request, and log its line (when info is on).
+
+    ``route`` is the metrics label, or None for the route template that matched.
+    """
     elapsed = time.perf_counter() - started
-    route = route_label(request)
-    request.app[METRICS].observe_request(route, request.method, status, elapsed)
+    if route is None:
+        route = route_label(request)
+    metrics.observe_request(route, request.method, status, elapsed)
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "request",

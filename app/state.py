@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -15,6 +16,9 @@ from app.metrics import Metrics
 from app.settings import Settings
 from app.storage import Storage
 from app.tokens import TokenStore
+
+if TYPE_CHECKING:
+    from app.envelope import Envelope
 
 
 @dataclass(slots=True)
@@ -36,6 +40,8 @@ TOKENS = web.AppKey("tokens", TokenStore)
 METRICS = web.AppKey("metrics", Metrics)
 EVENTS = web.AppKey("events", EventHub)
 REQUEST_ID = web.RequestKey("request_id", str)
+# Wraps a handler in the envelope (app.envelope); for routes added after create_app.
+ENVELOPE: web.AppKey[Envelope] = web.AppKey("envelope")
 
 
 def get_settings(request: web.Request) -> Settings:

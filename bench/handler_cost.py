@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 
 from app.main import create_app
 from app.settings import Settings
+from app.state import ENVELOPE
 
 PATCH = CIMultiDict({"Content-Type": "application/merge-patch+json"})
 JSON = CIMultiDict({"Content-Type": "application/json"})
@@ -58,7 +59,7 @@ async def measure(name: str, requests: int, concurrency: int) -> float:
     """CPU µs per request for one shape, after a warm-up wave."""
     with tempfile.TemporaryDirectory() as tmp:
         app = await create_app(Settings(data_dir=Path(tmp)))
-        app.router.add_get("/hello", _hello)
+        app.router.add_get("/hello", app[ENVELOPE](_hello))
         runner = web.AppRunner(app)
         await runner.setup()
         try:

@@ -128,7 +128,7 @@ async def test_read_token_cannot_change_anything_on_any_route(
     for route in api.app.router.routes():
         info = route.resource.get_info() if route.resource else {}
         path = _concrete(info.get("formatter", info.get("path", "")))
-        if route.method == "HEAD":
+        if route.method in ("HEAD", "*"):  # "*": the catch-all answering 404/405
             continue
         headers = {**read, "Content-Type": "application/merge-patch+json", "If-Match": "*"}
         resp = await api.request(route.method, path, data=b'{"value": 9, "by": 3}', headers=headers)

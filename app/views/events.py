@@ -40,7 +40,7 @@ async def stream(request: web.Request, resources: tuple[Resource, ...]) -> web.S
             "Cache-Control": "no-store",
             # Reverse proxies must pass events through as they come, not buffer them.
             "X-Accel-Buffering": "no",
-            # Set here: the envelope middleware only adds it to answers not yet started.
+            # Set here: the envelope only adds it to answers not yet started.
             REQUEST_ID_HEADER: request[REQUEST_ID],
         }
     )

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from app.logs import ACCESS_LOGGER, LogFormatter, request_id_from
 from app.main import create_app
+from app.state import ENVELOPE
 from tests.conftest import ClientFactory, settings_for
 
 
@@ -79,7 +80,7 @@ async def test_unhandled_error_logged_once_with_the_id_the_client_gets(
         raise RuntimeError("secret internal detail")
 
     app = await create_app(settings_for(tmp_path))
-    app.router.add_get("/boom", boom)
+    app.router.add_get("/boom", app[ENVELOPE](boom))
     client = await aiohttp_client(app)
     caplog.set_level(logging.INFO)
     r = await client.get("/boom", headers={"X-Request-ID": "crash-1"})

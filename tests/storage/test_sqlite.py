@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from app.domain import (
 from app.errors import OutOfRange, PreconditionFailed, StorageUnavailable
 from app.idempotency import Claim, Rendered
 from app.settings import Settings
-from app.storage.sqlite import MIGRATIONS, SQLiteStorage
+from app.storage.sqlite import MIGRATIONS, SQLiteStorage, _in_db_thread
 from tests.conftest import settings_for
 
 
@@ -49,6 +50,14 @@ async def test_open_creates_schema_in_wal_mode(settings: Settings, storage: SQLi
     assert settings.sqlite_path.exists()
     assert pragma(settings.sqlite_path, "journal_mode") == "wal"
     assert pragma(settings.sqlite_path, "user_version") == len(MIGRATIONS)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
+async def test_writer_thread_does_not_preempt_the_event_loop(storage: SQLiteStorage) -> None:
+    """The writer's thread runs SCHED_BATCH; the event loop's thread keeps the default policy."""
+    policy = await _in_db_thread(storage._writer._db, lambda conn: os.sched_getscheduler(0))
+    assert policy == os.SCHED_BATCH
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
 async def test_open_refuses_old_sqlite(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

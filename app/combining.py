@@ -123,6 +123,8 @@ class Combiner(Generic[Op, Outcome]):
         self._observer = observer
         self._queues: dict[str, deque[_Pending[Op]]] = {}
         self._timer: asyncio.TimerHandle | None = None  # fires at the oldest waiter's deadline
+        # Looked up once: on Python 3.11 every get_running_loop() is a getpid() system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __len__(self) -> int:
         """Number of resources being worked on."""
@@ -134,7 +136,9 @@ class Combiner(Generic[Op, Outcome]):
 
     async def submit(self, key: str, op: Op) -> Outcome:
         """Apply ``op`` to resource ``key`` once, in arrival order, and return its outcome."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         started = time.perf_counter()
         queue = self._queues.get(key)
         if queue is None:

@@ -49,13 +49,15 @@ class BatchQueue(Generic[Item]):
         self._queue: deque[tuple[Item, asyncio.Future[Any]]] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
+        # Looked up once: on Python 3.11 every get_running_loop() is a getpid() system call.
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._consume(), name=name)
 
     def submit(self, item: Item) -> asyncio.Future[Any]:
         """Queue ``item``; the future resolves once its batch has run."""
         if self._closing:
             raise StorageUnavailable("shutting down")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = self._loop.create_future()
         self._queue.append((item, fut))
         self._wakeup.set()
         return fut

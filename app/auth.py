@@ -15,7 +15,6 @@ from aiohttp import web
 
 from app.errors import Forbidden, Unauthenticated, Unavailable
 from app.settings import Settings
-from app.state import TOKENS
 from app.tokens import Scope, TokensFileError, TokenStore
 
 logger = logging.getLogger(__name__)
@@ -77,7 +76,6 @@ def setup_auth(app: web.Application, settings: Settings) -> TokenStore | None:
     if settings.tokens_file is None:
         return None
     store = TokenStore(settings.tokens_file, settings.tokens_check_interval)
-    app[TOKENS] = store
 
     async def load_tokens(app: web.Application) -> AsyncIterator[None]:
         store.load()  # a missing or broken file stops the start: never fall back to open

@@ -15,7 +15,6 @@ from app.locks import LockRegistry
 from app.metrics import Metrics
 from app.settings import Settings
 from app.storage import Storage
-from app.tokens import TokenStore
 
 if TYPE_CHECKING:
     from app.envelope import Envelope
@@ -35,8 +34,6 @@ STORAGE = web.AppKey("storage", Storage)
 COUNTERS = web.AppKey("counters", Combiner[CounterOp, CounterOutcome])
 ITEMS = web.AppKey("items", Combiner[ItemOp, ItemOutcome])
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
-# Present only when a tokens file is configured.
-TOKENS = web.AppKey("tokens", TokenStore)
 METRICS = web.AppKey("metrics", Metrics)
 EVENTS = web.AppKey("events", EventHub)
 REQUEST_ID = web.RequestKey("request_id", str)

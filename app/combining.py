@@ -1,27 +1,32 @@
 """Write combining under the per-resource lock.
 
-A request queues its operation for its resource. If nobody leads that resource, the
-request becomes its leader: it takes the resource's lock from the registry and applies
-*every* operation queued for the resource in one storage call (one read, one write, one
-commit shared with other resources' batches). Requests arriving meanwhile queue up behind
-it. When the batch has committed, each request in it gets its own outcome, and if more
-operations have queued, the lock is handed straight on to the first of them, which leads
-the next batch; otherwise the lock is released. So a hot counter costs one statement per
+A request queues its operation for its resource. The first request for a resource nobody
+works on takes the resource's lock from the registry and opens its first batch; storage
+then applies *every* operation queued for the resource by the time it takes the batch in
+one call (one read, one write, one commit shared with other resources' batches). Requests
+arriving meanwhile queue up. When the batch has committed, each request in it gets its
+own outcome, and if more operations have queued, the next batch starts at once with the
+lock still held; otherwise the lock is released. So a hot counter costs one statement per
 commit, the next batch starts the moment the previous one lands, and every request still
 receives exactly the value a one-at-a-time increment in arrival order would have given it.
 
-A batch stays open until storage actually starts it: the leader hands storage an
-``OpenBatch``, and storage calls ``take()`` right before the transaction begins. SQLite's
-writer first lets the event loop run a few turns (``commit_gather``), so requests already
-on their way join the batch instead of waiting a whole commit for the next one.
+The lock is held for the resource's batches, not by one request's task: settling a batch
+and starting the next happen in the batch's completion callback, so a request that is
+cancelled (its client went away) can strand nobody and leak no lock.
+
+A batch stays open until storage actually starts it: storage is handed an ``OpenBatch``
+and calls ``take()`` right before the transaction begins. SQLite's writer first lets the
+event loop run a few turns (``commit_gather``), so requests already on their way join the
+batch instead of waiting a whole commit for the next one.
 
 A queued request that is not taken into a batch within the lock timeout is withdrawn and
 answered with ``LockTimeout``; a cancelled one is withdrawn too. Either way its operation
 is never applied. Once taken into a batch, an operation is committed or fails with it.
 
-Per-request cost matters here (every write passes through): queued requests share one
-expiry timer per combiner instead of a timer each, and a storage call that returns a
-future (as SQLite's writer does) is awaited through it directly, without a task per batch.
+Per-request cost matters here (every write passes through): a request costs one future;
+a free lock is taken without suspending; queued requests share one expiry timer per
+combiner; and a storage call that returns a future (as SQLite's writer does) is awaited
+through it directly, without a task per batch.
 """
 
 from __future__ import annotations
@@ -48,15 +53,6 @@ class WaitObserver(Protocol):
     def timed_out(self, kind: str, seconds: float) -> None: ...
 
 
-class _Lead:
-    """Delivered instead of an outcome: "you lead this resource now"."""
-
-    __slots__ = ("held",)
-
-    def __init__(self, held: Held | None) -> None:
-        self.held = held  # None: the lock is not held yet, acquire it
-
-
 class _Pending(Generic[Op]):
     __slots__ = ("claimed", "claimed_at", "deadline", "future", "op")
 
@@ -69,12 +65,12 @@ class _Pending(Generic[Op]):
 
 
 class OpenBatch(Generic[Op]):
-    """A resource's next batch: its leader's operation, then all queued when storage takes it."""
+    """A resource's next batch: its first operation, then all queued when storage takes it."""
 
     __slots__ = ("_pending", "_queue")
 
-    def __init__(self, leader: _Pending[Op], queue: deque[_Pending[Op]]) -> None:
-        self._pending = [leader]
+    def __init__(self, first: _Pending[Op], queue: deque[_Pending[Op]]) -> None:
+        self._pending = [first]
         self._queue: deque[_Pending[Op]] | None = queue
 
     def take(self) -> list[Op]:
@@ -86,6 +82,8 @@ class OpenBatch(Generic[Op]):
         now = time.perf_counter()
         while queue:
             p = queue.popleft()
+            if p.future.done():  # cancelled or timed out, and not yet withdrawn
+                continue
             p.claimed = True
             p.claimed_at = now
             self._pending.append(p)
@@ -121,7 +119,10 @@ class Combiner(Generic[Op, Outcome]):
         self._locks = locks
         self._apply = apply
         self._observer = observer
+        # A resource is here while its lock is held for it (a batch is under way) or
+        # being waited for; its deque holds the requests not yet taken into a batch.
         self._queues: dict[str, deque[_Pending[Op]]] = {}
+        self._acquiring: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None  # fires at the oldest waiter's deadline
         # Looked up once: on Python 3.11 every get_running_loop() is a getpid() system call.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -142,71 +143,108 @@ class Combiner(Generic[Op, Outcome]):
         started = time.perf_counter()
         queue = self._queues.get(key)
         if queue is None:
-            # Nobody works on this resource: lead it.
-            me: _Pending[Op] = _Pending(op, loop.create_future(), 0.0)
-            queue = self._queues[key] = deque((me,))
-            lead = _Lead(None)
+            # Nobody works on this resource. Its lock is normally free, and then taken at
+            # once: this request's operation opens the resource's first batch.
+            queue = self._queues[key] = deque()
+            held = self._locks.try_acquire(f"{self._kind}:{key}")
+            if held is not None:
+                me: _Pending[Op] = _Pending(op, loop.create_future(), 0.0)
+                me.claimed = True
+                me.claimed_at = started
+                self._start(key, held, me, queue)
+            else:  # held by someone outside this combiner: queue, and wait for it
+                me = self._enqueue(queue, op, loop)
+                task = loop.create_task(self._acquire_for(key))
+                self._acquiring.add(task)
+                task.add_done_callback(self._acquiring.discard)
         else:
-            me = _Pending(op, loop.create_future(), loop.time() + self._locks.timeout)
-            queue.append(me)
-            if self._timer is None:
-                self._timer = loop.call_at(me.deadline, self._expire_overdue)
-            try:
-                result = await me.future
-            except BaseException as e:
-                self._abandon(key, me)
-                if isinstance(e, LockTimeout):
-                    self._report_timeout(started)
-                raise
-            if not isinstance(result, _Lead):
-                # Its wait ended when a leader took it into a batch.
-                self._report_wait(me.claimed_at - started)
-                outcome: Outcome = result
-                return outcome
-            lead = result
-
-        held = lead.held
-        if held is None:
-            try:
-                held = await self._locks.acquire(f"{self._kind}:{key}")
-            except BaseException as e:
-                self._withdraw(key, me)
-                self._hand_on(key, None)
-                if isinstance(e, LockTimeout):
-                    self._report_timeout(started)
-                raise
-        self._report_wait(time.perf_counter() - started)
-        me.future = loop.create_future()
-        self._flush(key, held, me)
+            me = self._enqueue(queue, op, loop)
         try:
-            final: Outcome = await me.future
-        except asyncio.CancelledError:
-            me.future.add_done_callback(_discard)
+            outcome: Outcome = await me.future
+        except BaseException as e:
+            if not me.claimed:
+                self._withdraw(key, me)
+            elif me.future.done() and not me.future.cancelled():
+                me.future.exception()  # retrieved: its task was cancelled, not its batch
+            if isinstance(e, LockTimeout):
+                self._report_timeout(started)
             raise
-        return final
+        self._report_wait(me.claimed_at - started)
+        return outcome
 
-    def _flush(self, key: str, held: Held, leader: _Pending[Op]) -> None:
-        """Start the resource's next batch, applied in a task of its own.
+    def _enqueue(
+        self, queue: deque[_Pending[Op]], op: Op, loop: asyncio.AbstractEventLoop
+    ) -> _Pending[Op]:
+        me = _Pending(op, loop.create_future(), loop.time() + self._locks.timeout)
+        queue.append(me)
+        if self._timer is None:
+            self._timer = loop.call_at(me.deadline, self._expire_overdue)
+        return me
 
-        The leader's operation is in it from the start; everyone else queued for the
-        resource joins when storage takes the batch (``OpenBatch.take``), right before its
+    def _start(self, key: str, held: Held, first: _Pending[Op], queue: deque[_Pending[Op]]) -> None:
+        """Hand storage the resource's next batch; its completion settles it and goes on.
+
+        ``first`` is in the batch from the start; everyone else queued for the resource
+        joins when storage takes the batch (``OpenBatch.take``), right before its
         transaction begins, so requests arriving while the writer gathers still make it.
-        The batch's completion callback settles every request and hands the lock on, so
-        cancelling the leader can never strand the others or leak the lock.
+        The completion callback settles every request and starts the next batch (the lock
+        stays held) or releases the lock, so no request's task is needed for either: a
+        cancelled request can never strand the others or leak the lock.
         """
-        queue = self._queues[key]
-        queue.remove(leader)  # it is at the front: the lead goes to the first in line
-        leader.claimed = True
-        leader.claimed_at = time.perf_counter()
-        batch = OpenBatch(leader, queue)
-        task: asyncio.Future[list[Outcome]]
+        batch = OpenBatch(first, queue)
+        done: asyncio.Future[list[Outcome]]
         try:
             # A future (SQLite's writer) is used as is; a coroutine gets a task.
-            task = asyncio.ensure_future(self._apply(key, batch))
+            pending = self._apply(key, batch)
+            if isinstance(pending, asyncio.Future):
+                done = pending
+            else:
+                done = asyncio.ensure_future(pending)
         except Exception as e:  # the backend refused synchronously (e.g. shutting down)
-            task = asyncio.get_running_loop().create_future()
-            task.set_exception(e)
-        task.add_done_callback(partial(self._finished, key, held, batch))
+            assert self._loop is not None
+            done = self._loop.create_future()
+            done.set_exception(e)
+        done.add_done_callback(partial(self._finished, key, held, batch))
+
+    def _finished(
+        self, key: str, held: Held, batch: OpenBatch[Op], done: asyncio.Future[list[Outcome]]
+    ) -> None:
+        _settle(batch.requests(), done)
+        self._next_batch(key, held)
+
+    def _next_batch(self, key: str, held: Held) -> None:
+        """Start the next batch with the first queued request, or let the resource go."""
+        queue = self._queues.get(key)
+        while queue:
+            first = queue.popleft()
+            if first.future.done():  # cancelled or timed out, and not yet withdrawn
+                continue
+            first.claimed = True
+            first.claimed_at = time.perf_counter()
+            self._start(key, held, first, queue)
+            return
+        self._queues.pop(key, None)
+        held.release()
+
+    async def _acquire_for(self, key: str) -> None:
+        """Wait for a lock somebody else holds, then start the resource's first batch."""
+        name = f"{self._kind}:{key}"
+        while True:
+            try:
+                held = await self._locks.acquire(name)
+            except LockTimeout:
+                if self._queues.get(key):
+                    continue  # requests queued later are still within their own timeout
+                self._queues.pop(key, None)
+                return
+            except BaseException:
+                queue = self._queues.pop(key, None)
+                for p in queue or ():
+                    if not p.future.done():
+                        p.future.cancel()
+                raise
+            self._next_batch(key, held)
+            return
 
     def _report_wait(self, seconds: float) -> None:
         if self._observer is not None:
@@ -216,68 +254,33 @@ class Combiner(Generic[Op, Outcome]):
         if self._observer is not None:
             self._observer.timed_out(self._kind, time.perf_counter() - started)
 
-    def _finished(
-        self, key: str, held: Held, batch: OpenBatch[Op], task: asyncio.Future[list[Outcome]]
-    ) -> None:
-        _settle(batch.requests(), task)
-        self._hand_on(key, held)
-
-    def _hand_on(self, key: str, held: Held | None) -> None:
-        """Give the lead (and the lock, if held) to the first queued request, or let go."""
-        queue = self._queues.get(key)
-        if queue:
-            queue[0].future.set_result(_Lead(held))
-            return
-        self._queues.pop(key, None)
-        if held is not None:
-            held.release()
-
     def _expire_overdue(self) -> None:
         """Answer 503 to every request still queued past its deadline; re-arm for the next.
 
         Queues are first-in first-out and every waiter gets the same timeout, so the
         overdue ones are at the front of their queues and the next deadline is the
-        earliest front. The one in front may already hold the lead (its future is done):
-        it is about to take the queue into a batch and is left alone.
+        earliest front.
         """
         self._timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        assert self._loop is not None
+        now = self._loop.time()
         next_deadline: float | None = None
         for key, queue in list(self._queues.items()):
             for me in list(queue):
-                if me.future.done() or me.deadline == 0.0:
-                    continue  # leading or about to lead
                 if me.deadline > now:
                     if next_deadline is None or me.deadline < next_deadline:
                         next_deadline = me.deadline
                     break
-                self._withdraw(key, me)
-                me.future.set_exception(LockTimeout(f"{self._kind}:{key}", self._locks.timeout))
+                queue.remove(me)
+                if not me.future.done():
+                    me.future.set_exception(LockTimeout(f"{self._kind}:{key}", self._locks.timeout))
         if next_deadline is not None:
-            self._timer = loop.call_at(next_deadline, self._expire_overdue)
-
-    def _abandon(self, key: str, me: _Pending[Op]) -> None:
-        """A queued request was cancelled: withdraw it, passing on a lead it was handed."""
-        fut = me.future
-        if fut.done() and not fut.cancelled() and fut.exception() is None:
-            result = fut.result()
-            if isinstance(result, _Lead):
-                self._withdraw(key, me)
-                self._hand_on(key, result.held)
-                return
-        if not me.claimed:
-            self._withdraw(key, me)
+            self._timer = self._loop.call_at(next_deadline, self._expire_overdue)
 
     def _withdraw(self, key: str, me: _Pending[Op]) -> None:
         queue = self._queues.get(key)
         if queue is not None and me in queue:
             queue.remove(me)
-
-
-def _discard(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _settle(batch: list[_Pending[Op]], task: asyncio.Future[list[Outcome]]) -> None:

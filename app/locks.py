@@ -53,6 +53,14 @@ class LockRegistry:
             raise
         return Held(self, key, entry)
 
+    def try_acquire(self, key: str) -> Held | None:
+        """``key``'s lock at once if nobody holds or waits for it, else None; never waits."""
+        if key in self._entries:
+            return None
+        entry = self._enter(key)
+        _take_free(entry.lock)
+        return Held(self, key, entry)
+
     def __len__(self) -> int:
         """Number of keys somebody holds or waits for."""
         return len(self._entries)
@@ -79,6 +87,21 @@ class LockRegistry:
         entry.users -= 1
         if entry.users == 0:
             del self._entries[key]
+
+
+def _take_free(lock: asyncio.Lock) -> None:
+    """Acquire a lock nobody holds or waits for, without a trip through the event loop.
+
+    ``Lock.acquire()`` only suspends when it has to wait; on a free lock the coroutine
+    finishes on its first step, so it is run here by hand.
+    """
+    step = lock.acquire()
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    step.close()
+    raise RuntimeError("a free lock asked its taker to wait")
 
 
 class Held:

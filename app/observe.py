@@ -66,8 +66,8 @@ def answered(
 
 def sample_locks(app: web.Application) -> None:
     """Set the lock gauges from this worker: locks held, and requests queued behind them."""
-    # A combiner's queue includes a leader still waiting for the lock, so the registry's
-    # own waiter count would count it twice.
+    # Requests wait in the combiners' queues (behind a batch, or behind a lock held
+    # elsewhere); the registry itself never has more than one waiter per resource.
     waiting = 0
     for key in (COUNTERS, ITEMS):
         combiner = app.get(key)

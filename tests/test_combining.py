@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from app.combining import Batch, Combiner, ops_of
+from app.combining import Batch, Combiner, OpenBatch, ops_of
 from app.domain import CounterOp, CounterOutcome, Increment
 from app.errors import LockTimeout
-from app.locks import Held, LockRegistry
+from app.locks import LockRegistry
 from app.storage.sqlite import SQLiteStorage
 from tests.conftest import settings_for
 
@@ -183,34 +183,34 @@ async def test_lock_is_handed_on_between_batches_then_released(storage: SQLiteSt
         pass
 
 
-async def test_cancelled_successor_passes_the_lead_on(
-    storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch
+async def test_request_cancelled_before_its_batch_is_taken_is_left_out(
+    storage: SQLiteStorage,
 ) -> None:
-    """A queued request cancelled just as it is handed the lead passes it on: no deadlock."""
+    """A queued request cancelled just before storage takes the batch is not in it."""
+    loop = asyncio.get_running_loop()
+    handed: list[tuple[OpenBatch[CounterOp], asyncio.Future[list[CounterOutcome]]]] = []
+
+    def held_apply(name: str, batch: OpenBatch[CounterOp]) -> asyncio.Future[list[CounterOutcome]]:
+        done: asyncio.Future[list[CounterOutcome]] = loop.create_future()
+        handed.append((batch, done))
+        return done
+
     locks = LockRegistry(timeout=5)
-    combiner: Combiner[CounterOp, CounterOutcome] = Combiner(
-        "counter", locks, lambda name, ops: storage.apply_counter_ops(name, ops_of(ops))
-    )  # each batch taken at once, so the two queued below form a batch of their own
-    leader = asyncio.create_task(combiner.submit("c", Increment(1)))
+    combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", locks, held_apply)
+    first = asyncio.create_task(combiner.submit("c", Increment(1)))
     await asyncio.sleep(0)
-    successor = asyncio.create_task(combiner.submit("c", Increment(10)))
+    cancelled = asyncio.create_task(combiner.submit("c", Increment(10)))
     third = asyncio.create_task(combiner.submit("c", Increment(100)))
     await asyncio.sleep(0)
-
-    real_hand_on = combiner._hand_on
-    cancelled: list[bool] = []
-
-    def hand_on_then_cancel(key: str, held: Held | None) -> None:
-        real_hand_on(key, held)
-        if not cancelled:  # the successor now has the lead but has not run yet
-            cancelled.append(successor.cancel())
-
-    monkeypatch.setattr(combiner, "_hand_on", hand_on_then_cancel)
-    assert await leader == 1
+    ((batch, done),) = handed
+    cancelled.cancel()  # its task has not run since: it is still in the queue
+    taken = batch.take()
+    assert [op.by for op in taken if isinstance(op, Increment)] == [1, 100]
+    done.set_result(await storage.apply_counter_ops("c", taken))
+    assert await first == 1
+    assert await third == 101
     with pytest.raises(asyncio.CancelledError):
-        await successor
-    assert await asyncio.wait_for(third, 5) == 101
-    assert cancelled == [True]
+        await cancelled
     assert await storage.get_counter("c") == 101
     assert len(locks) == 0
     assert len(combiner) == 0

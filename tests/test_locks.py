@@ -199,3 +199,19 @@ async def test_cancellation_storm_leaves_lock_free_and_serves_survivors_once() -
     assert len(registry) == 0
     async with registry.hold("hot", timeout=1):
         pass
+
+
+async def test_try_acquire_takes_only_a_free_lock() -> None:
+    """try_acquire takes a free lock without waiting and refuses one somebody holds."""
+    registry = LockRegistry(timeout=5)
+    held = registry.try_acquire("counter:x")
+    assert held is not None
+    assert registry.held() == 1
+    assert registry.try_acquire("counter:x") is None
+    with pytest.raises(LockTimeout):
+        async with registry.hold("counter:x", timeout=0.01):
+            pytest.fail("entered a lock that try_acquire holds")
+    held.release()
+    assert len(registry) == 0
+    async with registry.hold("counter:x", timeout=0.1):
+        assert registry.try_acquire("counter:x") is None

@@ -25,8 +25,8 @@ is never applied. Once taken into a batch, an operation is committed or fails wi
 
 Per-request cost matters here (every write passes through): a request costs one future;
 a free lock is taken without suspending; queued requests share one expiry timer per
-combiner; and a storage call that returns a future (as SQLite's writer does) is awaited
-through it directly, without a task per batch.
+combiner; and SQLite's writer settles a batch itself (``OpenBatch.set_result``), with no
+future, callback or task per batch. Other backends return an awaitable instead.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 from app.errors import LockTimeout
@@ -65,13 +64,29 @@ class _Pending(Generic[Op]):
 
 
 class OpenBatch(Generic[Op]):
-    """A resource's next batch: its first operation, then all queued when storage takes it."""
+    """A resource's next batch: its first operation, then all queued when storage takes it.
 
-    __slots__ = ("_pending", "_queue")
+    Storage settles it like a future, with ``set_result`` (one outcome per operation, in
+    order) or ``set_exception``; either answers every request in it at once and lets the
+    combiner start the resource's next batch.
+    """
 
-    def __init__(self, first: _Pending[Op], queue: deque[_Pending[Op]]) -> None:
+    __slots__ = ("_combiner", "_held", "_key", "_pending", "_queue", "_settled")
+
+    def __init__(
+        self,
+        combiner: Combiner[Op, Any],
+        key: str,
+        held: Held,
+        first: _Pending[Op],
+        queue: deque[_Pending[Op]],
+    ) -> None:
+        self._combiner = combiner
+        self._key = key
+        self._held = held
         self._pending = [first]
         self._queue: deque[_Pending[Op]] | None = queue
+        self._settled = False
 
     def take(self) -> list[Op]:
         """Close the batch and return its operations in arrival order (once only)."""
@@ -95,6 +110,43 @@ class OpenBatch(Generic[Op]):
             self.take()
         return self._pending
 
+    def done(self) -> bool:
+        """Whether the batch has been settled."""
+        return self._settled
+
+    def set_result(self, outcomes: list[Any]) -> None:
+        """The batch committed: answer each request with its own outcome."""
+        self._settle()
+        for p, outcome in zip(self.requests(), outcomes, strict=True):
+            if not p.future.done():
+                p.future.set_result(outcome)
+        self._combiner._next_batch(self._key, self._held)
+
+    def set_exception(self, error: BaseException) -> None:
+        """The batch failed as a whole: every request in it gets ``error``."""
+        self._settle()
+        for p in self.requests():
+            if not p.future.done():
+                p.future.set_exception(error)
+        self._combiner._next_batch(self._key, self._held)
+
+    def _settle(self) -> None:
+        if self._settled:
+            raise RuntimeError("batch settled twice")
+        self._settled = True
+
+    def _from_future(self, done: asyncio.Future[list[Any]]) -> None:
+        """Settle from a backend's future or task (a cancelled one cancels every request)."""
+        if done.cancelled():
+            self._settle()
+            for p in self.requests():
+                p.future.cancel()
+            self._combiner._next_batch(self._key, self._held)
+        elif (error := done.exception()) is not None:
+            self.set_exception(error)
+        else:
+            self.set_result(done.result())
+
 
 # What storage is handed: a list (direct callers, tests) or a combiner's open batch.
 Batch = list[Op] | OpenBatch[Op]
@@ -112,7 +164,7 @@ class Combiner(Generic[Op, Outcome]):
         self,
         kind: str,
         locks: LockRegistry,
-        apply: Callable[[str, OpenBatch[Op]], Awaitable[list[Outcome]]],
+        apply: Callable[[str, OpenBatch[Op]], Awaitable[list[Outcome]] | None],
         observer: WaitObserver | None = None,
     ) -> None:
         self._kind = kind
@@ -182,35 +234,23 @@ class Combiner(Generic[Op, Outcome]):
         return me
 
     def _start(self, key: str, held: Held, first: _Pending[Op], queue: deque[_Pending[Op]]) -> None:
-        """Hand storage the resource's next batch; its completion settles it and goes on.
+        """Hand storage the resource's next batch; settling it goes on to the next.
 
         ``first`` is in the batch from the start; everyone else queued for the resource
         joins when storage takes the batch (``OpenBatch.take``), right before its
         transaction begins, so requests arriving while the writer gathers still make it.
-        The completion callback settles every request and starts the next batch (the lock
-        stays held) or releases the lock, so no request's task is needed for either: a
-        cancelled request can never strand the others or leak the lock.
+        Settling the batch answers every request and starts the next batch (the lock stays
+        held) or releases the lock, so no request's task is needed for either: a cancelled
+        request can never strand the others or leak the lock.
         """
-        batch = OpenBatch(first, queue)
-        done: asyncio.Future[list[Outcome]]
+        batch = OpenBatch(self, key, held, first, queue)
         try:
-            # A future (SQLite's writer) is used as is; a coroutine gets a task.
             pending = self._apply(key, batch)
-            if isinstance(pending, asyncio.Future):
-                done = pending
-            else:
-                done = asyncio.ensure_future(pending)
         except Exception as e:  # the backend refused synchronously (e.g. shutting down)
-            assert self._loop is not None
-            done = self._loop.create_future()
-            done.set_exception(e)
-        done.add_done_callback(partial(self._finished, key, held, batch))
-
-    def _finished(
-        self, key: str, held: Held, batch: OpenBatch[Op], done: asyncio.Future[list[Outcome]]
-    ) -> None:
-        _settle(batch.requests(), done)
-        self._next_batch(key, held)
+            batch.set_exception(e)
+            return
+        if pending is not None:  # else storage settles the batch itself (SQLite's writer)
+            asyncio.ensure_future(pending).add_done_callback(batch._from_future)
 
     def _next_batch(self, key: str, held: Held) -> None:
         """Start the next batch with the first queued request, or let the resource go."""
@@ -281,19 +321,3 @@ class Combiner(Generic[Op, Outcome]):
         queue = self._queues.get(key)
         if queue is not None and me in queue:
             queue.remove(me)
-
-
-def _settle(batch: list[_Pending[Op]], task: asyncio.Future[list[Outcome]]) -> None:
-    if task.cancelled():
-        for p in batch:
-            p.future.cancel()
-        return
-    error = task.exception()
-    if error is not None:
-        for p in batch:
-            if not p.future.done():
-                p.future.set_exception(error)
-        return
-    for p, outcome in zip(batch, task.result(), strict=True):
-        if not p.future.done():
-            p.future.set_result(outcome)

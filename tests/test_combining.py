@@ -123,7 +123,7 @@ async def test_cancelled_holder_still_settles_its_batch(storage: SQLiteStorage) 
 
     async def slow_apply(name: str, ops: Batch[CounterOp]) -> list[CounterOutcome]:
         await gate.wait()
-        return await storage.apply_counter_ops(name, ops)
+        return await storage.apply_counter_ops(name, ops_of(ops))
 
     combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", LockRegistry(5), slow_apply)
     holder = asyncio.create_task(combiner.submit("c", Increment(1)))
@@ -146,7 +146,7 @@ async def test_queued_request_times_out_while_batch_is_stuck(storage: SQLiteStor
 
     async def stuck_apply(name: str, ops: Batch[CounterOp]) -> list[CounterOutcome]:
         await gate.wait()
-        return await storage.apply_counter_ops(name, ops)
+        return await storage.apply_counter_ops(name, ops_of(ops))
 
     locks = LockRegistry(timeout=0.05)
     combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", locks, stuck_apply)

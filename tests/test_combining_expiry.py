@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.combining import Batch, Combiner
+from app.combining import Batch, Combiner, ops_of
 from app.domain import CounterOp, CounterOutcome, Increment
 from app.errors import LockTimeout
 from app.locks import LockRegistry
@@ -31,7 +31,7 @@ async def test_later_waiter_keeps_its_own_deadline_when_earlier_one_expires(
 
     async def stuck_apply(name: str, ops: Batch[CounterOp]) -> list[CounterOutcome]:
         await gate.wait()
-        return await storage.apply_counter_ops(name, ops)
+        return await storage.apply_counter_ops(name, ops_of(ops))
 
     timeout = 0.3
     loop = asyncio.get_running_loop()
@@ -63,7 +63,7 @@ async def test_waiters_on_many_keys_all_expire(storage: SQLiteStorage) -> None:
 
     async def stuck_apply(name: str, ops: Batch[CounterOp]) -> list[CounterOutcome]:
         await gate.wait()
-        return await storage.apply_counter_ops(name, ops)
+        return await storage.apply_counter_ops(name, ops_of(ops))
 
     combiner: Combiner[CounterOp, CounterOutcome] = Combiner(
         "counter", LockRegistry(0.05), stuck_apply

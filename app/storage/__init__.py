@@ -8,9 +8,9 @@ answers reads, and reports its health. Handlers never see SQL; backends never se
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Protocol
+from typing import Protocol, overload
 
-from app.combining import Batch
+from app.combining import Batch, OpenBatch
 from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
 from app.settings import Settings
 
@@ -34,12 +34,23 @@ DB_ERROR_KINDS = ("busy", "locked", "readonly", "full", "io", "corrupt", "other"
 class Storage(Protocol):
     """What every backend provides."""
 
-    # The two write calls may be ``async def`` or return a future (as SQLite's writer does,
-    # to spare the combiner a task per batch): either way the awaitable resolves only
-    # after the commit.
+    # The two write calls may be ``async def``, return a future, or (given a combiner's
+    # ``OpenBatch``) return None and settle the batch itself, as SQLite's writer does, to
+    # spare the combiner a future and a callback per batch. Either way the outcomes are
+    # delivered only after the commit.
+    @overload
+    def apply_counter_ops(
+        self, name: str, ops: list[CounterOp]
+    ) -> Awaitable[list[CounterOutcome]]: ...
+
+    @overload
+    def apply_counter_ops(
+        self, name: str, ops: OpenBatch[CounterOp]
+    ) -> Awaitable[list[CounterOutcome]] | None: ...
+
     def apply_counter_ops(
         self, name: str, ops: Batch[CounterOp]
-    ) -> Awaitable[list[CounterOutcome]]:
+    ) -> Awaitable[list[CounterOutcome]] | None:
         """Apply ``ops`` to counter ``name`` in order, atomically, and commit before returning.
 
         Ops carrying an idempotency ``claim`` follow ``app.idempotency``: claimed keys are
@@ -48,7 +59,17 @@ class Storage(Protocol):
         """
         ...
 
-    def apply_item_ops(self, item_id: str, ops: Batch[ItemOp]) -> Awaitable[list[ItemOutcome]]:
+    @overload
+    def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> Awaitable[list[ItemOutcome]]: ...
+
+    @overload
+    def apply_item_ops(
+        self, item_id: str, ops: OpenBatch[ItemOp]
+    ) -> Awaitable[list[ItemOutcome]] | None: ...
+
+    def apply_item_ops(
+        self, item_id: str, ops: Batch[ItemOp]
+    ) -> Awaitable[list[ItemOutcome]] | None:
         """Apply ``ops`` to record ``item_id`` in order, atomically, and commit before returning."""
         ...
 

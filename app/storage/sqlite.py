@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import aiosqlite
 import msgspec
 
-from app.combining import Batch, ops_of
+from app.combining import Batch, OpenBatch, ops_of
 from app.domain import (
     NAME_CEILING,
     CounterOp,
@@ -88,10 +88,15 @@ Unit = Callable[[sqlite3.Connection], Any] | _Writes[Any]
 class _Later:
     """A unit made only when its batch starts, so a combiner's batch stays open until then."""
 
-    __slots__ = ("make",)
+    __slots__ = ("_batch", "_key", "_make")
 
-    def __init__(self, make: Callable[[], Unit]) -> None:
-        self.make = make
+    def __init__(self, make: Callable[[str, Any], Unit], key: str, batch: Batch[Any]) -> None:
+        self._make = make
+        self._key = key
+        self._batch = batch
+
+    def make(self) -> Unit:
+        return self._make(self._key, self._batch)
 
 
 MIN_SQLITE = (3, 35, 0)  # RETURNING, and the UPSERT forms used here
@@ -652,15 +657,39 @@ class SQLiteStorage:
     async def _write(self, unit: Unit) -> Any:
         return await self._writer.submit(unit)
 
-    # Plain methods returning the writer's future: the combiner awaits it directly,
-    # without wrapping each batch in a task of its own.
+    # Plain methods: a combiner's open batch is queued as its own sink, and the writer
+    # settles it (no future, callback or task per batch); a list gets the writer's future.
+    @overload
+    def apply_counter_ops(
+        self, name: str, ops: list[CounterOp]
+    ) -> asyncio.Future[list[CounterOutcome]]: ...
+
+    @overload
+    def apply_counter_ops(self, name: str, ops: OpenBatch[CounterOp]) -> None: ...
+
     def apply_counter_ops(
         self, name: str, ops: Batch[CounterOp]
-    ) -> asyncio.Future[list[CounterOutcome]]:
-        return self._writer.submit(_Later(partial(self._counter_unit, name, ops)))
+    ) -> asyncio.Future[list[CounterOutcome]] | None:
+        return self._queue(_Later(self._counter_unit, name, ops), ops)
 
-    def apply_item_ops(self, item_id: str, ops: Batch[ItemOp]) -> asyncio.Future[list[ItemOutcome]]:
-        return self._writer.submit(_Later(partial(self._item_unit, item_id, ops)))
+    @overload
+    def apply_item_ops(
+        self, item_id: str, ops: list[ItemOp]
+    ) -> asyncio.Future[list[ItemOutcome]]: ...
+
+    @overload
+    def apply_item_ops(self, item_id: str, ops: OpenBatch[ItemOp]) -> None: ...
+
+    def apply_item_ops(
+        self, item_id: str, ops: Batch[ItemOp]
+    ) -> asyncio.Future[list[ItemOutcome]] | None:
+        return self._queue(_Later(self._item_unit, item_id, ops), ops)
+
+    def _queue(self, unit: _Later, ops: Batch[Any]) -> asyncio.Future[Any] | None:
+        if isinstance(ops, OpenBatch):
+            self._writer.put(unit, ops)
+            return None
+        return self._writer.submit(unit)
 
     def _counter_unit(self, name: str, batch: Batch[CounterOp]) -> Unit:
         ops = ops_of(batch)

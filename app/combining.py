@@ -15,8 +15,8 @@ and starting the next happen in the batch's completion callback, so a request th
 cancelled (its client went away) can strand nobody and leak no lock.
 
 A batch stays open until storage actually starts it: storage is handed an ``OpenBatch``
-and calls ``take()`` right before the transaction begins. SQLite's writer first lets the
-event loop run a few turns (``commit_gather``), so requests already on their way join the
+and calls ``take()`` right before the transaction begins. Both backends' writers first let
+the event loop run a few turns (``commit_gather``), so requests already on their way join the
 batch instead of waiting a whole commit for the next one.
 
 A queued request that is not taken into a batch within the lock timeout is withdrawn and

@@ -54,14 +54,40 @@ IDLE_TURN_MAX_S = 100e-6
 _clock = time.perf_counter
 
 
+class Gatherer:
+    """Lets the event loop run up to ``turns`` more times before a batch is taken.
+
+    It stops at the first turn that comes back at once (the loop had nothing else to do),
+    so a lone request is not held up; while the worker is busy, requests whose bytes are
+    arriving join the batch. Both backends' writers gather (``LOCKSTEP_COMMIT_GATHER``).
+    """
+
+    def __init__(self, turns: int) -> None:
+        self.turns = turns
+        self._idle_turn = IDLE_TURN_S  # raised once turns prove slower on this machine
+        self._fastest_turn = float("inf")
+
+    async def gather(self) -> None:
+        """Let the event loop run up to ``turns`` times, or until a turn finds it idle."""
+        before = _clock()
+        for _ in range(self.turns):
+            await asyncio.sleep(0)
+            now = _clock()
+            took = now - before
+            if took < self._fastest_turn:
+                self._fastest_turn = took
+                self._idle_turn = min(max(IDLE_TURN_S, IDLE_TURN_FACTOR * took), IDLE_TURN_MAX_S)
+            if took < self._idle_turn:
+                return
+            before = now
+
+
 class BatchQueue(Generic[Item]):
     """Queue items; a consumer task runs them in batches of at most ``max_batch``."""
 
     def __init__(self, max_batch: int, name: str, gather: int = 0) -> None:
         self._max_batch = max_batch
-        self._gather = gather
-        self._idle_turn = IDLE_TURN_S  # raised once turns prove slower on this machine
-        self._fastest_turn = float("inf")
+        self._gatherer = Gatherer(gather)
         self._queue: deque[tuple[Item, Sink]] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -97,8 +123,8 @@ class BatchQueue(Generic[Item]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self._gather:
-                await self._gather_turns()
+            if self._gatherer.turns:
+                await self._gatherer.gather()
             size = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(size)]
             outcomes = await self._run_batch([item for item, _ in batch])
@@ -113,20 +139,6 @@ class BatchQueue(Generic[Item]):
                 except Exception:  # a sink's own bug must not stop the queue
                     logger.exception("settling a batch item failed")
             await self._after_batch()
-
-    async def _gather_turns(self) -> None:
-        """Let the event loop run up to ``gather`` times, or until a turn finds it idle."""
-        before = _clock()
-        for _ in range(self._gather):
-            await asyncio.sleep(0)
-            now = _clock()
-            took = now - before
-            if took < self._fastest_turn:
-                self._fastest_turn = took
-                self._idle_turn = min(max(IDLE_TURN_S, IDLE_TURN_FACTOR * took), IDLE_TURN_MAX_S)
-            if took < self._idle_turn:
-                return
-            before = now
 
     async def close(self) -> None:
         """Run everything already queued, then stop."""

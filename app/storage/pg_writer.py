@@ -3,7 +3,8 @@
 How a batch stays correct across hosts (advisory locks in key order, ``FOR UPDATE``,
 ``app.domain`` in Python, one write per table, then COMMIT) is told in
 ``app.storage.postgres``. This module runs it: it queues units, takes a combiner's open
-batch when a transaction slot is free, retries deadlocks, never retries a COMMIT whose
+batch when a transaction slot is free and the event loop has run a few more turns
+(``Gatherer``, as SQLite's writer does), retries deadlocks, never retries a COMMIT whose
 fate is unknown, and answers every unit exactly once.
 """
 
@@ -26,6 +27,7 @@ from app.errors import StorageUnavailable
 from app.idempotency import NewKey, Stored, claimed_keys, merge, to_store, triage
 from app.settings import Settings
 from app.storage import StorageObserver, pg_idempotency
+from app.storage.batching import Gatherer
 from app.storage.pg_increments import Plan, increment_existing, plan
 from app.storage.pg_pool import (
     UNAVAILABLE,
@@ -215,6 +217,7 @@ class Writer:
         self._timeout = timeout
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(writers)
+        self._gatherer = Gatherer(settings.commit_gather)
         self._queue: deque[_Unit] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -240,7 +243,12 @@ class Writer:
                 await self._wakeup.wait()
                 continue
             await self._slots.acquire()
-            # Whatever queued while we waited for a slot joins this batch.
+            # Whatever queued while we waited for a slot, or arrives over the next few busy
+            # loop turns, joins this batch: without those turns, a resource's next batch
+            # would be taken the moment its previous one settled, before the requests just
+            # answered could send their next ones (half the requests per commit, measured).
+            if self._gatherer.turns:
+                await self._gatherer.gather()
             size = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(size)]
             for unit in batch:  # a combiner's batch is open until now

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any
 
 import pytest
 
 from app.errors import StorageUnavailable
 from app.storage import batching
-from app.storage.batching import IDLE_TURN_S, BatchQueue, Outcome
+from app.storage.batching import BatchQueue, Outcome
+from tests.storage.busy import busy_turns
 
 
 class Doubler(BatchQueue[int]):
@@ -96,17 +98,6 @@ async def test_close_runs_what_is_queued_then_refuses_more() -> None:
         queue.submit(6)
 
 
-async def _busy_turns(turns: int, submit: list[int], queue: Doubler) -> None:
-    """For ``turns`` loop turns, keep the loop busy (longer than an idle turn) and submit."""
-    for i in range(turns):
-        await asyncio.sleep(0)
-        deadline = time.perf_counter() + 20 * IDLE_TURN_S
-        while time.perf_counter() < deadline:
-            pass
-        if i < len(submit):
-            queue.submit(submit[i])
-
-
 @pytest.mark.parametrize(("gather", "first_batch"), [(0, [0]), (8, [0, 2, 4, 6])])
 async def test_a_busy_loop_gathers_items_into_the_batch(
     gather: int, first_batch: list[int]
@@ -114,7 +105,7 @@ async def test_a_busy_loop_gathers_items_into_the_batch(
     """With ``gather``, items submitted over the next busy loop turns join the first batch."""
     queue = Doubler(max_batch=10, gather=gather)
     first = queue.submit(0)
-    await _busy_turns(12, [2, 4, 6], queue)
+    await busy_turns(12, [partial(queue.submit, i) for i in (2, 4, 6)])
     assert await first == 0
     await queue.close()
     assert queue.batches[0] == first_batch

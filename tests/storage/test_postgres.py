@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -18,6 +20,7 @@ from app.settings import Settings
 from app.storage.pg_schema import MIGRATIONS, lock_key
 from app.storage.postgres import PostgresStorage
 from tests.conftest import backend_settings, settings_for
+from tests.storage.busy import busy_turns
 from tests.support import free_port
 
 
@@ -89,6 +92,27 @@ async def test_failing_unit_writes_nothing_and_batch_mates_commit(storage: Postg
     assert isinstance(results[1], TypeError)
     assert await storage.get_counter("good") == 1
     assert await storage.get_item("bad") is None
+
+
+@pytest.mark.parametrize(("gather", "one_commit"), [(0, False), (8, True)])
+async def test_a_busy_loop_gathers_writes_into_one_transaction(
+    tmp_path: Path, gather: int, one_commit: bool
+) -> None:
+    """With ``commit_gather``, writes arriving over the next busy loop turns share a commit."""
+    async with backend_settings("postgres", tmp_path, commit_gather=gather) as settings:
+        storage = await PostgresStorage.open(settings)
+        try:
+            writes: list[asyncio.Future[Any]] = []
+
+            def put(n: int) -> None:
+                writes.append(asyncio.ensure_future(storage.apply_item_ops(f"i{n}", [PutItem(n)])))
+
+            put(0)
+            await busy_turns(12, [partial(put, n) for n in (1, 2, 3)])
+            await asyncio.gather(*writes)
+            assert (storage.batches == 1) is one_commit, storage.batches
+        finally:
+            await storage.close()
 
 
 async def test_timed_out_write_rolls_back_and_the_next_one_works(tmp_path: Path) -> None:

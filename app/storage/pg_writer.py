@@ -222,6 +222,8 @@ class Writer:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._inflight: set[asyncio.Task[None]] = set()
+        # Looked up once: on Python 3.11 every get_running_loop() is a getpid() system call.
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="lockstep-postgres-writer")
         self.batches = 0  # committed transactions, for tests and metrics
 
@@ -229,7 +231,7 @@ class Writer:
         """Queue a unit; the future resolves after its batch has committed."""
         if self._closing:
             raise StorageUnavailable("shutting down")
-        unit = _Unit(kind, key, ops, asyncio.get_running_loop().create_future())
+        unit = _Unit(kind, key, ops, self._loop.create_future())
         self._queue.append(unit)
         self._wakeup.set()
         return unit.future

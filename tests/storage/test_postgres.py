@@ -94,6 +94,14 @@ async def test_failing_unit_writes_nothing_and_batch_mates_commit(storage: Postg
     assert await storage.get_item("bad") is None
 
 
+async def test_writes_hand_back_the_writers_own_future(storage: PostgresStorage) -> None:
+    """A write returns the writer's future itself, so a combiner's batch needs no task."""
+    pending = storage.apply_counter_ops("c", [Increment(2)])
+    assert isinstance(pending, asyncio.Future)
+    assert not isinstance(pending, asyncio.Task)
+    assert await pending == [2]
+
+
 @pytest.mark.parametrize(("gather", "one_commit"), [(0, False), (8, True)])
 async def test_a_busy_loop_gathers_writes_into_one_transaction(
     tmp_path: Path, gather: int, one_commit: bool

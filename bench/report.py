@@ -32,6 +32,8 @@ class Result:
     hello: list[Run] = field(default_factory=list)
     errors: int = 0  # lockstep's non-2xx/3xx answers, all rounds
     timeouts: int = 0  # lockstep's requests wrk gave up on (2 s), all rounds
+    # Per round, wrk's connections per worker (largest first), lockstep's and hello's.
+    splits: list[tuple[str, str]] = field(default_factory=list)
 
     @staticmethod
     def _median(runs: list[Run], i: int) -> float:
@@ -97,6 +99,23 @@ def table(results: list[Result]) -> list[str]:
             f"| {s50:.1f} / {s99:.1f} | {h50:.1f} / {h99:.1f} | {sc:.0f} / {hc:.0f} "
             f"| {r.errors} / {r.timeouts} |"
         )
+    return lines
+
+
+def splits(results: list[Result]) -> list[str]:
+    """Per round, how wrk's connections split between the two workers of each app."""
+    lines = [
+        "**wrk's connections per worker**, halfway through each round (lockstep | hello "
+        "world). gunicorn's workers race to accept them, so the split differs from run to "
+        "run. When one worker holds nearly all of them, lockstep does a quarter to a third "
+        "fewer req/s (that worker's event loop and commits do all the work); hello world "
+        "hardly changes. So a lockstep round far below the others usually shows a split "
+        "like 64/0 here, not a change in the service.",
+        "",
+    ]
+    for r in results:
+        rounds = ", ".join(f"{s} | {h}" for s, h in r.splits)
+        lines.append(f"- {r.title}: {rounds}")
     return lines
 
 
@@ -188,6 +207,8 @@ def write_report(
         "grew by the number of 2xx answers wrk counted, give or take the requests wrk cut off "
         "at the end (at most one per connection). Errors and timeouts are counted over all "
         "rounds; wrk gives up on a request after 2 s.",
+        "",
+        *splits(results),
         "",
         *NOTES.read_text().splitlines(),
         "",

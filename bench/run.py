@@ -28,8 +28,9 @@ from bench.workloads import WORKLOADS, Workload, exactly_once_error
 
 def wrk(
     server: Server, workload: Workload, args: argparse.Namespace, workdir: Path
-) -> dict[str, int]:
-    """One wrk run; returns the totals the shared ``done()`` printed, and the workers' CPU."""
+) -> tuple[dict[str, int], str]:
+    """One wrk run: the totals the shared ``done()`` printed and the workers' CPU, and how
+    wrk's connections were split between the workers halfway through (e.g. ``29/35``)."""
     url = server.url
     script = workdir / f"{workload.name}.lua"
     script.write_text(workload.script_text())
@@ -45,18 +46,26 @@ def wrk(
     ]
     env = {**os.environ, **workload.wrk_env()}
     cpu_before = server.cpu_seconds()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    with subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as running:
+        split = "?"
+        try:
+            running.wait(timeout=args.duration / 2)
+        except subprocess.TimeoutExpired:  # halfway: every connection is open
+            counts = server.connections_per_worker()
+            split = "?" if counts is None else "/".join(map(str, counts))
+        out, err = running.communicate()
     cpu_after = server.cpu_seconds()
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout}{done.stderr}")
-    out = done.stdout
+    if running.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out}{err}")
     for line in out.splitlines():
         if line.startswith("BENCH_JSON "):
             totals: dict[str, int] = json.loads(line.removeprefix("BENCH_JSON "))
             if cpu_before is not None and cpu_after is not None and totals["requests"]:
                 # workers' CPU microseconds per answered request: robust to machine noise
                 totals["cpu_us"] = round((cpu_after - cpu_before) * 1e6 / totals["requests"])
-            return totals
+            return totals, split
     raise RuntimeError(f"wrk printed no totals:\n{out}")
 
 
@@ -109,7 +118,7 @@ def run_workload(
         workload.setup(service.url)
     for round_no in range(1, args.rounds + 1):
         before = workload.tally(service.url) if workload.tally else 0
-        totals = wrk(service, workload, args, workdir)
+        totals, service_split = wrk(service, workload, args, workdir)
         if workload.tally is not None:
             ok = totals["requests"] - totals["non_2xx_3xx"]
             error = exactly_once_error(before, workload.tally(service.url), ok, args.connections)
@@ -123,13 +132,15 @@ def run_workload(
         result.timeouts += totals["timeout"]
         if totals["non_2xx_3xx"] or totals["timeout"]:
             print(f"!!! ERRORS (reported): {workload.name}: {totals}", flush=True)
+        hello_totals, hello_split = wrk(hello, workload, args, workdir)
         result.service.append(measure(totals))
-        result.hello.append(measure(wrk(hello, workload, args, workdir)))
+        result.hello.append(measure(hello_totals))
+        result.splits.append((service_split, hello_split))
         s, h = result.service[-1], result.hello[-1]
         print(
             f"{workload.name:>15} round {round_no}: lockstep {s[0]:8.0f} req/s "
-            f"p99 {s[2]:6.1f} ms {s[3]:4.0f} µs CPU | hello {h[0]:8.0f} req/s "
-            f"p99 {h[2]:6.1f} ms {h[3]:4.0f} µs CPU "
+            f"p99 {s[2]:6.1f} ms {s[3]:4.0f} µs CPU {service_split:>5} | "
+            f"hello {h[0]:8.0f} req/s p99 {h[2]:6.1f} ms {h[3]:4.0f} µs CPU {hello_split:>5} "
             f"| {s[0] / h[0]:.2f}x",
             flush=True,
         )

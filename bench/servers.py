@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -17,6 +18,19 @@ ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 CONFIG = ROOT / "config" / "gunicorn.conf.py"
 HELLO_APP = "bench.hello:create_app"
+
+
+def _established_inodes(port: int) -> set[str]:
+    """``socket:[inode]`` of every established TCP connection whose local port is ``port``."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "01" and int(local.rpartition(":")[2], 16) == port:  # ESTABLISHED
+                    found.add(f"socket:[{inode}]")
+    return found
 
 
 def free_port() -> int:
@@ -77,20 +91,47 @@ class Server:
         self.stop()
         raise TimeoutError(f"{self.name} not ready in {timeout} s:\n{self.log()}")
 
-    def cpu_seconds(self) -> float | None:
-        """CPU time (user + system) the workers have used so far; None off Linux."""
+    def _workers(self) -> list[str] | None:
+        """The worker processes' pids; None off Linux."""
         assert self.proc is not None
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        if not children.exists():
+        return children.read_text().split() if children.exists() else None
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the workers have used so far; None off Linux."""
+        workers = self._workers()
+        if workers is None:
             return None
         total = 0
-        for pid in children.read_text().split():
+        for pid in workers:
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except FileNotFoundError:
                 continue
             total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
         return total / os.sysconf("SC_CLK_TCK")
+
+    def connections_per_worker(self) -> list[int] | None:
+        """How many client connections each worker holds open now, largest first.
+
+        gunicorn's workers share one listening socket and race to accept, so a benchmark's
+        connections split between them unevenly, run by run; lockstep's batches (and its
+        req/s) follow the split. None off Linux.
+        """
+        workers = self._workers()
+        if workers is None:
+            return None
+        ours = _established_inodes(self.port)
+        counts = []
+        for pid in workers:
+            held = 0
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                for fd in os.scandir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        if os.readlink(fd.path) in ours:
+                            held += 1
+            counts.append(held)
+        return sorted(counts, reverse=True)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -57,4 +57,9 @@ def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
     assert "Exactly-once**: held in every write run" in report
     for workload in WORKLOADS:
         assert f"| {workload.title} |" in report
+        # Halfway through the round, each app's connections were found on its two workers.
+        line = next(x for x in report.splitlines() if x.startswith(f"- {workload.title}: "))
+        for split in line.partition(": ")[2].split(" | "):
+            counts = [int(n) for n in split.split("/")]
+            assert len(counts) == 2 and 0 < sum(counts) <= 16, line
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")

@@ -55,10 +55,10 @@ def post_worker_init(worker: object) -> None:
     collection runs once 700 more container objects have been made than freed since the
     last one, and the requests of one batch make more than that before their commit frees
     any: with most of wrk's 64 connections on one worker, or 128 across two, nearly every
-    batch set one off.
-    Measured with a ``gc.callbacks`` probe over 4 s of `GET /access`: 700-930 young
-    collections that found no garbage at all, 160-250 ms, 4-6 % of the busy worker's
-    time; at 10,000, none. Both apps of the benchmark run under this file and get both.
+    batch set one off. A ``gc.callbacks`` probe over 4 s of `GET /access` counted 700-1,160
+    young collections that found no garbage at all, 160-250 ms, 4-6 % of the busy worker's
+    time; at 10,000, none. (An A/B of req/s at the usual splits could not see it; see
+    ``bench/notes.md``.) Both apps of the benchmark run under this file and get both.
     """
     import gc
     import signal

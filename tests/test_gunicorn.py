@@ -87,7 +87,7 @@ async def test_values_survive_a_restart(tmp_path: Path) -> None:
 
 def test_worker_init_freezes_what_is_imported(tmp_path: Path) -> None:
     """post_worker_init leaves the imported modules out of every later full collection,
-    and makes young collections rare enough that a batch of requests does not set one off."""
+    and raises the young generation's threshold (the config says why)."""
     script = (
         "import gc, runpy\n"
         "config = runpy.run_path('config/gunicorn.conf.py')\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import msgspec
@@ -17,6 +18,15 @@ T = TypeVar("T")
 
 JSON = "application/json"
 NO_STORE = {"Cache-Control": "no-store"}
+
+# The entity tags this service hands out: a version, 1 to 2**63 - 1, in ASCII digits with no
+# leading zero. Only a tag spelled exactly so can match; ``str.isdigit`` would also let
+# through "01", "²" or a 5,000-digit number that ``int()`` refuses.
+_OUR_ETAG = re.compile(r'"([1-9][0-9]{0,18})"', re.ASCII)
+_MAX_VERSION = 2**63 - 1
+
+# The Content-Encodings a body may arrive in: those aiohttp decodes before ``read()``.
+_DECODED = frozenset({"identity", "gzip", "deflate"})
 
 _encode = msgspec.json.Encoder().encode
 
@@ -55,11 +65,28 @@ def decode_json(raw: bytes, type_: type[T], max_depth: int) -> T:
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The whole body (bounded by ``client_max_size``); 400 if the client stops short."""
+    """The whole body (bounded by ``client_max_size``); 400 if it is cut short or undecodable.
+
+    aiohttp decodes a gzip or deflate body and refuses br and zstd (no decoder installed)
+    in its parser; any other Content-Encoding it would pass through undecoded, so that is a
+    415 here rather than a body read as if it had none.
+    """
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in _DECODED:
+        raise web.HTTPUnsupportedMediaType(text="Content-Encoding must be gzip, deflate or none")
     try:
         return await request.read()
     except (HttpProcessingError, ConnectionError) as e:
         raise MalformedBody("the body ended before its Content-Length or chunking said") from e
+    except web.RequestPayloadError as e:
+        # The parser failed on the body itself: bad chunking, or bytes not in the named
+        # encoding. Nothing more of it can be read, so end it here, or aiohttp reads it again
+        # after the answer and logs the same error as unhandled; and close the connection
+        # after the answer, rather than parse what follows the bad bytes as a request.
+        request.content.feed_eof()
+        request.protocol.close()
+        what = "readable" if encoding == "identity" else f"valid {encoding} data"
+        raise MalformedBody(f"the body is not {what}, as its headers say") from e
 
 
 async def read_json(request: web.Request, type_: type[T], *, optional: bool = False) -> T | None:
@@ -104,8 +131,9 @@ def _etags(header: str) -> tuple[frozenset[int], bool]:
         if tag == "*":
             return frozenset(), True
         # Only strong tags of our own form ("<version>") can ever match.
-        if len(tag) >= 3 and tag[0] == '"' and tag[-1] == '"' and tag[1:-1].isdigit():
-            versions.add(int(tag[1:-1]))
+        ours = _OUR_ETAG.fullmatch(tag)
+        if ours and (version := int(ours[1])) <= _MAX_VERSION:
+            versions.add(version)
     return frozenset(versions), False
 
 

@@ -131,13 +131,38 @@ async def test_put_item_if_match_current_version_replaces(client: Client) -> Non
     await assert_unchanged(client, "cfg", 2, 2)
 
 
-@pytest.mark.parametrize("if_match", ['"2"', '"0", "3"', 'W/"1"', "1", "garbage"])
+# Tags that only look like "1": a leading zero, other scripts' digits (Arabic-Indic one,
+# superscript one), and numbers past any version, down to one too long for ``int()``.
+LOOKALIKES = [
+    '"01"',
+    '"\u0661"',
+    '"\u00b9"',
+    '"\u00b2"',
+    '"1' + "0" * 19 + '"',
+    '"' + "1" * 5000 + '"',
+]
+
+
+@pytest.mark.parametrize("if_match", ['"2"', '"0", "3"', 'W/"1"', "1", "garbage", *LOOKALIKES])
 async def test_put_item_if_match_mismatch_is_412(client: Client, if_match: str) -> None:
     """PUT with an If-Match that does not name the current strong ETag is a 412, no write."""
     await put_item(client, "cfg")
     async with client.put("/items/cfg", json={"value": 2}, headers={"If-Match": if_match}) as r:
         await assert_problem(r, 412, "precondition-failed", 'current version ("1")')
     await assert_unchanged(client, "cfg", 1, ORIGINAL)
+
+
+@pytest.mark.parametrize("if_none_match", LOOKALIKES)
+async def test_put_item_if_none_match_lookalike_does_not_match(
+    client: Client, if_none_match: str
+) -> None:
+    """An If-None-Match tag that only looks like the current version does not stop the PUT."""
+    await put_item(client, "cfg")
+    headers = {"If-None-Match": if_none_match}
+    async with client.put("/items/cfg", json={"value": 2}, headers=headers) as r:
+        assert r.status == 200
+        assert r.headers["ETag"] == '"2"'
+    await assert_unchanged(client, "cfg", 2, 2)
 
 
 @pytest.mark.parametrize("if_match", ['"1"', "*"])

@@ -26,7 +26,8 @@ METRICS_MEDIA = "text/plain; version=0.0.4"
 INT64: Json = {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
 
 _ERRORS: dict[str, str] = {
-    "400": "The body is not JSON, nests too deeply, repeats a key, or ended early.",
+    "400": "The body is not JSON, nests too deeply, repeats a key, ended early, or is not "
+    "valid in its Content-Encoding.",
     "401": "A tokens file is configured and the request has no known bearer token.",
     "403": "The token's scope does not cover this request.",
     "404": "The counter or record does not exist.",
@@ -34,7 +35,8 @@ _ERRORS: dict[str, str] = {
     "Idempotency-Key is still in flight; nothing changed.",
     "412": "An If-Match / If-None-Match precondition failed; nothing changed.",
     "413": "The body is larger than LOCKSTEP_MAX_BODY_BYTES.",
-    "415": "PATCH needs Content-Type: application/merge-patch+json.",
+    "415": "A body's Content-Encoding must be gzip, deflate or none; PATCH needs "
+    "Content-Type: application/merge-patch+json.",
     "422": "A bad name, query parameter or body field, or an Idempotency-Key reused for a "
     "different request.",
     "431": "The header lines add up to more than LOCKSTEP_MAX_HEADER_BYTES.",
@@ -304,7 +306,7 @@ def _body(schema: Json, media: str = "application/json", required: bool = True) 
 def _paths() -> Json:
     name, item_id = [_ref("parameters", "name")], [_ref("parameters", "id")]
     conditional = [*item_id, _ref("parameters", "If-Match"), _ref("parameters", "If-None-Match")]
-    bad_body = ("400", "413", "422")
+    bad_body = ("400", "413", "415", "422")
     increment = {
         "type": "object",
         "additionalProperties": False,
@@ -410,7 +412,7 @@ def _paths() -> Json:
                 "Merge-patch a record (RFC 7396)",
                 "write",
                 _record_ok("200", "Patched."),
-                (*bad_body, "404", "412", "415"),
+                (*bad_body, "404", "412"),
                 parameters=conditional,
                 body=_body({"description": "A JSON Merge Patch."}, "application/merge-patch+json"),
             ),

@@ -330,3 +330,45 @@ async def test_pipelined_flood_is_answered_in_order(client: TestClient[Any, Any]
     resp2 = await client.get("/counters/flood")
     assert resp2.status == 200
     assert (await resp2.json())["value"] == n
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_body_not_in_its_content_encoding_is_refused(
+    client: TestClient[Any, Any],
+    seeded: tuple[Any, Any],
+    caplog: pytest.LogCaptureFixture,
+    encoding: str,
+) -> None:
+    """A body that is not in the Content-Encoding it names gets a 400 problem and no write."""
+    extra = f"Content-Encoding: {encoding}\r\n"
+    raw = await exchange(client, request("PUT", "/items/r", b'{"value": 5}', extra))
+    assert raw.status == 400
+    assert raw.problem()["detail"] == f"the body is not valid {encoding} data, as its headers say"
+    assert await stored(client) == seeded
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd"])
+async def test_body_in_an_undecodable_content_encoding_is_refused(
+    client: TestClient[Any, Any], seeded: tuple[Any, Any], encoding: str
+) -> None:
+    """An encoding aiohttp has no decoder for is refused by its parser: 400 (plain text)."""
+    extra = f"Content-Encoding: {encoding}\r\n"
+    raw = await exchange(client, request("PUT", "/items/r", b'{"value": 5}', extra))
+    assert raw.status == 400
+    assert await stored(client) == seeded
+
+
+@pytest.mark.parametrize("encoding", ["x-made-up", "gzip, identity", "compress"])
+async def test_body_in_an_unknown_content_encoding_is_415(
+    client: TestClient[Any, Any], seeded: tuple[Any, Any], encoding: str
+) -> None:
+    """A coding aiohttp would pass through undecoded is a 415 problem, not read as identity."""
+    for method, path in (("PUT", "/items/r"), ("PUT", "/counters/c"), ("PATCH", "/items/r")):
+        extra = f"Content-Encoding: {encoding}\r\n"
+        if method == "PATCH":
+            extra += "Content-Type: application/merge-patch+json\r\n"
+        raw = await exchange(client, request(method, path, b'{"value": 5}', extra))
+        assert raw.status == 415
+        assert "gzip, deflate or none" in raw.problem()["detail"]
+    assert await stored(client) == seeded

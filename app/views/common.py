@@ -71,8 +71,8 @@ async def read_body(request: web.Request) -> bytes:
     in its parser; any other Content-Encoding it would pass through undecoded, so that is a
     415 here rather than a body read as if it had none.
     """
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in _DECODED:
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is not None and encoding.strip().lower() not in _DECODED:
         raise web.HTTPUnsupportedMediaType(text="Content-Encoding must be gzip, deflate or none")
     try:
         return await request.read()
@@ -85,7 +85,7 @@ async def read_body(request: web.Request) -> bytes:
         # after the answer, rather than parse what follows the bad bytes as a request.
         request.content.feed_eof()
         request.protocol.close()
-        what = "readable" if encoding == "identity" else f"valid {encoding} data"
+        what = f"valid {encoding.strip().lower()} data" if encoding else "readable"
         raise MalformedBody(f"the body is not {what}, as its headers say") from e
 
 

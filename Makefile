@@ -21,8 +21,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check
 	$(BIN)/mypy
 
+# PostgreSQL cases run against $LOCKSTEP_TEST_POSTGRES_URL if set, else against a throwaway
+# cluster started here (needs root and Debian's postgresql); without either they skip.
 test: $(STAMP) lint
 	bash scripts/system-deps.sh
+	if [ -z "$${LOCKSTEP_TEST_POSTGRES_URL:-}" ]; then \
+		pg_env=$$(bash scripts/test-postgres.sh --env) \
+			|| echo "no PostgreSQL test server (needs root and postgresql): its tests skip (fail with CI set)"; \
+		eval "$$pg_env"; \
+	fi; \
 	$(BIN)/pytest
 
 # Throughput against aiohttp hello world; writes docs/benchmarks.md and docs/benchmarks.png.

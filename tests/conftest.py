@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 import pytest
@@ -27,14 +27,22 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(data_dir=tmp_path / "data", **overrides)
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Skip a test whose outside part (a server, a browser, wrk) is missing; fail under ``CI``.
+
+    A developer's machine may lack them; CI installs and starts all of them
+    (``scripts/system-deps.sh``, ``make test``), so there a missing one is a broken setup.
+    """
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must run this test")
+    pytest.skip(reason)
+
+
 def postgres_server_url() -> str:
     """The test server's URL; skips the test without one (fails instead when ``CI`` is set)."""
     url = os.environ.get(POSTGRES_URL_ENV, "")
     if not url:
-        reason = f"no PostgreSQL server: set {POSTGRES_URL_ENV} (scripts/test-postgres.sh --env)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must run the PostgreSQL tests")
-        pytest.skip(reason)
+        unavailable(f"no PostgreSQL server: set {POSTGRES_URL_ENV} (make test does it as root)")
     return url
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from bench.servers import ROOT
 from bench.workloads import WORKLOADS, exactly_once_error
+from tests.conftest import unavailable
 
 
 def test_exactly_once_check_accepts_matching_tally() -> None:
@@ -37,9 +38,10 @@ NO_WRK = "wrk is not installed (apt-get install wrk; scripts/system-deps.sh does
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("wrk") is None, reason=NO_WRK)
 def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
     """One short round of every workload runs, holds exactly-once, and writes table and chart."""
+    if shutil.which("wrk") is None:
+        unavailable(NO_WRK)
     out = tmp_path / "benchmarks.md"
     done = subprocess.run(
         [

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from app.tokens import add_token
+from tests.conftest import unavailable
 from tests.support import ROOT, Service
 
 pytestmark = pytest.mark.slow
@@ -35,7 +36,7 @@ UPDATE_SCREENSHOT = os.environ.get("LOCKSTEP_UPDATE_SCREENSHOT") == "1"
 @pytest.fixture
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no browser: {CHROMIUM} missing (scripts/system-deps.sh installs chromium)")
+        unavailable(f"no browser: {CHROMIUM} missing (scripts/system-deps.sh installs chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -19,7 +19,7 @@ from app.combining import Combiner
 from app.envelope import PROBLEM, problem_body
 from app.errors import InvalidInput, LockstepError
 from app.idempotency import Claim, Rendered, Replay, fingerprint
-from app.state import get_in_flight
+from app.state import get_in_flight, get_metrics
 
 KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -86,5 +86,8 @@ async def execute(
     finally:
         in_flight.leave(claim.key)
     if isinstance(outcome, Replay):
+        # Counted here, where it is answered, not where the batch found the stored key: a
+        # PostgreSQL transaction that is retried triages its ops again.
+        get_metrics(request).idempotent_replays.inc()
         return _response(outcome.response, replayed=True)
     return _response(claim.render(outcome))

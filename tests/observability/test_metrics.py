@@ -77,6 +77,22 @@ async def test_metrics_labels_stay_bounded_whatever_clients_send(
     assert total(after, "lockstep_http_requests_total", method="other") == 251
 
 
+async def test_idempotent_replays_counted_once_per_replayed_answer(
+    client: TestClient[Any, Any],
+) -> None:
+    """N requests with one Idempotency-Key apply once and count N-1 replays."""
+    headers = {"Idempotency-Key": "replay-metric"}
+    replayed = []
+    for _ in range(4):
+        async with client.post("/counters/r/increment", headers=headers) as r:
+            assert r.status == 200
+            assert (await r.json())["value"] == 1
+            replayed.append(r.headers.get("Idempotent-Replayed") == "true")
+    assert replayed == [False, True, True, True]
+    samples = await scrape(client)
+    assert total(samples, "lockstep_idempotent_replays_total") == 3
+
+
 async def test_resource_waits_and_timeouts_are_observed_by_kind() -> None:
     """A request queued behind a committing batch is observed with its wait; one that gives up
     is counted as a timeout of its kind."""

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.logs import CURRENT
+from app.storage import DB_ERROR_KINDS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -162,6 +163,14 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        # The failure counters' children are made now, so each kind is exported at 0 from
+        # the first scrape on rather than appearing with its first event (a rate() needs
+        # the zero). In multiprocess mode each worker writes its zeros to its own file and
+        # a scrape adds them up like any other value.
+        for kind in sorted(LOCK_KINDS):
+            self.lock_timeouts.labels(kind)
+        for kind in DB_ERROR_KINDS:
+            self.db_errors.labels(kind)
         # Per-request figures are added up in plain dicts and handed to prometheus_client
         # by flush() (once a second, and before every scrape of this worker): in
         # multiprocess mode every inc() is a locked write to a memory-mapped file, five of

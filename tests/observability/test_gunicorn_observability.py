@@ -14,6 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from app.metrics import LOCK_KINDS
+from app.storage import DB_ERROR_KINDS
 from tests.observability.helpers import next_event, parse_metrics, total
 from tests.observability.workers import serving_worker
 from tests.support import Service
@@ -100,6 +102,18 @@ async def test_metrics_add_up_across_workers(service: Service) -> None:
             assert total(samples, requests, route="/access", method="GET", status="200") == sent
             assert total(samples, "lockstep_lock_wait_seconds_count", kind="counter") == sent
             assert total(samples, "lockstep_db_commit_batch_size_sum") == sent
+
+
+async def test_failure_series_at_zero_in_a_fresh_multiprocess_scrape(service: Service) -> None:
+    """Under gunicorn, where each worker writes its zeros to its own metrics file, every
+    lock-timeout and database-error kind is exported at 0 before anything failed."""
+    async with aiohttp.ClientSession() as http, http.get(service.url + "/metrics") as r:
+        assert r.status == 200
+        samples = parse_metrics(await r.text())
+    for kind in LOCK_KINDS:
+        assert samples[("lockstep_lock_timeouts_total", frozenset({("kind", kind)}))] == 0
+    for kind in DB_ERROR_KINDS:
+        assert samples[("lockstep_db_errors_total", frozenset({("kind", kind)}))] == 0
 
 
 async def test_event_stream_sees_changes_made_by_the_other_worker(service: Service) -> None:

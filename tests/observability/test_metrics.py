@@ -15,8 +15,9 @@ from app.combining import Batch, Combiner, ops_of
 from app.errors import LockTimeout
 from app.locks import LockRegistry
 from app.main import create_app
-from app.metrics import Metrics
+from app.metrics import LOCK_KINDS, Metrics
 from app.state import COUNTERS, LOCKS
+from app.storage import DB_ERROR_KINDS
 from app.storage.sqlite import _error_kind
 from tests.conftest import ClientFactory, settings_for
 from tests.observability.helpers import parse_metrics, total, until
@@ -75,6 +76,18 @@ async def test_metrics_labels_stay_bounded_whatever_clients_send(
     assert not any(v.startswith(("n1", "rid", "/nowhere/")) for v in label_values)
     assert not label_values & set(ODD_METHODS)
     assert total(after, "lockstep_http_requests_total", method="other") == 251
+
+
+async def test_bounded_failure_series_exported_at_zero_before_any_event(
+    client: TestClient[Any, Any],
+) -> None:
+    """A fresh service exports every lock-timeout and database-error kind at 0, so a rate()
+    over them has a series to start from."""
+    samples = await scrape(client)
+    for kind in LOCK_KINDS:
+        assert samples[("lockstep_lock_timeouts_total", frozenset({("kind", kind)}))] == 0
+    for kind in DB_ERROR_KINDS:
+        assert samples[("lockstep_db_errors_total", frozenset({("kind", kind)}))] == 0
 
 
 async def test_idempotent_replays_counted_once_per_replayed_answer(

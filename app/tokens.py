@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -80,10 +81,17 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _write_tokens(path: Path, tokens: TokensFile) -> None:
-    """Replace the file atomically (new inode), readable by its owner only."""
+    """Replace the file atomically (new inode): a new file is readable by its owner only, a
+    replaced one keeps its owner, group and mode."""
+    try:
+        replaced: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        replaced = None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     try:
         with os.fdopen(fd, "wb") as f:
+            if replaced is not None:
+                _keep_owner_and_mode(f.fileno(), replaced, path)
             f.write(msgspec.json.format(msgspec.json.encode(tokens)) + b"\n")
             f.flush()
             os.fsync(f.fileno())
@@ -92,6 +100,26 @@ def _write_tokens(path: Path, tokens: TokensFile) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _keep_owner_and_mode(fd: int, replaced: os.stat_result, path: Path) -> None:
+    """Give the new file the owner, group and mode of the one it replaces.
+
+    The service may run as another user than whoever edits the file (the Docker image's
+    uid 10001, say): without this, every new/revoke would leave it a file it cannot read.
+    Giving a file to another user needs root; without it the command is refused and the
+    file stays as it was.
+    """
+    created = os.fstat(fd)
+    if (created.st_uid, created.st_gid) != (replaced.st_uid, replaced.st_gid):
+        try:
+            os.fchown(fd, replaced.st_uid, replaced.st_gid)
+        except PermissionError as e:
+            owner = f"{replaced.st_uid}:{replaced.st_gid}"
+            raise TokensFileError(
+                f"tokens file {path} is owned by {owner}; run this as root (sudo) or as its owner"
+            ) from e
+    os.fchmod(fd, stat.S_IMODE(replaced.st_mode))
 
 
 def add_token(path: Path, label: str, scope: Scope) -> str:

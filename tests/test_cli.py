@@ -83,3 +83,41 @@ def test_token_without_file_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(SystemExit) as exit_info:
         main(["token", "list"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_token_rewrite_as_root_keeps_the_owner_and_mode(tmp_path: Path) -> None:
+    """A tokens file handed to the service's user (the image's uid 10001) stays theirs, with
+    its mode, when root adds or revokes a token: the service can still read it."""
+    path = tmp_path / "tokens.json"
+    assert main(["token", "--file", str(path), "new", "--scope", "read", "--label", "a"]) == 0
+    os.chown(path, 10001, 10001)
+    os.chmod(path, 0o640)
+    assert main(["token", "--file", str(path), "new", "--scope", "write", "--label", "b"]) == 0
+    assert main(["token", "--file", str(path), "revoke", "a"]) == 0
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (10001, 10001, 0o640)
+    assert [t["label"] for t in json.loads(path.read_text())["tokens"]] == ["b"]
+
+
+def test_token_rewrite_that_cannot_keep_the_owner_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the new file cannot be given the old one's owner (not root), the command fails
+    and leaves the file as it was, with no temporary file behind."""
+    path = tmp_path / "tokens.json"
+    assert main(["token", "--file", str(path), "new", "--scope", "read", "--label", "a"]) == 0
+    before = path.read_bytes()
+    # As if the file belonged to someone else (the new one gets another owner) and the
+    # caller were not root.
+    monkeypatch.setattr(os, "fstat", lambda fd: os.stat_result((0, 0, 0, 0, -1, -1, 0, 0, 0, 0)))
+
+    def refuse(fd: int, uid: int, gid: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", refuse)
+    assert main(["token", "--file", str(path), "revoke", "a"]) == 1
+    assert "owned by" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.json", "tokens.json.lock"]

@@ -21,16 +21,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
+from app.cli import _parser
 from tests.support import ROOT, free_port
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
+TOKENS_COMPOSE = ROOT / "docker-compose.tokens.yml"
 BIN = Path(sys.executable).parent
 
 
@@ -121,6 +123,13 @@ def dockerignored(path: str) -> bool:
         ):
             ignored = not negate
     return ignored
+
+
+def documented_commands(text: str, program: str) -> list[list[str]]:
+    """The words of every line of ``text`` that runs ``program`` (in a code block, or a
+    comment line such as ``#   lockstep …``), with ``sudo`` and trailing comments dropped."""
+    pattern = rf"^[#\s]*(?:sudo )?((?:\S*/)?{re.escape(program)} .*)$"
+    return [shlex.split(line, comments=True) for line in re.findall(pattern, text, re.M)]
 
 
 def url_port(command: list[str]) -> int:
@@ -223,6 +232,30 @@ def test_compose_restarts_and_stops_gracefully() -> None:
     graceful = re.search(r"^graceful_timeout = (\d+)", config, re.M)
     assert graceful
     assert int(grace.group(1)) > int(graceful.group(1))
+
+
+def test_documented_token_commands_parse_and_the_docker_recipe_hands_the_file_over() -> None:
+    """Every `lockstep token` command in the compose tokens recipe and the README is one the
+    CLI accepts; the recipe writes the file compose mounts and gives it to the image's user."""
+    recipe = TOKENS_COMPOSE.read_text()
+    readme = (ROOT / "README.md").read_text()
+    commands = documented_commands(recipe, "lockstep token")
+    assert any("new" in c for c in commands)
+    for words in commands + documented_commands(readme, "lockstep token"):
+        try:
+            _parser().parse_args(words[1:])
+        except SystemExit:
+            pytest.fail(f"the CLI refuses the documented command: {shlex.join(words)}")
+
+    service = yaml.safe_load(recipe)["services"]["lockstep"]
+    [mount] = service["volumes"]
+    source = Path(mount.split(":")[0])
+    tokens_file = source / PurePosixPath(service["environment"]["LOCKSTEP_TOKENS_FILE"]).name
+    for words in commands:
+        assert _parser().parse_args(words[1:]).file == tokens_file
+    # The container runs as the Dockerfile's USER and the CLI makes the file mode 0600.
+    [chown] = documented_commands(recipe, "chown")
+    assert chown == ["chown", only(parse_dockerfile(), "USER"), str(tokens_file)]
 
 
 def test_dockerfile_passes_hadolint() -> None:

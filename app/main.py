@@ -17,6 +17,7 @@ from app.limits import parser_limits
 from app.locks import LockRegistry
 from app.metrics import Metrics
 from app.observe import setup_observability
+from app.parser_errors import answer_parser_errors
 from app.routes import setup_routes
 from app.settings import Settings
 from app.state import (
@@ -71,6 +72,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
         client_max_size=settings.max_body_bytes,
         handler_args=parser_limits(settings.max_header_bytes),
     )
+    answer_parser_errors()  # aiohttp would log and echo the bytes its parser refuses
     app[SETTINGS] = settings
     app[HEALTH] = Health()
     metrics = Metrics()

@@ -102,6 +102,34 @@ def test_tokens_never_appear_in_logs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_parser_refused_requests_log_no_token_and_no_traceback(tmp_path: Path) -> None:
+    """Requests the HTTP parser refuses, their Authorization carrying a valid token, get a 400
+    problem body and one INFO line each: the token is in neither, and nothing is at ERROR."""
+    tokens = tmp_path / "tokens.json"
+    good = add_token(tokens, "ci", "write")
+    env = {"LOCKSTEP_TOKENS_FILE": str(tokens), "LOCKSTEP_LOG_LEVEL": "debug"}
+    head = f"GET /counters HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {good}"
+    refused = [
+        # Past the parser's cap of 4 x LOCKSTEP_MAX_HEADER_BYTES (aiohttp quoted 100 bytes).
+        head + "x" * 40_000 + "\r\n\r\n",
+        # A forbidden byte in the value (aiohttp quoted the whole line).
+        head + "\x01\r\n\r\n",
+        # Too many header lines (aiohttp logged a traceback for it).
+        head + "\r\n" + "".join(f"X-{i}: y\r\n" for i in range(200)) + "\r\n",
+    ]
+    with Service(tmp_path / "data", workers=1, env=env) as svc:
+        answers = [asyncio.run(_raw(svc.port, request.encode())) for request in refused]
+    log = svc.log()  # complete: the service has stopped
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.0 400 "), answer[:300]
+        assert b"Content-Type: application/problem+json" in answer, answer[:300]
+        assert good.encode() not in answer and b"Bearer" not in answer.partition(b"\r\n\r\n")[2]
+    assert log.count("refused by the HTTP parser") == len(refused)
+    assert good not in log
+    assert "Traceback" not in log and " ERROR " not in log
+
+
+@pytest.mark.slow
 def test_open_service_warns_only_when_bound_beyond_loopback(tmp_path: Path) -> None:
     """Without a tokens file, a 0.0.0.0 bind logs the OPEN warning; a loopback bind does not."""
     wide = f"0.0.0.0:{free_port()}"

@@ -246,10 +246,13 @@ async def test_headers_of_16_kib_are_refused(
 async def test_header_past_parser_cap_is_refused(
     client: TestClient[Any, Any], seeded: tuple[Any, Any]
 ) -> None:
-    """A header line past the parser's hard cap (4 x the limit) is refused before any handler."""
+    """A header line past the parser's hard cap (4 x the limit) is refused before any handler,
+    with a problem body that does not quote it."""
     extra = "X-Pad: " + "p" * 40_000 + "\r\n"
     raw = await exchange(client, request("PUT", "/counters/c", b'{"value": 1}', extra))
     assert raw.status == 400
+    assert raw.problem()["type"] == "urn:lockstep:problem:malformed-request"
+    assert b"ppp" not in raw.body
     assert await stored(client) == seeded
 
 

@@ -1,0 +1,63 @@
+"""What a request the HTTP parser refuses gets: one log line and a problem body, nothing echoed.
+
+aiohttp answers those requests itself, before any route or envelope runs: it logs a
+traceback at ERROR and sends a plain-text 400 quoting the offending bytes — up to 100 of a
+header too long for ``max_field_size``, or the whole line holding a forbidden byte. That
+line may be ``Authorization: Bearer lst_…``, so a real token reached the error log and went
+back in the body, and any client could write tracebacks into the log at will.
+
+aiohttp has no hook for this answer (aio-libs/aiohttp#9882): an app's ``handler_args`` reach
+the connection's ``RequestHandler``, but its class is fixed and ``handle_error`` builds the
+body from the exception's message. So ``answer_parser_errors`` replaces that one method;
+every other error it handles (a 500 or 504 from outside the envelope) still goes to
+aiohttp's own.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from app.envelope import problem_response
+
+logger = logging.getLogger(__name__)
+
+_aiohttp_handle_error = web.RequestHandler.handle_error
+
+
+def _handle_error(
+    self: web.RequestHandler,
+    request: web.BaseRequest,
+    status: int = 500,
+    exc: BaseException | None = None,
+    message: str | None = None,
+) -> web.StreamResponse:
+    """A parser error: one INFO line naming its class and a fixed 400 problem body.
+
+    INFO, not WARNING or ERROR: the client sent bad bytes and there is nothing for the
+    operator to fix, like any other 4xx, which gets its INFO access line; and so
+    ``LOCKSTEP_LOG_LEVEL=warning`` silences these with the access lines. Neither the line
+    nor the body carries the exception's message, which quotes what the client sent.
+    """
+    if not isinstance(exc, HttpProcessingError):
+        return _aiohttp_handle_error(self, request, status, exc, message)
+    logger.info(
+        "refused by the HTTP parser",
+        extra={"status": status, "error": type(exc).__name__, "remote": request.remote},
+    )
+    response = problem_response(
+        status,
+        "Bad Request",
+        "the request is not valid HTTP/1.1 or one of its lines is longer than the parser"
+        " accepts; the connection is closed",
+        "malformed-request",
+    )
+    response.force_close()
+    return response
+
+
+def answer_parser_errors() -> None:
+    """Make every aiohttp server in this process answer parser errors as above."""
+    web.RequestHandler.handle_error = _handle_error  # type: ignore[method-assign]

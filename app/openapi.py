@@ -47,8 +47,11 @@ _HEADERS: dict[str, Json] = {
     "403": {"WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}},
     "503": {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
 }
-# Errors any request can meet: auth, oversized headers, an overloaded database.
-_ALWAYS = ("401", "403", "431", "503")
+# Errors the envelope (app.envelope) can answer on a route before its handler runs: headers
+# over LOCKSTEP_MAX_HEADER_BYTES on every route; and on those that need a token, a missing or
+# unknown token, one of too narrow a scope, or an unusable tokens file (503).
+_EVERY_ROUTE = ("431",)
+_SCOPED = ("401", "403", "503")
 
 
 def _ref(kind: str, name: str) -> Json:
@@ -72,7 +75,7 @@ def _operation(
 ) -> Json:
     """One operation: its success responses plus a problem response per error status."""
     responses = dict(ok)
-    for status in (*errors, *(() if scope is None else _ALWAYS)):
+    for status in (*errors, *_EVERY_ROUTE, *(() if scope is None else _SCOPED)):
         responses[status] = {
             "description": _ERRORS[status],
             "headers": _HEADERS.get(status, {}),

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from app.limits import parser_limits
 from app.settings import Settings
 from tests.support import ROOT
 
@@ -74,6 +75,40 @@ def test_nginx_balances_the_app_service_without_replaying_requests() -> None:
     assert listen is not None
     assert any(p.endswith(f":{listen.group(1)}") for p in services["lb"]["ports"])
     assert conf.count("{") == conf.count("}")
+
+
+def _size(value: str) -> int:
+    """An nginx size (``512``, ``32k``, ``2m``) in bytes."""
+    units = {"k": 1024, "m": 1024 * 1024}
+    return int(value[:-1]) * units[value[-1]] if value[-1] in units else int(value)
+
+
+def test_nginx_lets_through_what_the_app_refuses_itself() -> None:
+    """nginx's body cap is above the app's default and a header line may be as long as the
+    app's parser takes, so the app's problem bodies answer (413, 431), not nginx's HTML."""
+    conf = NGINX.read_text()
+    body = re.search(r"client_max_body_size\s+(\w+);", conf)
+    buffers = re.search(r"large_client_header_buffers\s+(\d+)\s+(\w+);", conf)
+    assert body is not None and buffers is not None
+    defaults = Settings.model_fields
+    max_body, max_headers = defaults["max_body_bytes"].default, defaults["max_header_bytes"].default
+    assert _size(body.group(1)) > max_body
+    count, line = int(buffers.group(1)), _size(buffers.group(2))
+    assert line >= parser_limits(max_headers)["max_field_size"]
+    assert count * line > max_headers
+
+
+def test_nginx_looks_the_replicas_up_again_on_dockers_dns() -> None:
+    """`app` is re-resolved through Docker's embedded DNS: a resolver, a zone, `resolve` on the
+    server, and an nginx image new enough for it (1.27.3)."""
+    conf = NGINX.read_text()
+    assert re.search(r"^resolver\s+127\.0\.0\.11\b", conf, re.M)
+    assert re.search(
+        r"upstream\s+\w+\s*\{[^}]*\bzone\s+\w+\s+\w+;[^}]*\bserver\s+app:8080\s+resolve\b", conf
+    )
+    tag = re.match(r"nginx:(\d+)\.(\d+)(?:\.(\d+))?", cluster()["lb"]["image"])
+    assert tag is not None
+    assert tuple(int(part or 0) for part in tag.groups()) >= (1, 27, 3)
 
 
 def test_cluster_profile_leaves_the_default_path_alone() -> None:

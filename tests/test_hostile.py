@@ -355,10 +355,11 @@ async def test_body_not_in_its_content_encoding_is_refused(
 async def test_body_in_an_undecodable_content_encoding_is_refused(
     client: TestClient[Any, Any], seeded: tuple[Any, Any], encoding: str
 ) -> None:
-    """An encoding aiohttp has no decoder for is refused by its parser: 400 (plain text)."""
+    """An encoding aiohttp has no decoder for is refused by its parser: a 400 problem."""
     extra = f"Content-Encoding: {encoding}\r\n"
     raw = await exchange(client, request("PUT", "/items/r", b'{"value": 5}', extra))
     assert raw.status == 400
+    assert raw.problem()["type"] == "urn:lockstep:problem:malformed-request"
     assert await stored(client) == seeded
 
 

@@ -37,8 +37,10 @@ async def test_kill_worker_mid_load_hands_out_distinct_committed_values(tmp_path
     """kill -9 of a worker during 1,000 increments: ints distinct, count = 2xx + at most errors.
 
     Protection: each batch is one BEGIN IMMEDIATE transaction that reads and writes under
-    SQLite's write lock, released by the kernel when its holder dies; without it the two
-    workers hand out duplicate values, and without durable commit-before-answer the count
+    SQLite's write lock, released by the kernel when its holder dies (as is the writer
+    turn's flock). With a deferred BEGIN and no writer turn, SQLite refuses the writer whose
+    snapshot went stale, so requests fail with 503 rather than get duplicate values
+    (tests/storage/test_write_lock.py); without durable commit-before-answer the count
     falls below the number of 200s.
     """
     data = tmp_path / "data"

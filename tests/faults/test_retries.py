@@ -65,8 +65,9 @@ async def test_patches_with_same_if_match_on_two_workers_one_wins(tmp_path: Path
     """Pairs of PATCHes with the same If-Match, raced over 2 workers: one 200 and one 412 each.
 
     Protection: the precondition is checked against the state read inside the same
-    BEGIN IMMEDIATE transaction that writes; checking it before (or in another process's
-    snapshot) lets both PATCHes of a pair succeed.
+    BEGIN IMMEDIATE transaction that writes; checking it before that transaction lets both
+    PATCHes of a pair succeed. A deferred BEGIN without the writer turn gives a 503 instead
+    of the 412, not two 200s (tests/storage/test_write_lock.py).
     """
     with Service(tmp_path / "data", workers=2) as service:
         connector = aiohttp.TCPConnector(limit=0, force_close=True)

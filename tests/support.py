@@ -52,6 +52,9 @@ class Service:
             **os.environ,
             "LOCKSTEP_DATA_DIR": str(self.data_dir),
             "WEB_CONCURRENCY": str(self.workers),
+            # Python ignores ResourceWarning by default: without this, a worker that leaks
+            # a socket or file at shutdown prints nothing, and the log checks cannot fail.
+            "PYTHONWARNINGS": "always::ResourceWarning",
             **self.extra_env,
         }
         env.pop("GUNICORN_CMD_ARGS", None)

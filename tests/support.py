@@ -19,6 +19,15 @@ GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 CONFIG = ROOT / "config" / "gunicorn.conf.py"
 
 
+def worker_of(request_id: str) -> str:
+    """Which worker process answered, from the ``X-Request-ID`` it made up for the request.
+
+    A fresh id starts with a random prefix drawn once per process (app.logs), so requests
+    sent without an id of their own tell the workers apart.
+    """
+    return request_id[:12]
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as s:

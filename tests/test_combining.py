@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+import app.storage.sqlite as sqlite_backend
 from app.combining import Batch, Combiner, OpenBatch, ops_of
 from app.domain import CounterOp, CounterOutcome, Increment
 from app.errors import LockTimeout
@@ -214,3 +218,100 @@ async def test_request_cancelled_before_its_batch_is_taken_is_left_out(
     assert await storage.get_counter("c") == 101
     assert len(locks) == 0
     assert len(combiner) == 0
+
+
+async def test_cancellation_storm_applies_exactly_the_claimed_increments(
+    storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half of 1,000 increments to 4 counters cancelled at random: applied once iff batched.
+
+    Survivors each get a distinct value, each counter ends at the number of increments
+    applied, and neither the combiner nor the lock registry holds anything afterwards.
+    A batch's first op is in it from the start; the others join when SQLite's writer takes
+    the batch (``ops_of``). Both moments and every cancellation are numbered on one clock
+    of events, so the test knows exactly which ops a correct combiner applies.
+    """
+    events = itertools.count()
+    started: dict[int, int] = {}  # id(batch) → event when the combiner handed it to storage
+    claimed: dict[int, int] = {}  # id(op) → event when it joined a batch
+    applied: Counter[int] = Counter()  # id(op) → how many transactions it was part of
+    cancelled_at: dict[int, int] = {}  # request index → event of its task's cancellation
+
+    def apply(key: str, batch: OpenBatch[CounterOp]) -> None:
+        started[id(batch)] = next(events)
+        storage.apply_counter_ops(key, batch)
+
+    def recording_ops_of(batch: Batch[CounterOp]) -> list[CounterOp]:
+        ops = ops_of(batch)
+        now = next(events)
+        for i, op in enumerate(ops):
+            claimed[id(op)] = started[id(batch)] if i == 0 else now
+            applied[id(op)] += 1
+        return ops
+
+    monkeypatch.setattr(sqlite_backend, "ops_of", recording_ops_of)
+    locks = LockRegistry(timeout=30)
+    combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", locks, apply)
+    rng = random.Random(11)
+    keys = [f"c{i}" for i in range(4)]
+    ops = [Increment(1) for _ in range(1000)]
+    key_of = [rng.choice(keys) for _ in ops]
+    doomed = set(rng.sample(range(len(ops)), len(ops) // 2))
+    tasks: list[asyncio.Task[CounterOutcome]] = []
+    victims: list[int] = []
+
+    def cancel(i: int) -> None:
+        cancelled_at[i] = next(events)
+        if not tasks[i].cancel():  # too late: it already returned its value
+            del cancelled_at[i]
+
+    async def storm() -> None:
+        # Waves of 100 requests, each followed by loop turns until a transaction committed,
+        # cancelling doomed requests along the way: a third of each wave's before their
+        # tasks ever ran, the others at random turns: queued, leading a batch, or in a
+        # transaction under way on the writer thread.
+        for wave in range(0, len(ops), 100):
+            fresh = [i for i in range(wave, wave + 100) if i in doomed]
+            tasks.extend(
+                asyncio.create_task(combiner.submit(key_of[i], ops[i]))
+                for i in range(wave, wave + 100)
+            )
+            rng.shuffle(fresh)
+            for _ in range(len(fresh) // 3):
+                cancel(fresh.pop())
+            victims.extend(fresh)
+            rng.shuffle(victims)
+            commits = storage.batches
+            while storage.batches == commits:
+                await asyncio.sleep(0)
+                if victims and rng.random() < 0.3:
+                    cancel(victims.pop())
+        while victims:
+            cancel(victims.pop())
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(storm(), 30)
+    gathered = asyncio.gather(*tasks, return_exceptions=True)
+    results = await asyncio.wait_for(gathered, 30)
+
+    survivors = [i for i in range(len(ops)) if i not in cancelled_at]
+    for i in survivors:
+        assert isinstance(results[i], int), results[i]
+        assert applied[id(ops[i])] == 1
+    for i, when in cancelled_at.items():
+        assert isinstance(results[i], asyncio.CancelledError), results[i]
+        # Applied, once, if and only if it was in a batch before it was cancelled.
+        in_batch = claimed.get(id(ops[i]), when) < when
+        assert applied[id(ops[i])] == int(in_batch), i
+    late = sum(applied[id(ops[i])] for i in cancelled_at)
+    assert len(cancelled_at) > len(doomed) // 2
+    assert 0 < late < len(cancelled_at)  # the storm hit ops in batches and ops still waiting
+    for key in keys:
+        values = [results[i] for i in survivors if key_of[i] == key]
+        assert len(values) == len(set(values))
+        final = await storage.get_counter(key)
+        assert final == sum(applied[id(op)] for op, k in zip(ops, key_of, strict=True) if k == key)
+        assert all(0 < v <= final for v in values)  # type: ignore[operator]
+    assert len(combiner) == 0
+    assert combiner.waiting() == 0
+    assert len(locks) == 0

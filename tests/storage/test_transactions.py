@@ -17,6 +17,7 @@ from app.errors import StorageUnavailable
 from app.settings import Settings
 from app.storage.sqlite import SQLiteStorage
 from tests.conftest import settings_for
+from tests.storage.connections import WrappedConnection
 
 
 @pytest.fixture
@@ -77,15 +78,8 @@ async def test_cancelled_requests_cannot_interrupt_their_batch(
         await other.close()
 
 
-class _FailingCommit:
+class _FailingCommit(WrappedConnection):
     """A connection whose next COMMIT fails as a full disk would make it fail."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._conn.in_transaction
 
     def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
         if sql == "COMMIT":

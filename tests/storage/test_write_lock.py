@@ -23,33 +23,24 @@ from app.errors import PreconditionFailed, StorageUnavailable
 from app.settings import Settings
 from app.storage.sqlite import SQLiteStorage
 from tests.conftest import settings_for
+from tests.storage.connections import WrappedConnection
 
 WRITERS = 4
 PREEMPTED_S = 0.0002  # how long a writer thread is off the CPU after each read
 
 
-class _Preempted:
+class _Preempted(WrappedConnection):
     """A writer's connection whose thread loses the CPU after every SELECT, as under load.
 
     It widens the gap between a transaction's read and its write, where another writer
     would slip in if anything but SQLite's write lock let it; nothing else changes.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._conn.in_transaction
-
     def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
         cursor = self._conn.execute(sql, *args)
         if sql.startswith("SELECT"):
             time.sleep(PREEMPTED_S)
         return cursor
-
-    def executemany(self, sql: str, *args: Any) -> sqlite3.Cursor:
-        return self._conn.executemany(sql, *args)
 
 
 @pytest.fixture

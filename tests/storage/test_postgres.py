@@ -13,8 +13,17 @@ import asyncpg
 import pytest
 from pydantic import ValidationError
 
-from app.domain import CounterOp, Increment, PatchItem, PutItem, SetValue, Written
-from app.errors import StorageUnavailable
+from app.domain import (
+    CounterOp,
+    Increment,
+    ItemOp,
+    PatchItem,
+    Precondition,
+    PutItem,
+    SetValue,
+    Written,
+)
+from app.errors import PreconditionFailed, StorageUnavailable
 from app.idempotency import Claim, KeyReused, Rendered, Replay
 from app.settings import Settings
 from app.storage.pg_schema import MIGRATIONS, lock_key
@@ -79,6 +88,44 @@ async def test_patches_from_many_hosts_all_land(settings: Settings) -> None:
         record = await hosts[1].get_item("doc")
         assert record is not None
         assert (record.value, record.version) == ({f"f{i}": i for i in range(40)}, 41)
+    finally:
+        await asyncio.gather(*(h.close() for h in hosts))
+
+
+async def test_same_if_match_from_many_hosts_lets_exactly_one_write_win(
+    settings: Settings,
+) -> None:
+    """Four pools racing PUTs and PATCHes with one If-Match per record: one wins, the rest 412."""
+    hosts = [await PostgresStorage.open(settings) for _ in range(4)]
+    at_v1 = Precondition(if_match=frozenset({1}))
+
+    def contender(h: int) -> ItemOp:
+        # Even hosts replace the document, odd ones merge into it.
+        return PatchItem({"by": h}, at_v1) if h % 2 else PutItem({"by": h}, at_v1)
+
+    try:
+        for round_ in range(5):
+            ids = [f"doc{round_}-{n}" for n in range(25)]
+            await asyncio.gather(*(hosts[0].apply_item_ops(i, [PutItem({"base": 0})]) for i in ids))
+            # Each host commits its 25 units in one transaction, racing the other three.
+            # The rows exist, so the advisory locks and FOR UPDATE each serialize these
+            # alone; with neither, every host reads version 1 and all four "win".
+            results = await asyncio.gather(
+                *(
+                    asyncio.gather(*(host.apply_item_ops(i, [contender(h)]) for i in ids))
+                    for h, host in enumerate(hosts)
+                )
+            )
+            for n, i in enumerate(ids):
+                outcomes = [results[h][n][0] for h in range(4)]
+                winners = [o for o in outcomes if isinstance(o, Written)]
+                assert len(winners) == 1, (i, outcomes)
+                assert sum(isinstance(o, PreconditionFailed) for o in outcomes) == 3, outcomes
+                record = await hosts[n % 4].get_item(i)
+                assert record == winners[0].record
+                by = record.value["by"]
+                assert record.value == {"by": by} | ({"base": 0} if by % 2 else {})
+                assert record.version == 2
     finally:
         await asyncio.gather(*(h.close() for h in hosts))
 

@@ -60,6 +60,34 @@ async def test_concurrent_startup_migrates_exactly_once(settings: Settings) -> N
         await asyncio.gather(*(s.close() for s in opened))
 
 
+async def test_startup_on_a_newer_schema_is_refused_and_changes_nothing(
+    settings: Settings,
+) -> None:
+    """A database migrated past this code's last migration stops startup and is left as it was."""
+    storage = await PostgresStorage.open(settings)
+    try:
+        await storage.apply_item_ops("doc", [PutItem({"a": 1})])
+    finally:
+        await storage.close()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        newer = len(MIGRATIONS) + 1
+        await conn.execute("INSERT INTO lockstep_migrations (version) VALUES ($1)", newer)
+        snapshot = (
+            "SELECT (SELECT array_agg(version ORDER BY version) FROM lockstep_migrations),"
+            " (SELECT array_agg(table_name::text ORDER BY table_name)"
+            "  FROM information_schema.tables WHERE table_schema = current_schema()),"
+            " (SELECT array_agg(row(id, value, version)::text) FROM items)"
+        )
+        before = await conn.fetchrow(snapshot)
+        assert before is not None and before[0] == list(range(1, newer + 1))
+        with pytest.raises(RuntimeError, match=f"schema is at version {newer}, newer than this"):
+            await PostgresStorage.open(settings)
+        assert await conn.fetchrow(snapshot) == before
+    finally:
+        await conn.close()
+
+
 async def test_new_counter_from_many_hosts_counts_exactly_once(settings: Settings) -> None:
     """Four pools creating the same new counters concurrently hand out each value exactly once."""
     hosts = [await PostgresStorage.open(settings) for _ in range(4)]

@@ -33,7 +33,8 @@ test: $(STAMP) lint
 	$(BIN)/pytest
 
 # Throughput against aiohttp hello world; writes docs/benchmarks.md and docs/benchmarks.png.
-# Needs wrk (Debian/Ubuntu: apt-get install wrk). BENCH_ARGS="--rounds 5 --duration 10" etc.
+# Needs wrk (Debian/Ubuntu: apt-get install wrk). BENCH_ARGS="--rounds 5 --duration 10" etc.;
+# BENCH_ARGS=--floor adds the durable floor (bench/floor.py) to GET /access.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk (or brew install wrk)"; exit 2; }

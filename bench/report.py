@@ -34,6 +34,8 @@ class Result:
     timeouts: int = 0  # lockstep's requests wrk gave up on (2 s), all rounds
     # Per round, wrk's connections per worker (largest first), lockstep's and hello's.
     splits: list[tuple[str, str]] = field(default_factory=list)
+    # The durable floor's runs (bench.floor), in the same rounds: only with --floor.
+    floor: list[Run] = field(default_factory=list)
 
     @staticmethod
     def _median(runs: list[Run], i: int) -> float:
@@ -83,6 +85,29 @@ def machine() -> str:
         f"{os.cpu_count()} CPUs; Python {platform.python_version()}, SQLite "
         f"{sqlite3.sqlite_version}, aiohttp {version('aiohttp')}, gunicorn {version('gunicorn')}"
     )
+
+
+def floor_table(results: list[Result]) -> list[str]:
+    """The durable floor beside hello world and lockstep, for the workloads it ran in."""
+    ran = [r for r in results if r.floor]
+    if not ran:
+        return []
+    lines = [
+        "**The durable floor** (`--floor`, `bench/floor.py`: one `UPDATE ... RETURNING` "
+        "commit per batch of waiting requests and nothing else), in the same rounds:",
+        "",
+        "| workload | floor req/s | floor share of hello | lockstep share of floor "
+        "| CPU µs/request lockstep / floor / hello | floor p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in ran:
+        (s, h), (sc, hc) = r.rate(), r.cpu()
+        f, fc, f99 = (Result._median(r.floor, i) for i in (0, 3, 2))
+        lines.append(
+            f"| {r.title} | {f:,.0f} | {f / h:.2f} | {s / f:.2f} "
+            f"| {sc:.0f} / {fc:.0f} / {hc:.0f} | {f99:.1f} |"
+        )
+    return [*lines, ""]
 
 
 def table(results: list[Result]) -> list[str]:
@@ -211,6 +236,7 @@ def write_report(
         "",
         *splits(results),
         "",
+        *floor_table(results),
         *NOTES.read_text().splitlines(),
         "",
     ]

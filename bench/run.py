@@ -7,11 +7,16 @@ req/s. After every write run the exactly-once check of ``bench.workloads`` must 
 the benchmark fails (exit status 1) whatever the speed.
 
     python -m bench.run [--rounds 3] [--duration 5] [--connections 64] [--only access,read]
+                        [--floor]
+
+``--floor`` adds a third app to every round of GET /access: ``bench.floor``, the least a
+durably counted hit can cost (one commit per batch and nothing else).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -22,8 +27,8 @@ import time
 from pathlib import Path
 
 from bench.report import Result, Run, write_report
-from bench.servers import HELLO_APP, ROOT, Server
-from bench.workloads import WORKLOADS, Workload, exactly_once_error
+from bench.servers import FLOOR_APP, HELLO_APP, ROOT, Server
+from bench.workloads import WORKLOADS, Workload, exactly_once_error, http
 
 
 def wrk(
@@ -69,6 +74,11 @@ def wrk(
     raise RuntimeError(f"wrk printed no totals:\n{out}")
 
 
+def floor_value(url: str) -> int:
+    """The durable floor's committed count (``GET /value`` counts nothing)."""
+    return int(http("GET", f"{url}/value")["value"])
+
+
 def measure(totals: dict[str, int]) -> Run:
     """req/s, p50 ms, p99 ms and worker CPU µs per request of one run."""
     rate = totals["requests"] / (totals["duration_us"] / 1e6)
@@ -100,6 +110,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="LOCKSTEP_DATABASE_URL for lockstep, e.g. postgresql://... (default: SQLite)",
     )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run the durable floor (bench/floor.py) in every round of GET /access",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-report", action="store_true", help="print only; write no files")
     return p.parse_args(argv)
@@ -112,6 +127,7 @@ def run_workload(
     args: argparse.Namespace,
     workdir: Path,
     failures: list[str],
+    floor: Server | None = None,
 ) -> Result:
     result = Result(workload.name, workload.title, workload.target)
     if workload.setup is not None:
@@ -133,6 +149,17 @@ def run_workload(
         if totals["non_2xx_3xx"] or totals["timeout"]:
             print(f"!!! ERRORS (reported): {workload.name}: {totals}", flush=True)
         hello_totals, hello_split = wrk(hello, workload, args, workdir)
+        if floor is not None:
+            before = floor_value(floor.url)
+            floor_totals, _ = wrk(floor, workload, args, workdir)
+            ok = floor_totals["requests"] - floor_totals["non_2xx_3xx"]
+            error = exactly_once_error(before, floor_value(floor.url), ok, args.connections)
+            if error is not None:
+                failures.append(f"floor {workload.name} round {round_no}: {error}")
+                print(f"!!! EXACTLY-ONCE FAILED: floor: {error}", flush=True)
+            result.floor.append(measure(floor_totals))
+            f = result.floor[-1]
+            print(f"{'':>15}   floor {f[0]:8.0f} req/s p99 {f[2]:6.1f} ms {f[3]:4.0f} µs CPU")
         result.service.append(measure(totals))
         result.hello.append(measure(hello_totals))
         result.splits.append((service_split, hello_split))
@@ -167,9 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         extra = args.gunicorn_arg
         service = Server("lockstep", workdir, extra_args=extra)
         hello = Server("hello", workdir, app=HELLO_APP, extra_args=extra, ready_path="/")
-        with service, hello:
+        floor = Server("floor", workdir, app=FLOOR_APP, extra_args=extra) if args.floor else None
+        with service, hello, floor or contextlib.nullcontext():
             for workload in workloads:
-                results.append(run_workload(workload, service, hello, args, workdir, failures))
+                runs_floor = floor if workload.name == "access" else None
+                results.append(
+                    run_workload(workload, service, hello, args, workdir, failures, runs_floor)
+                )
     load_after = os.getloadavg()
     print()
     for r in results:

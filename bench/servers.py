@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 CONFIG = ROOT / "config" / "gunicorn.conf.py"
 HELLO_APP = "bench.hello:create_app"
+FLOOR_APP = "bench.floor:create_app"
 
 
 def _established_inodes(port: int) -> set[str]:

@@ -65,3 +65,28 @@ def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
             counts = [int(n) for n in split.split("/")]
             assert len(counts) == 2 and 0 < sum(counts) <= 16, line
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_bench_floor_round_holds_exactly_once(tmp_path: Path) -> None:
+    """With --floor, the durable floor runs beside GET /access, counts exactly and is reported."""
+    if shutil.which("wrk") is None:
+        unavailable(NO_WRK)
+    out = tmp_path / "benchmarks.md"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.run", "--only=access", "--floor"),
+            *("--rounds=1", "--duration=1", "--connections=16", f"--out={out}"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "EXACTLY-ONCE FAILED" not in done.stdout
+    report = out.read_text()
+    assert "Exactly-once**: held in every write run" in report
+    floor_rows = [x for x in report.splitlines() if x.startswith("| GET /access |")]
+    assert len(floor_rows) == 2, floor_rows  # the main table's row and the floor table's
+    assert float(floor_rows[1].split("|")[2].replace(",", "")) > 0, floor_rows[1]

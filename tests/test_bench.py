@@ -37,15 +37,13 @@ def test_exactly_once_check_rejects_doubled_writes() -> None:
 NO_WRK = "wrk is not installed (apt-get install wrk; scripts/system-deps.sh does it in CI)"
 
 
-@pytest.mark.slow
-def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
-    """One short round of every workload runs, holds exactly-once, and writes table and chart."""
+def _one_round(out: Path, *flags: str) -> str:
+    """One short round of ``bench.run`` with ``flags``: its report, exactly-once held."""
     if shutil.which("wrk") is None:
         unavailable(NO_WRK)
-    out = tmp_path / "benchmarks.md"
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "bench.run"),
+            *(sys.executable, "-m", "bench.run", *flags),
             *("--rounds=1", "--duration=1", "--connections=16", f"--out={out}"),
         ],
         cwd=ROOT,
@@ -57,6 +55,14 @@ def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
     assert "EXACTLY-ONCE FAILED" not in done.stdout
     report = out.read_text()
     assert "Exactly-once**: held in every write run" in report
+    return report
+
+
+@pytest.mark.slow
+def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
+    """One short round of every workload runs, holds exactly-once, and writes table and chart."""
+    out = tmp_path / "benchmarks.md"
+    report = _one_round(out)
     for workload in WORKLOADS:
         assert f"| {workload.title} |" in report
         # Halfway through the round, each app's connections were found on its two workers.
@@ -70,23 +76,7 @@ def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_floor_round_holds_exactly_once(tmp_path: Path) -> None:
     """With --floor, the durable floor runs beside GET /access, counts exactly and is reported."""
-    if shutil.which("wrk") is None:
-        unavailable(NO_WRK)
-    out = tmp_path / "benchmarks.md"
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.run", "--only=access", "--floor"),
-            *("--rounds=1", "--duration=1", "--connections=16", f"--out={out}"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "EXACTLY-ONCE FAILED" not in done.stdout
-    report = out.read_text()
-    assert "Exactly-once**: held in every write run" in report
+    report = _one_round(tmp_path / "benchmarks.md", "--only=access", "--floor")
     floor_rows = [x for x in report.splitlines() if x.startswith("| GET /access |")]
     assert len(floor_rows) == 2, floor_rows  # the main table's row and the floor table's
     assert float(floor_rows[1].split("|")[2].replace(",", "")) > 0, floor_rows[1]

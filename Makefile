@@ -34,7 +34,7 @@ test: $(STAMP) lint
 
 # Throughput against aiohttp hello world; writes docs/benchmarks.md and docs/benchmarks.png.
 # Needs wrk (Debian/Ubuntu: apt-get install wrk). BENCH_ARGS="--rounds 5 --duration 10" etc.;
-# BENCH_ARGS=--floor adds the durable floor (bench/floor.py) to GET /access.
+# The counter workloads also run the durable floor (bench/floor.py); BENCH_ARGS=--no-floor skips it.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk (or brew install wrk)"; exit 2; }

@@ -1,17 +1,19 @@
-"""The durable floor: the least a durably counted `GET /access` can cost under aiohttp.
+"""The durable floor: the least a durably counted hit or increment can cost under aiohttp.
 
 A second baseline for ``make bench --floor``, beside hello world. It does only what no
-durable hit counter can skip, the way lockstep does it: each request waits on a future; one
+durable counter can skip, the way lockstep does it: each request waits on a future; one
 writer task per worker takes every waiting request (after ``GATHER_TURNS`` loop turns), and
-runs one ``BEGIN IMMEDIATE; UPDATE ... RETURNING; COMMIT`` for all of them in aiosqlite's
-thread (WAL, ``synchronous=FULL``, the same ``flock`` turn between workers); then each
-request gets its own value. No envelope, metrics, request id, lock registry, combiner,
-idempotency or validation: so lockstep's share of *this* app's req/s is what its own code
-costs, and this app's share of hello world's is what a durable commit per batch costs on
-the machine.
+runs one ``BEGIN IMMEDIATE``, one upsert ``... RETURNING`` adding each counter's count, and
+``COMMIT`` for all of them in aiosqlite's thread (WAL, ``synchronous=FULL``, the same
+``flock`` turn between workers); then each request gets its own value. No envelope,
+metrics, request id, lock registry, combiner, idempotency or validation: so lockstep's
+share of *this* app's req/s is what its own code costs, and this app's share of hello
+world's is what a durable commit per batch costs on the machine.
 
-    GET /value   the committed count, without counting (for the exactly-once check)
-    GET /readyz  200 once the database is open
+    POST /counters/{name}/increment   add one to a counter: ``{"name": ..., "value": N}``
+    GET  /counters/{name}             a committed value, without counting (exactly-once check)
+    GET  /counters?prefix=P           every counter named P...: ``{"items": [...], "next": null}``
+    GET  /readyz                      200 once the database is open
     anything else counts one access: ``Resource accessed N times.``
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator
@@ -48,21 +51,24 @@ def _prepare(conn: sqlite3.Connection, turn_fd: int) -> None:
         fcntl.flock(turn_fd, fcntl.LOCK_UN)
 
 
-def _commit(conn: sqlite3.Connection, turn_fd: int, n: int) -> int:
-    """Add ``n`` in one committed transaction; the value after it."""
+def _commit(conn: sqlite3.Connection, turn_fd: int, counts: str) -> dict[str, int]:
+    """Add each counter's count (a JSON object) in one committed transaction; values after."""
     fcntl.flock(turn_fd, fcntl.LOCK_EX)
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            (value,) = conn.execute(
-                "UPDATE counters SET value = value + ? WHERE name = 'access' RETURNING value",
-                (n,),
-            ).fetchone()
+            # ``WHERE true`` tells SQLite's parser the ON CONFLICT belongs to the INSERT.
+            rows = conn.execute(
+                "INSERT INTO counters (name, value) SELECT key, value FROM json_each(?)"
+                " WHERE true ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
+                " RETURNING name, value",
+                (counts,),
+            ).fetchall()
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return int(value)
+        return dict(rows)
     finally:
         fcntl.flock(turn_fd, fcntl.LOCK_UN)
 
@@ -73,15 +79,15 @@ class Writer:
     def __init__(self, db: aiosqlite.Connection, turn_fd: int) -> None:
         self._db = db
         self._turn_fd = turn_fd
-        self._waiting: list[asyncio.Future[int]] = []
+        self._waiting: list[tuple[str, asyncio.Future[int]]] = []
         self._wakeup = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run())
 
-    def count(self) -> asyncio.Future[int]:
-        """A future for this request's value, set once its increment has committed."""
+    def count(self, name: str) -> asyncio.Future[int]:
+        """A future for this request's value of ``name``, set once its increment committed."""
         future = self._loop.create_future()
-        self._waiting.append(future)
+        self._waiting.append((name, future))
         self._wakeup.set()
         return future
 
@@ -94,17 +100,22 @@ class Writer:
             for _ in range(GATHER_TURNS):
                 await asyncio.sleep(0)
             batch, self._waiting = self._waiting, []
-            n = len(batch)
+            counts: dict[str, int] = {}
+            for name, _ in batch:
+                counts[name] = counts.get(name, 0) + 1
             try:
-                top = await self._db._execute(  # type: ignore[no-untyped-call]
-                    partial(_commit, self._db._conn, self._turn_fd, n)
+                after = await self._db._execute(  # type: ignore[no-untyped-call]
+                    partial(_commit, self._db._conn, self._turn_fd, json.dumps(counts))
                 )
             except Exception as e:  # the batch failed: every request in it fails
-                for future in batch:
+                for _, future in batch:
                     if not future.done():
                         future.set_exception(e)
                 continue
-            for value, future in enumerate(batch, top - n + 1):
+            # Each counter's requests get its values in arrival order: the last one the top.
+            for name, future in reversed(batch):
+                value = after[name]
+                after[name] = value - 1
                 if not future.done():
                     future.set_result(value)
 
@@ -120,15 +131,35 @@ DB = web.AppKey("db", aiosqlite.Connection)
 async def access(request: web.Request) -> web.Response:
     """Count one access once it has committed, like lockstep's GET /access."""
     await request.read()
-    value = await request.app[WRITER].count()
+    value = await request.app[WRITER].count("access")
     return web.Response(body=b"Resource accessed %d times." % value, headers=_TEXT)
 
 
+async def increment(request: web.Request) -> web.Response:
+    """Add one to a counter once it has committed, like lockstep's POST .../increment."""
+    await request.read()
+    name = request.match_info["name"]
+    value = await request.app[WRITER].count(name)
+    return web.json_response({"name": name, "value": value})
+
+
 async def committed_value(request: web.Request) -> web.Response:
-    async with request.app[DB].execute("SELECT value FROM counters") as cursor:
+    name = request.match_info["name"]
+    sql = "SELECT value FROM counters WHERE name = ?"
+    async with request.app[DB].execute(sql, (name,)) as cursor:
         row = await cursor.fetchone()
-    assert row is not None
-    return web.json_response({"name": "access", "value": row[0]})
+    if row is None:
+        raise web.HTTPNotFound()
+    return web.json_response({"name": name, "value": row[0]})
+
+
+async def committed_values(request: web.Request) -> web.Response:
+    prefix = request.query.get("prefix", "")
+    sql = "SELECT name, value FROM counters WHERE substr(name, 1, ?) = ? ORDER BY name"
+    async with request.app[DB].execute(sql, (len(prefix), prefix)) as cursor:
+        rows = await cursor.fetchall()
+    items = [{"name": name, "value": value} for name, value in rows]
+    return web.json_response({"items": items, "next": None})
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -157,6 +188,8 @@ async def create_app() -> web.Application:
     app = web.Application()
     app.cleanup_ctx.append(_database)
     app.router.add_get("/readyz", ready)
-    app.router.add_get("/value", committed_value)
+    app.router.add_post("/counters/{name}/increment", increment)
+    app.router.add_get("/counters/{name}", committed_value)
+    app.router.add_get("/counters", committed_values)
     app.router.add_route("*", "/{tail:.*}", access)
     return app

@@ -34,7 +34,7 @@ class Result:
     timeouts: int = 0  # lockstep's requests wrk gave up on (2 s), all rounds
     # Per round, wrk's connections per worker (largest first), lockstep's and hello's.
     splits: list[tuple[str, str]] = field(default_factory=list)
-    # The durable floor's runs (bench.floor), in the same rounds: only with --floor.
+    # The durable floor's runs (bench.floor), in the same rounds: counter workloads only.
     floor: list[Run] = field(default_factory=list)
 
     @staticmethod
@@ -93,8 +93,9 @@ def floor_table(results: list[Result]) -> list[str]:
     if not ran:
         return []
     lines = [
-        "**The durable floor** (`--floor`, `bench/floor.py`: one `UPDATE ... RETURNING` "
-        "commit per batch of waiting requests and nothing else), in the same rounds:",
+        "**The durable floor** (`bench/floor.py`: one upsert `... RETURNING` committed per "
+        "batch of waiting requests and nothing else; `--no-floor` leaves it out), in the "
+        "same rounds:",
         "",
         "| workload | floor req/s | floor share of hello | lockstep share of floor "
         "| CPU µs/request lockstep / floor / hello | floor p99 ms |",

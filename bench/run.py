@@ -7,10 +7,12 @@ req/s. After every write run the exactly-once check of ``bench.workloads`` must 
 the benchmark fails (exit status 1) whatever the speed.
 
     python -m bench.run [--rounds 3] [--duration 5] [--connections 64] [--only access,read]
-                        [--floor]
+                        [--no-floor]
 
-``--floor`` adds a third app to every round of GET /access: ``bench.floor``, the least a
-durably counted hit can cost (one commit per batch and nothing else).
+The counter workloads (``FLOOR_WORKLOADS``) also run a third app in every round:
+``bench.floor``, the least a durably counted hit or increment can cost (one commit per
+batch and nothing else), so the report shows what the machine's fsync costs apart from
+what lockstep's own code costs. ``--no-floor`` leaves it out.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from pathlib import Path
 
 from bench.report import Result, Run, write_report
 from bench.servers import FLOOR_APP, HELLO_APP, ROOT, Server
-from bench.workloads import WORKLOADS, Workload, exactly_once_error, http
+from bench.workloads import WORKLOADS, Workload, exactly_once_error
+
+# The workloads the durable floor (bench/floor.py) can serve too: its counters only.
+FLOOR_WORKLOADS = frozenset({"access", "increment-one", "increment-1000"})
 
 
 def wrk(
@@ -74,11 +79,6 @@ def wrk(
     raise RuntimeError(f"wrk printed no totals:\n{out}")
 
 
-def floor_value(url: str) -> int:
-    """The durable floor's committed count (``GET /value`` counts nothing)."""
-    return int(http("GET", f"{url}/value")["value"])
-
-
 def measure(totals: dict[str, int]) -> Run:
     """req/s, p50 ms, p99 ms and worker CPU µs per request of one run."""
     rate = totals["requests"] / (totals["duration_us"] / 1e6)
@@ -112,8 +112,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--floor",
-        action="store_true",
-        help="also run the durable floor (bench/floor.py) in every round of GET /access",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the durable floor (bench/floor.py) in every round of the counter workloads "
+        "(default; never with --database-url)",
     )
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-report", action="store_true", help="print only; write no files")
@@ -150,10 +152,11 @@ def run_workload(
             print(f"!!! ERRORS (reported): {workload.name}: {totals}", flush=True)
         hello_totals, hello_split = wrk(hello, workload, args, workdir)
         if floor is not None:
-            before = floor_value(floor.url)
+            assert workload.tally is not None  # the floor runs counter workloads only
+            before = workload.tally(floor.url)
             floor_totals, _ = wrk(floor, workload, args, workdir)
             ok = floor_totals["requests"] - floor_totals["non_2xx_3xx"]
-            error = exactly_once_error(before, floor_value(floor.url), ok, args.connections)
+            error = exactly_once_error(before, workload.tally(floor.url), ok, args.connections)
             if error is not None:
                 failures.append(f"floor {workload.name} round {round_no}: {error}")
                 print(f"!!! EXACTLY-ONCE FAILED: floor: {error}", flush=True)
@@ -194,10 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         extra = args.gunicorn_arg
         service = Server("lockstep", workdir, extra_args=extra)
         hello = Server("hello", workdir, app=HELLO_APP, extra_args=extra, ready_path="/")
-        floor = Server("floor", workdir, app=FLOOR_APP, extra_args=extra) if args.floor else None
+        # The floor is SQLite's: beside lockstep on PostgreSQL it would measure another thing.
+        wants_floor = args.floor and not args.database_url
+        wants_floor = wants_floor and any(w.name in FLOOR_WORKLOADS for w in workloads)
+        floor = Server("floor", workdir, app=FLOOR_APP, extra_args=extra) if wants_floor else None
         with service, hello, floor or contextlib.nullcontext():
             for workload in workloads:
-                runs_floor = floor if workload.name == "access" else None
+                runs_floor = floor if workload.name in FLOOR_WORKLOADS else None
                 results.append(
                     run_workload(workload, service, hello, args, workdir, failures, runs_floor)
                 )

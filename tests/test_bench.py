@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.run import FLOOR_WORKLOADS
 from bench.servers import ROOT
 from bench.workloads import WORKLOADS, exactly_once_error
 from tests.conftest import unavailable
@@ -60,11 +61,16 @@ def _one_round(out: Path, *flags: str) -> str:
 
 @pytest.mark.slow
 def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
-    """One short round of every workload runs, holds exactly-once, and writes table and chart."""
+    """One short round of every workload runs, holds exactly-once (the durable floor's too),
+    and writes the table, the floor's table and the chart."""
     out = tmp_path / "benchmarks.md"
     report = _one_round(out)
     for workload in WORKLOADS:
-        assert f"| {workload.title} |" in report
+        rows = [x for x in report.splitlines() if x.startswith(f"| {workload.title} |")]
+        # The main table's row, and the floor table's for the workloads the floor serves.
+        assert len(rows) == (2 if workload.name in FLOOR_WORKLOADS else 1), rows
+        if len(rows) == 2:
+            assert float(rows[1].split("|")[2].replace(",", "")) > 0, rows[1]
         # Halfway through the round, each app's connections were found on its two workers.
         line = next(x for x in report.splitlines() if x.startswith(f"- {workload.title}: "))
         for split in line.partition(": ")[2].split(" | "):
@@ -74,9 +80,8 @@ def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_bench_floor_round_holds_exactly_once(tmp_path: Path) -> None:
-    """With --floor, the durable floor runs beside GET /access, counts exactly and is reported."""
-    report = _one_round(tmp_path / "benchmarks.md", "--only=access", "--floor")
-    floor_rows = [x for x in report.splitlines() if x.startswith("| GET /access |")]
-    assert len(floor_rows) == 2, floor_rows  # the main table's row and the floor table's
-    assert float(floor_rows[1].split("|")[2].replace(",", "")) > 0, floor_rows[1]
+def test_bench_without_floor_reports_no_floor(tmp_path: Path) -> None:
+    """``--no-floor`` runs lockstep and hello world only: the report has no floor table."""
+    report = _one_round(tmp_path / "benchmarks.md", "--only=access", "--no-floor")
+    assert "The durable floor" not in report
+    assert len([x for x in report.splitlines() if x.startswith("| GET /access |")]) == 1

@@ -168,10 +168,22 @@ def chart(results: list[Result], path: Path) -> None:
             va="bottom",
             fontsize=9,
         )
+    # The durable floor, where it ran: a line across lockstep's bar at the floor's req/s.
+    floored = [(x, r) for x, r in zip(xs, results, strict=True) if r.floor]
+    if floored:
+        ax.hlines(
+            [Result._median(r.floor, 0) for _, r in floored],
+            [x for x, _ in floored],
+            [x + width for x, _ in floored],
+            colors="#222",
+            linestyles="dashed",
+            label="durable floor (bench/floor.py)",
+        )
     ax.set_xticks(list(xs), names, fontsize=8)
     ax.set_ylabel("requests per second (median of rounds)")
     ax.set_title("lockstep vs aiohttp hello world, same gunicorn settings (wrk)")
-    ax.legend()
+    ax.set_ylim(top=max(hello + service) * 1.2)  # room for the legend above the bars
+    ax.legend(loc="upper center", ncol=3, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,14 +1,14 @@
 """The durable floor: the least a durably counted hit or increment can cost under aiohttp.
 
-A second baseline for ``make bench --floor``, beside hello world. It does only what no
-durable counter can skip, the way lockstep does it: each request waits on a future; one
-writer task per worker takes every waiting request (after ``GATHER_TURNS`` loop turns), and
-runs one ``BEGIN IMMEDIATE``, one upsert ``... RETURNING`` adding each counter's count, and
-``COMMIT`` for all of them in aiosqlite's thread (WAL, ``synchronous=FULL``, the same
-``flock`` turn between workers); then each request gets its own value. No envelope,
-metrics, request id, lock registry, combiner, idempotency or validation: so lockstep's
-share of *this* app's req/s is what its own code costs, and this app's share of hello
-world's is what a durable commit per batch costs on the machine.
+A second baseline for ``make bench`` (unless ``--no-floor``), beside hello world. It does
+only what no durable counter can skip, the way lockstep does it: each request waits on a
+future; one writer task per worker takes every waiting request (after ``GATHER_TURNS`` loop
+turns), and runs one ``BEGIN IMMEDIATE``, one upsert ``... RETURNING`` adding each
+counter's count, and ``COMMIT`` for all of them in aiosqlite's thread (WAL,
+``synchronous=FULL``, the same ``flock`` turn between workers); then each request gets its
+own value. No envelope, metrics, request id, lock registry, combiner, idempotency or
+validation: so lockstep's share of *this* app's req/s is what its own code costs, and this
+app's share of hello world's is what a durable commit per batch costs on the machine.
 
     POST /counters/{name}/increment   add one to a counter: ``{"name": ..., "value": N}``
     GET  /counters/{name}             a committed value, without counting (exactly-once check)

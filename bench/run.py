@@ -9,7 +9,7 @@ the benchmark fails (exit status 1) whatever the speed.
     python -m bench.run [--rounds 3] [--duration 5] [--connections 64] [--only access,read]
                         [--no-floor]
 
-The counter workloads (``FLOOR_WORKLOADS``) also run a third app in every round:
+The counter workloads (``Workload.floor``) also run a third app in every round:
 ``bench.floor``, the least a durably counted hit or increment can cost (one commit per
 batch and nothing else), so the report shows what the machine's fsync costs apart from
 what lockstep's own code costs. ``--no-floor`` leaves it out.
@@ -31,9 +31,6 @@ from pathlib import Path
 from bench.report import Result, Run, write_report
 from bench.servers import FLOOR_APP, HELLO_APP, ROOT, Server
 from bench.workloads import WORKLOADS, Workload, exactly_once_error
-
-# The workloads the durable floor (bench/floor.py) can serve too: its counters only.
-FLOOR_WORKLOADS = frozenset({"access", "increment-one", "increment-1000"})
 
 
 def wrk(
@@ -198,12 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         service = Server("lockstep", workdir, extra_args=extra)
         hello = Server("hello", workdir, app=HELLO_APP, extra_args=extra, ready_path="/")
         # The floor is SQLite's: beside lockstep on PostgreSQL it would measure another thing.
-        wants_floor = args.floor and not args.database_url
-        wants_floor = wants_floor and any(w.name in FLOOR_WORKLOADS for w in workloads)
+        wants_floor = args.floor and not args.database_url and any(w.floor for w in workloads)
         floor = Server("floor", workdir, app=FLOOR_APP, extra_args=extra) if wants_floor else None
         with service, hello, floor or contextlib.nullcontext():
             for workload in workloads:
-                runs_floor = floor if workload.name in FLOOR_WORKLOADS else None
+                runs_floor = floor if workload.floor else None
                 results.append(
                     run_workload(workload, service, hello, args, workdir, failures, runs_floor)
                 )

@@ -86,6 +86,7 @@ class Workload:
     setup: Callable[[str], None] | None = None
     final_check: Callable[[str], str | None] | None = None
     target: float | None = None  # required share of hello world's req/s, if any
+    floor: bool = False  # the durable floor (bench/floor.py) serves it too: counters only
     env: dict[str, str] = field(default_factory=dict)
 
     def wrk_env(self) -> dict[str, str]:
@@ -112,6 +113,7 @@ WORKLOADS: list[Workload] = [
         "access.lua",
         tally=lambda url: counter_value(url, "access"),
         target=0.70,
+        floor=True,
     ),
     Workload(
         "increment-one",
@@ -119,6 +121,7 @@ WORKLOADS: list[Workload] = [
         "increment_one.lua",
         key="bench-one",
         tally=lambda url: counter_value(url, "bench-one"),
+        floor=True,
     ),
     Workload(
         "increment-1000",
@@ -127,6 +130,7 @@ WORKLOADS: list[Workload] = [
         key="bench-spread-",
         tally=lambda url: counters_sum(url, "bench-spread-"),
         target=0.60,
+        floor=True,
     ),
     Workload(
         "put-1000",

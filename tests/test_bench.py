@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import FLOOR_WORKLOADS
 from bench.servers import ROOT
 from bench.workloads import WORKLOADS, exactly_once_error
 from tests.conftest import unavailable
@@ -68,7 +67,7 @@ def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
     for workload in WORKLOADS:
         rows = [x for x in report.splitlines() if x.startswith(f"| {workload.title} |")]
         # The main table's row, and the floor table's for the workloads the floor serves.
-        assert len(rows) == (2 if workload.name in FLOOR_WORKLOADS else 1), rows
+        assert len(rows) == (2 if workload.floor else 1), rows
         if len(rows) == 2:
             assert float(rows[1].split("|")[2].replace(",", "")) > 0, rows[1]
         # Halfway through the round, each app's connections were found on its two workers.

@@ -24,7 +24,7 @@ from app.views.common import (
     raise_if_error,
     read_body,
 )
-from app.views.idempotent import claim_for, execute
+from app.views.idempotent import KEY_HEADER, claim_for, execute
 
 Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 
@@ -38,8 +38,10 @@ class SetBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 ACCESS = "access"
+ENCODING = "Content-Encoding"
 _ONE = Increment(1)
 _ACCESS_TEXT = {"Content-Type": "text/plain; charset=utf-8", **NO_STORE}
+_JSON_ONLY = {"Content-Type": JSON}
 
 
 def wants_json(accept: str) -> bool:
@@ -100,6 +102,15 @@ def _render_deleted(_: Any) -> Rendered:
 async def increment(request: web.Request) -> web.Response:
     """Add ``by`` (default 1) to a counter, creating it at 0 first if needed."""
     name = path_name(request, "name")
+    headers = request.headers
+    if not request.body_exists and KEY_HEADER not in headers and ENCODING not in headers:
+        # The common call, ``POST`` with nothing but the URL: the same answer as below,
+        # without the body read, the render closure and the JSON encoder. A checked name
+        # holds no character JSON escapes, so it goes into the body as it is.
+        value = raise_if_error(await get_counters(request).submit(name, _ONE))
+        assert isinstance(value, int)
+        answer = b'{"name":"%s","value":%d}' % (name.encode(), value)
+        return web.Response(body=answer, headers=_JSON_ONLY)
     raw = await read_body(request)
     body = (
         decode_json(raw, IncrementBody, get_settings(request).max_json_depth)

@@ -82,6 +82,28 @@ async def test_increment_without_body_adds_one(client: Client) -> None:
     assert await stored_counter(client, "hits") == 2
 
 
+async def test_increment_answers_the_same_bytes_with_or_without_a_body(client: Client) -> None:
+    """A bare POST (the handler's short path) answers byte for byte what a body would get."""
+    name = "Az09._~:-"  # every kind of character a name may hold
+    async with client.post(f"/counters/{name}/increment") as bare:
+        assert bare.status == 200
+        bare_type, bare_body = bare.headers["Content-Type"], await bare.read()
+    async with client.post(f"/counters/{name}/increment", json={"by": -1}) as full:
+        assert full.status == 200
+        full_type, full_body = full.headers["Content-Type"], await full.read()
+    assert bare_type == full_type == "application/json"
+    assert bare_body == b'{"name":"%s","value":1}' % name.encode()
+    assert full_body == b'{"name":"%s","value":0}' % name.encode()
+
+
+async def test_bare_increment_past_int64_max_conflicts_and_changes_nothing(client: Client) -> None:
+    """The short path for a bare POST reports an out-of-range result like the full path."""
+    await put_counter(client, "edge", INT64_MAX)
+    async with client.post("/counters/edge/increment") as r:
+        await assert_problem(r, 409, "out-of-range", "64-bit range")
+    assert await stored_counter(client, "edge") == INT64_MAX
+
+
 @pytest.mark.parametrize("by", [5, -3, 0, INT64_MAX, INT64_MIN])
 async def test_increment_by_amount_adds_it(client: Client, by: int) -> None:
     """``by`` may be any int64, negative and zero included; a new counter starts at 0."""

@@ -54,20 +54,33 @@ class Result:
         return self._median(self.service, 3), self._median(self.hello, 3)
 
     def ratio(self) -> float:
+        """lockstep's median req/s over hello world's."""
         service, hello = self.rate()
         return service / hello
 
+    def paired_ratio(self) -> float:
+        """The median over rounds of lockstep's req/s over hello's in the same round.
+
+        The two runs of a round are back to back, so a slow spell of the shared machine
+        weighs on both; the ratio of medians can pair one app's slow rounds with the
+        other's fast ones.
+        """
+        pairs = zip(self.service, self.hello, strict=True)
+        return statistics.median(s[0] / h[0] for s, h in pairs)
+
     def verdict(self) -> str:
+        """A target counts as met only when both ratios reach it."""
         if self.target is None:
             return "—"
-        return f"{'met' if self.ratio() >= self.target else 'MISSED'} (≥ {self.target:.2f})"
+        met = min(self.ratio(), self.paired_ratio()) >= self.target
+        return f"{'met' if met else 'MISSED'} (≥ {self.target:.2f})"
 
     def summary_line(self) -> str:
         (s, h), (s99, h99), (sc, hc) = self.rate(), self.p99(), self.cpu()
         return (
             f"{self.title:<42} lockstep {s:8.0f} req/s p99 {s99:6.1f} ms {sc:4.0f} µs | "
             f"hello {h:8.0f} req/s p99 {h99:6.1f} ms {hc:4.0f} µs | "
-            f"{self.ratio():.2f}x  {self.verdict()}"
+            f"{self.ratio():.2f}x (by round {self.paired_ratio():.2f}x)  {self.verdict()}"
         )
 
 
@@ -113,15 +126,16 @@ def floor_table(results: list[Result]) -> list[str]:
 
 def table(results: list[Result]) -> list[str]:
     lines = [
-        "| workload | lockstep req/s | hello req/s | share of hello | target "
+        "| workload | lockstep req/s | hello req/s | share of hello | by round | target "
         "| lockstep p50 / p99 ms | hello p50 / p99 ms | CPU µs/request lockstep / hello "
         "| lockstep errors / timeouts |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in results:
         (s, h), (s50, h50), (s99, h99), (sc, hc) = r.rate(), r.p50(), r.p99(), r.cpu()
         lines.append(
-            f"| {r.title} | {s:,.0f} | {h:,.0f} | {r.ratio():.2f} | {r.verdict()} "
+            f"| {r.title} | {s:,.0f} | {h:,.0f} | {r.ratio():.2f} | {r.paired_ratio():.2f} "
+            f"| {r.verdict()} "
             f"| {s50:.1f} / {s99:.1f} | {h50:.1f} / {h99:.1f} | {sc:.0f} / {hc:.0f} "
             f"| {r.errors} / {r.timeouts} |"
         )
@@ -241,7 +255,9 @@ def write_report(
         f"![lockstep vs hello world]({png.name})",
         "",
         "The share of hello is lockstep's median req/s over hello world's median req/s from "
-        "the same run; hello world answers every request of the same wrk script with a fixed "
+        "the same run; *by round* is the median of the rounds' own ratios (lockstep's req/s "
+        "over hello's in the same round, run back to back). A target counts as met only when "
+        "both reach it. Hello world answers every request of the same wrk script with a fixed "
         "text. Exactly-once: after each write run, the counter (or the sum of record versions) "
         "grew by the number of 2xx answers wrk counted, give or take the requests wrk cut off "
         "at the end (at most one per connection). Errors and timeouts are counted over all "

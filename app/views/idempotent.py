@@ -58,9 +58,8 @@ def claim_for(request: web.Request, body: bytes, render: Render) -> Claim | None
 
 
 def _response(rendered: Rendered, replayed: bool = False) -> web.Response:
-    headers = dict(rendered.headers)
-    if replayed:
-        headers[REPLAYED_HEADER] = "true"
+    # aiohttp copies the headers into the response's own: the stored ones stay as they are.
+    headers = {**rendered.headers, REPLAYED_HEADER: "true"} if replayed else rendered.headers
     body = rendered.body if rendered.status != 204 else None
     return web.Response(status=rendered.status, body=body, headers=headers)
 

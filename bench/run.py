@@ -141,7 +141,7 @@ def run_workload(
                 error = workload.final_check(service.url)
             if error is not None:
                 failures.append(f"{workload.name} round {round_no}: {error}")
-                print(f"!!! EXACTLY-ONCE FAILED: {workload.name}: {error}", flush=True)
+                print(f"!!! EXACTLY-ONCE FAILED: {workload.name}: {error}: {totals}", flush=True)
         # Errors are reported, not failed on: a 503 under overload is correct behaviour.
         result.errors += totals["non_2xx_3xx"]
         result.timeouts += totals["timeout"]
@@ -156,7 +156,9 @@ def run_workload(
             error = exactly_once_error(before, workload.tally(floor.url), ok, args.connections)
             if error is not None:
                 failures.append(f"floor {workload.name} round {round_no}: {error}")
-                print(f"!!! EXACTLY-ONCE FAILED: floor: {error}", flush=True)
+                print(f"!!! EXACTLY-ONCE FAILED: floor: {error}: {floor_totals}", flush=True)
+            elif floor_totals["non_2xx_3xx"] or floor_totals["timeout"]:
+                print(f"!!! ERRORS (reported): floor: {workload.name}: {floor_totals}", flush=True)
             result.floor.append(measure(floor_totals))
             f = result.floor[-1]
             print(f"{'':>15}   floor {f[0]:8.0f} req/s p99 {f[2]:6.1f} ms {f[3]:4.0f} µs CPU")

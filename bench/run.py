@@ -119,6 +119,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def has_errors(totals: dict[str, int]) -> bool:
+    """Whether wrk saw error statuses, timeouts, or socket errors (each reset reconnects)."""
+    return any(totals[k] for k in ("non_2xx_3xx", "timeout", "connect", "read", "write"))
+
+
 def run_workload(
     workload: Workload,
     service: Server,
@@ -145,7 +150,7 @@ def run_workload(
         # Errors are reported, not failed on: a 503 under overload is correct behaviour.
         result.errors += totals["non_2xx_3xx"]
         result.timeouts += totals["timeout"]
-        if totals["non_2xx_3xx"] or totals["timeout"]:
+        if has_errors(totals):
             print(f"!!! ERRORS (reported): {workload.name}: {totals}", flush=True)
         hello_totals, hello_split = wrk(hello, workload, args, workdir)
         if floor is not None:
@@ -157,7 +162,7 @@ def run_workload(
             if error is not None:
                 failures.append(f"floor {workload.name} round {round_no}: {error}")
                 print(f"!!! EXACTLY-ONCE FAILED: floor: {error}: {floor_totals}", flush=True)
-            elif floor_totals["non_2xx_3xx"] or floor_totals["timeout"]:
+            elif has_errors(floor_totals):
                 print(f"!!! ERRORS (reported): floor: {workload.name}: {floor_totals}", flush=True)
             result.floor.append(measure(floor_totals))
             f = result.floor[-1]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.report import Result
+from bench.run import has_errors
 from bench.servers import ROOT
 from bench.workloads import WORKLOADS, exactly_once_error
 from tests.conftest import unavailable
@@ -33,6 +34,14 @@ def test_exactly_once_check_rejects_doubled_writes() -> None:
     error = exactly_once_error(before=10, after=119, ok=100, connections=8)
     assert error is not None
     assert "doubled writes" in error
+
+
+def test_wrk_socket_errors_are_reported_like_error_statuses() -> None:
+    clean = {"requests": 10, "non_2xx_3xx": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0}
+    assert not has_errors(clean)
+    # A reset connection can lose the answer to an applied request: worth a line.
+    for kind in ("non_2xx_3xx", "connect", "read", "write", "timeout"):
+        assert has_errors({**clean, kind: 1}), kind
 
 
 def _result(service: list[float], hello: list[float]) -> Result:

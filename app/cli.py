@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from app.settings import InvalidSettings, load_settings
 from app.tokens import SCOPES, TokensFileError, add_token, read_tokens, revoke_token
 
 
@@ -18,7 +18,6 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--file",
         type=Path,
-        default=os.environ.get("LOCKSTEP_TOKENS_FILE"),
         help="tokens file (default: $LOCKSTEP_TOKENS_FILE)",
     )
     actions = token.add_subparsers(dest="action", required=True)
@@ -35,7 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    path: Path | None = args.file
+    try:
+        settings = load_settings()
+    except InvalidSettings as e:
+        print(f"lockstep: {e}", file=sys.stderr)
+        return 1
+    path: Path | None = args.file or settings.tokens_file
     if path is None:
         parser.error("no tokens file: pass --file or set LOCKSTEP_TOKENS_FILE")
     try:

@@ -1,11 +1,18 @@
-"""The service's settings: one frozen object built from ``LOCKSTEP_*`` environment variables."""
+"""The service's settings: one frozen object built from ``LOCKSTEP_*`` environment variables.
+
+``load_settings`` is how the service and the ``lockstep`` command read them: a value the
+service cannot run with becomes one line naming the variable, the value given and what is
+allowed, derived from pydantic's validation error for every field alike.
+"""
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -144,14 +151,37 @@ class Settings(BaseSettings):
         default=100, ge=1, le=1000, description="Most resources one GET /events stream may watch."
     )
 
+    # --- gunicorn (read by config/gunicorn.conf.py) -----------------------------------
+    bind: str = Field(
+        default="127.0.0.1:8080",
+        description="Listen address: HOST:PORT, unix:PATH or fd://N.",
+    )
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info", description="gunicorn's log level; `warning` drops per-request lines."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
         if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise ValueError(
-                "database_url must start with sqlite:///, postgresql:// or postgres://"
-            )
+            raise ValueError("should start with sqlite:///, postgresql:// or postgres://")
         return url
+
+    @field_validator("bind")
+    @classmethod
+    def _listen_address(cls, bind: str) -> str:
+        # Checked here so a bad address names LOCKSTEP_BIND, not gunicorn's "not a valid port".
+        if bind.startswith(("unix:", "fd://")):
+            return bind
+        host, colon, port = bind.rpartition(":")
+        if not (host and colon and port.isdigit() and int(port) <= 65535):
+            raise ValueError("should be HOST:PORT (port 0-65535), unix:PATH or fd://N")
+        return bind
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, level: object) -> object:
+        return level.lower() if isinstance(level, str) else level
 
     @property
     def uses_postgres(self) -> bool:
@@ -165,3 +195,35 @@ class Settings(BaseSettings):
         if self.database_url.startswith(prefix):
             return Path(self.database_url[len(prefix) :])
         return self.data_dir / "lockstep.db"
+
+
+class InvalidSettings(ValueError):
+    """The environment holds settings the service cannot run with; ``str()`` is one line."""
+
+
+def load_settings() -> Settings:
+    """The settings from the environment, or ``InvalidSettings`` saying what to change."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise InvalidSettings(describe_invalid(e)) from None
+
+
+def describe_invalid(error: ValidationError) -> str:
+    """One line naming each bad variable, the value it was given, and what is allowed."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    problems = []
+    for problem in error.errors(include_url=False):
+        reason = problem["msg"]
+        cause = problem.get("ctx", {}).get("error")
+        if problem["type"] == "value_error" and cause is not None:
+            reason = str(cause)  # a validator's own words, without "Value error, "
+        reason = reason[:1].lower() + reason[1:]
+        if not problem["loc"]:
+            problems.append(reason)
+            continue
+        variable = f"{prefix}{problem['loc'][0]}".upper()
+        # What the environment holds, as typed (log_level's validator lowercases it).
+        given = os.environ.get(variable, str(problem["input"]))
+        problems.append(f"{variable}={shlex.quote(given)}: {reason}")
+    return "invalid setting " + "; ".join(problems)

@@ -7,17 +7,26 @@ default does.
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from app.logs import logging_config
+from app.settings import InvalidSettings, load_settings
+
+# Read before anything else: a bad LOCKSTEP_LOG_FORMAT or LOCKSTEP_LOG_LEVEL would otherwise
+# surface as gunicorn's "Unable to configure formatter", naming neither variable nor value.
+try:
+    lockstep_settings = load_settings()
+except InvalidSettings as e:
+    sys.exit(f"lockstep: {e}")
 
 wsgi_app = "app.main:create_app"
 # uvloop: measured with make bench (docs/benchmarks.md), it cut lockstep's worker CPU per
 # request by 5-25% and raised its req/s on every workload against the default asyncio loop.
 worker_class = "aiohttp.GunicornUVLoopWebWorker"
-bind = [os.environ.get("LOCKSTEP_BIND", "127.0.0.1:8080")]
+bind = [lockstep_settings.bind]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # In-flight requests get this long to finish after SIGTERM before workers are killed.
 graceful_timeout = 20
@@ -27,8 +36,8 @@ keepalive = 5
 # with its request id and lock wait, so gunicorn's own access log stays off.
 accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("LOCKSTEP_LOG_LEVEL", "info")
-logconfig_dict = logging_config(loglevel, os.environ.get("LOCKSTEP_LOG_FORMAT", "text"))
+loglevel = lockstep_settings.log_level
+logconfig_dict = logging_config(loglevel, lockstep_settings.log_format)
 # gunicorn 27's runtime control socket is not used; without this, two instances on
 # one machine would fight over the same socket path.
 control_socket_disable = True
@@ -72,9 +81,8 @@ def post_worker_init(worker: object) -> None:
 def when_ready(server: Any) -> None:
     """Warn loudly, once, when the API is open on a non-loopback address."""
     from app.auth import exposure_warning
-    from app.settings import Settings
 
-    warning = exposure_warning(server.cfg.address, Settings())
+    warning = exposure_warning(server.cfg.address, lockstep_settings)
     if warning:
         server.log.warning(warning)
 

@@ -57,6 +57,22 @@ class Service:
         self.log_path = data_dir.parent / f"gunicorn-{self.port}.log"
 
     def start(self, timeout: float = 30) -> Service:
+        self._spawn()
+        self.wait_ready(timeout)
+        return self
+
+    def run_to_failure(self, timeout: float = 20) -> int:
+        """Start gunicorn expecting it to refuse; returns its exit status once it has exited."""
+        self._spawn()
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired as e:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"gunicorn still running after {timeout} s:\n{self.log()}") from e
+
+    def _spawn(self) -> None:
         env = {
             **os.environ,
             "LOCKSTEP_DATA_DIR": str(self.data_dir),
@@ -85,8 +101,6 @@ class Service:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        self.wait_ready(timeout)
-        return self
 
     def wait_ready(self, timeout: float = 30) -> None:
         """Block until all workers are forked and /readyz answers 200 (or fail with the log)."""

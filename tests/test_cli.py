@@ -121,3 +121,16 @@ def test_token_rewrite_that_cannot_keep_the_owner_is_refused(
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.json", "tokens.json.lock"]
+
+
+def test_invalid_setting_is_one_line_naming_variable_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An invalid LOCKSTEP_ value fails the command with the same line the service prints."""
+    monkeypatch.setenv("LOCKSTEP_SYNCHRONOUS", "bogus")
+    assert main(["token", "--file", str(tmp_path / "t.json"), "list"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "lockstep: invalid setting LOCKSTEP_SYNCHRONOUS=bogus: input should be 'FULL' or 'NORMAL'\n"
+    )

@@ -101,7 +101,32 @@ _metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def on_starting(server: Any) -> None:
-    """Start every run with no metrics left over from an earlier one."""
+    """Refuse, in one line, to start a service that cannot work; then clear old metrics.
+
+    Runs in the master before it binds or forks: the workers' user must be able to write
+    the database, and the listen address must be free. Settings are read again because
+    gunicorn's ``--env`` may have changed them since this file was loaded.
+    """
+    from gunicorn.util import set_owner_process
+
+    from app.startup import StartupError, check_addresses, check_data_dir
+
+    cfg = server.cfg
+    try:
+        settings = load_settings()
+        check_data_dir(
+            settings,
+            cfg.uid,
+            cfg.gid,
+            lambda: set_owner_process(cfg.uid, cfg.gid, initgroups=cfg.initgroups),
+        )
+        check_addresses(cfg.address, cfg.reuse_port)
+    except (InvalidSettings, StartupError) as e:
+        server.log.error("lockstep: %s", e)
+        if server.pidfile is not None:
+            server.pidfile.unlink()
+        on_exit(server)
+        sys.exit(1)
     _metrics_dir.mkdir(parents=True, exist_ok=True)
     for leftover in _metrics_dir.glob("*.db"):
         leftover.unlink()

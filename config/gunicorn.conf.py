@@ -47,8 +47,8 @@ control_socket_disable = True
 YOUNG_GC_THRESHOLD = 10_000
 
 
-def post_worker_init(worker: object) -> None:
-    """Keep a worker alive when a write hits the file-size limit, and its GC pauses short.
+def post_worker_init(worker: Any) -> None:
+    """Keep a worker alive at the file-size limit, its shutdown quiet, its GC pauses short.
 
     The kernel signals SIGXFSZ at RLIMIT_FSIZE, whose default action kills the process;
     ignored, the write fails with EFBIG instead, SQLite reports an I/O error and the request
@@ -73,6 +73,12 @@ def post_worker_init(worker: object) -> None:
     import signal
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # uvloop closes a listening socket's descriptor itself when the server stops, then calls
+    # close() on the object it was given and ignores the EBADF it expects. gunicorn's socket
+    # wrapper catches that EBADF first and logs "Error while closing socket [Errno 9] Bad
+    # file descriptor" on every clean shutdown; the plain socket inside it (its ``sock``,
+    # pinned by tests/test_startup.py) closes quietly.
+    worker.sockets = [getattr(s, "sock", s) for s in worker.sockets]
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])

@@ -106,10 +106,10 @@ def test_worker_init_freezes_what_is_imported(tmp_path: Path) -> None:
     """post_worker_init leaves the imported modules out of every later full collection,
     and raises the young generation's threshold (the config says why)."""
     script = (
-        "import gc, runpy\n"
+        "import gc, runpy, types\n"
         "config = runpy.run_path('config/gunicorn.conf.py')\n"
         "before = gc.get_freeze_count(), gc.get_threshold()[0]\n"
-        "config['post_worker_init'](None)\n"
+        "config['post_worker_init'](types.SimpleNamespace(sockets=[]))\n"
         "print(*before, gc.get_freeze_count(), gc.get_threshold()[0])\n"
     )
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}

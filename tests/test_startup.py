@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,6 +98,19 @@ def test_start_on_address_in_use_names_address_and_setting(tmp_path: Path) -> No
             " (is lockstep already running?); stop it or set LOCKSTEP_BIND to a free HOST:PORT",
         )
         assert "Listening at" not in service.log()
+
+
+@pytest.mark.slow
+def test_sigterm_after_serving_logs_no_socket_error(tmp_path: Path) -> None:
+    """A clean SIGTERM exits 0 without "Error while closing socket ... Bad file descriptor"."""
+    with Service(tmp_path / "data", workers=1) as service:
+        with urllib.request.urlopen(service.url + "/access", timeout=5) as r:
+            assert r.status == 200
+        assert service.stop() == 0
+    log = service.log()
+    assert "Worker exiting" in log
+    assert "Bad file descriptor" not in log and "Error while closing socket" not in log, log
+    assert "Traceback" not in log, log
 
 
 def _as_nobody() -> tuple[int, int, str]:

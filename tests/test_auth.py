@@ -197,7 +197,7 @@ async def test_dashboard_page_and_assets_open_but_its_data_needs_read(
 ) -> None:
     """With tokens on, the page and its assets load without a token (they hold no data);
     /stats and the event streams need a read token."""
-    for path in ("/", "/static/dashboard.js", "/static/dashboard.css"):
+    for path in ("/", "/static/dashboard.js", "/static/exact-json.js", "/static/dashboard.css"):
         resp = await api.get(path)
         assert resp.status == 200, path
         assert "lst_" not in await resp.text()

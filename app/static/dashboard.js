@@ -1,6 +1,8 @@
 // lockstep dashboard: lists, live updates over one event stream, figures from /stats.
 // The stream is read with fetch() rather than EventSource, which cannot send the
 // Authorization header; the token never goes into a URL (URLs end up in logs).
+// Every body is read and written with ExactJSON (exact-json.js), never JSON.parse: values
+// are shown and saved exactly as the service sent them.
 "use strict";
 
 const LIST_LIMIT = 50;          // per list; the stream watches at most 2 x 50 resources
@@ -9,8 +11,8 @@ const STATS_MS = 2000;
 const RETRY_MS = 2000;          // reconnect delay after a stream ends or fails
 
 const $ = (id) => document.getElementById(id);
-const counters = new Map();     // name -> value
-const items = new Map();        // id -> {value, version}
+const counters = new Map();     // name -> value (ExactJSON.Number)
+const items = new Map();        // id -> {value, version}, as ExactJSON parsed them
 let stream = null;              // {key, controller} of the open event stream
 let previous = null;            // last /stats sample, for rates
 
@@ -26,12 +28,12 @@ function headers(extra = {}) {
 async function call(method, path, body, extra = {}) {
   const init = { method, headers: headers(extra) };
   if (body !== undefined) {
-    init.body = JSON.stringify(body);
+    init.body = ExactJSON.stringify(body);
     init.headers["Content-Type"] = extra["Content-Type"] || "application/json";
   }
   const r = await fetch(path, init);
   const text = await r.text();
-  const data = text ? JSON.parse(text) : null;
+  const data = text ? ExactJSON.fields(ExactJSON.parse(text)) : null;
   if (!r.ok) throw new Error((data && (data.detail || data.title)) || r.statusText);
   return data;
 }
@@ -77,7 +79,7 @@ function renderItems() {
     tr.dataset.id = id;
     const value = document.createElement("td");
     const code = document.createElement("code");
-    code.textContent = JSON.stringify(rec.value);
+    code.textContent = ExactJSON.stringify(rec.value);
     value.append(code);
     tr.append(cell(id), cell(String(rec.version), "num"), value);
     const td = document.createElement("td");
@@ -133,7 +135,7 @@ function dispatch(block) {
     else if (line.startsWith("data:")) data += line.slice(5).trim();
   }
   if (!data) return;
-  const state = JSON.parse(data);
+  const state = ExactJSON.fields(ExactJSON.parse(data));
   if (event === "counter") showCounter(state.name, state.value);
   else if (event === "item") showItem(state);
 }
@@ -175,9 +177,11 @@ async function refresh() {
       call("GET", `/items?limit=${LIST_LIMIT}`),
     ]);
     counters.clear();
-    for (const row of c.items) counters.set(row.name, row.value);
+    for (const row of c.items.map(ExactJSON.fields)) counters.set(row.name, row.value);
     items.clear();
-    for (const row of i.items) items.set(row.id, { value: row.value, version: row.version });
+    for (const row of i.items.map(ExactJSON.fields)) {
+      items.set(row.id, { value: row.value, version: row.version });
+    }
     renderCounters();
     renderItems();
     watch();
@@ -200,7 +204,7 @@ async function increment(name) {
 function edit(id) {
   const rec = items.get(id);
   $("edit-id").value = id;
-  $("edit-value").value = JSON.stringify(rec ? rec.value : null, null, 2);
+  $("edit-value").value = ExactJSON.stringify(rec ? rec.value : null, "  ");
   $("edit-version").value = rec ? String(rec.version) : "";
   $("edit-value").focus();
 }
@@ -210,7 +214,7 @@ async function save(event) {
   const id = $("edit-id").value.trim();
   let value;
   try {
-    value = JSON.parse($("edit-value").value);
+    value = ExactJSON.parse($("edit-value").value);
   } catch (err) {
     say("The value is not valid JSON: " + err.message);
     $("edit-value").focus();
@@ -233,7 +237,9 @@ async function save(event) {
 // Rates come from the change between two samples of the service's totals.
 async function figures() {
   try {
-    const now = await call("GET", "/stats");
+    // Figures, not stored values: plain numbers are exact enough for rates and means.
+    const sample = await call("GET", "/stats");
+    const now = Object.fromEntries(Object.entries(sample).map(([k, v]) => [k, Number(v)]));
     const t = performance.now();
     if (previous) {
       const dt = (t - previous.t) / 1000;

@@ -16,7 +16,11 @@ from app.errors import NotFound
 NO_CACHE = {"Cache-Control": "no-cache"}
 # The assets the page loads, with their content types (fixed here: the platform's
 # mimetypes table differs between machines).
-ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+ASSETS = {
+    "dashboard.js": "text/javascript",
+    "exact-json.js": "text/javascript",
+    "dashboard.css": "text/css",
+}
 
 
 def static_dir() -> Path:

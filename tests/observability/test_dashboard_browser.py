@@ -174,3 +174,80 @@ def test_dashboard_works_with_tokens_typed_in(browser: Any, tmp_path: Path) -> N
         log = service.log()
     assert "/stats" in log  # the request log did run
     assert token not in log and token not in metrics and scraper not in log
+
+
+def get_bytes(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        body: bytes = r.read()
+        return body
+
+
+# A record whose numbers a JavaScript double cannot hold or whose spelling it would change,
+# and whose member order a JavaScript object would change (integer-like keys go first).
+BIG_RECORD = (
+    '{"value":{"id":12345678901234567891,"label":"a","min":-9223372036854775808,'
+    '"ratio":0.1,"10":[1.0,1e300,-0.0]}}'
+)
+
+
+def test_dashboard_shows_int64_exactly(browser: Any, tmp_path: Path) -> None:
+    """Counters near the int64 limits show every digit, from the list, from a +1 click
+    and from the event stream alike."""
+    from playwright.sync_api import expect
+
+    with Service(tmp_path / "data", workers=1) as service:
+        put(service.url + "/counters/top", {"value": 2**63 - 2})
+        put(service.url + "/counters/bottom", {"value": -(2**63) + 1})
+        page = browser.new_page()
+        try:
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(service.url + "/")
+            top = page.locator('#counters tr[data-name="top"] td.num')
+            bottom = page.locator('#counters tr[data-name="bottom"] td.num')
+            expect(top).to_have_text("9223372036854775806")
+            expect(bottom).to_have_text("-9223372036854775807")
+            page.get_by_role("button", name="Increment top").click()
+            expect(top).to_have_text("9223372036854775807")
+            expect(page.locator("#status")).to_contain_text("9223372036854775807")
+            post(service.url + "/counters/bottom/increment", {"by": -1})
+            expect(bottom).to_have_text("-9223372036854775808", timeout=3_000)
+            assert errors == []
+        finally:
+            page.close()
+
+
+def test_dashboard_save_keeps_what_was_not_edited(browser: Any, tmp_path: Path) -> None:
+    """Edit → Save of a record changes only what was edited: big integers, number spellings
+    and member order of the rest are stored byte for byte as they were."""
+    from playwright.sync_api import expect
+
+    with Service(tmp_path / "data", workers=1) as service:
+        request = urllib.request.Request(
+            service.url + "/items/big", data=BIG_RECORD.encode(), method="PUT"
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+        stored = get_bytes(service.url + "/items/big")
+        page = browser.new_page()
+        try:
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(service.url + "/")
+            row = page.locator('#items tr[data-id="big"]')
+            expect(row).to_contain_text("12345678901234567891")
+            page.get_by_role("button", name="Edit big").click()
+            editor = page.get_by_label("Value (JSON)")
+            expect(editor).to_have_value(re.compile("12345678901234567891"))
+            editor.fill(editor.input_value().replace('"a"', '"b"'))
+            page.get_by_role("button", name="Save record").click()
+            expect(row.locator("td.num")).to_have_text("2")
+            expect(row).to_contain_text("12345678901234567891")
+            assert errors == []
+        finally:
+            page.close()
+        after = get_bytes(service.url + "/items/big")
+    assert json.loads(after)["version"] == 2
+    value = after[after.index(b'"value":') : after.index(b',"version":')]
+    old = stored[stored.index(b'"value":') : stored.index(b',"version":')]
+    assert value == old.replace(b'"label":"a"', b'"label":"b"')

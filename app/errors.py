@@ -6,6 +6,11 @@ in one place and storage code never imports anything from aiohttp.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+# Most characters of a client's path a detail repeats.
+_PATH_SHOWN = 200
+
 
 class LockstepError(Exception):
     """Base of every error the service answers with a 4xx/5xx problem body."""
@@ -46,6 +51,78 @@ class NotFound(LockstepError):
     status = 404
     slug = "not-found"
     title = "Not Found"
+
+
+class NoSuchPath(NotFound):
+    """No route has the path at all (a typo in a URL, not a missing counter or record)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"no such path: {_shown(path)}; the API is listed at /openapi.json")
+
+
+class MethodNotAllowed(LockstepError):
+    """The path exists, but not for this method; ``Allow`` lists the methods it has."""
+
+    status = 405
+    slug = "method-not-allowed"
+    title = "Method Not Allowed"
+
+    def __init__(self, path: str, allowed: Iterable[str]) -> None:
+        self.allowed = ", ".join(sorted(allowed))
+        super().__init__(f"{_shown(path)} allows only {self.allowed}")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allowed}
+
+
+class BodyTooLarge(LockstepError):
+    """The body is larger than the configured limit."""
+
+    status = 413
+    slug = "body-too-large"
+    title = "Content Too Large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the body is larger than the limit of {limit} bytes (LOCKSTEP_MAX_BODY_BYTES)"
+        )
+
+
+class UnsupportedMediaType(LockstepError):
+    """A body in a media type or content coding the operation does not take.
+
+    RFC 9110 section 15.5.16 and RFC 5789 section 2.2: the answer names what would have
+    been taken, in ``Accept-Encoding`` or ``Accept-Patch``.
+    """
+
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported Media Type"
+
+    def __init__(self, detail: str, accept: dict[str, str]) -> None:
+        super().__init__(detail)
+        self.accept = accept
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.accept
+
+
+class UnsupportedEncoding(UnsupportedMediaType):
+    """A body in a Content-Encoding other than those aiohttp decodes (gzip, deflate)."""
+
+    def __init__(self, note: str = "") -> None:
+        super().__init__(
+            f"Content-Encoding must be gzip, deflate or none{note}",
+            {"Accept-Encoding": "gzip, deflate"},
+        )
+
+
+class MalformedRequest(MalformedBody):
+    """Bytes the HTTP parser refuses: not an HTTP/1.1 request this server can read."""
+
+    slug = "malformed-request"
 
 
 class PreconditionFailed(LockstepError):
@@ -140,3 +217,8 @@ class HeadersTooLarge(LockstepError):
     status = 431
     slug = "headers-too-large"
     title = "Request Header Fields Too Large"
+
+
+def _shown(path: str) -> str:
+    """A client's path as a detail repeats it: cut short, so a detail stays a line."""
+    return path if len(path) <= _PATH_SHOWN else path[:_PATH_SHOWN] + "…"

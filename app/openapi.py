@@ -26,8 +26,8 @@ METRICS_MEDIA = "text/plain; version=0.0.4"
 INT64: Json = {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
 
 _ERRORS: dict[str, str] = {
-    "400": "The body is not JSON, nests too deeply, repeats a key, ended early, or is not "
-    "valid in its Content-Encoding.",
+    "400": "The body is not UTF-8 JSON, nests too deeply, repeats a key, ended early, or is "
+    "not valid in its Content-Encoding.",
     "401": "A tokens file is configured and the request has no known bearer token.",
     "403": "The token's scope does not cover this request.",
     "404": "The counter or record does not exist.",
@@ -45,6 +45,10 @@ _ERRORS: dict[str, str] = {
 _HEADERS: dict[str, Json] = {
     "401": {"WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}},
     "403": {"WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}},
+    "415": {
+        "Accept-Encoding": {"$ref": "#/components/headers/Accept-Encoding"},
+        "Accept-Patch": {"$ref": "#/components/headers/Accept-Patch"},
+    },
     "503": {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
 }
 # Errors the envelope (app.envelope) can answer on a route before its handler runs: headers
@@ -179,6 +183,14 @@ def _components(settings: Settings) -> Json:
             "ETag": {"schema": {"type": "string"}, "description": 'The version, e.g. "3".'},
             "Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait."},
             "WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer challenge."},
+            "Accept-Encoding": {
+                "schema": {"const": "gzip, deflate"},
+                "description": "The Content-Encodings a body may have (when that was the fault).",
+            },
+            "Accept-Patch": {
+                "schema": {"const": "application/merge-patch+json"},
+                "description": "The media type PATCH takes (when that was the fault).",
+            },
             "Idempotent-Replayed": {
                 "schema": {"const": "true"},
                 "description": "Present when the answer is the stored one for an Idempotency-Key.",

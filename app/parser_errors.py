@@ -11,6 +11,12 @@ the connection's ``RequestHandler``, but its class is fixed and ``handle_error``
 body from the exception's message. So ``answer_parser_errors`` replaces that one method;
 every other error it handles (a 500 or 504 from outside the envelope) still goes to
 aiohttp's own.
+
+One parser error is not malformed HTTP: a body in a Content-Encoding aiohttp has no decoder
+for (br, zstd), which it refuses as soon as the headers are parsed (``DeflateBuffer``,
+``ContentEncodingError``). That one is a 415, as when a handler finds an encoding it does
+not know (``app.views.common.read_body``); the connection is closed all the same, since the
+body is left unread.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 
 from app.envelope import problem_response
+from app.errors import LockstepError, MalformedRequest, UnsupportedEncoding
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +41,7 @@ def _handle_error(
     exc: BaseException | None = None,
     message: str | None = None,
 ) -> web.StreamResponse:
-    """A parser error: one INFO line naming its class and a fixed 400 problem body.
+    """A parser error: one INFO line naming its class and a fixed 400 (or 415) problem body.
 
     INFO, not WARNING or ERROR: the client sent bad bytes and there is nothing for the
     operator to fix, like any other 4xx, which gets its INFO access line; and so
@@ -43,17 +50,19 @@ def _handle_error(
     """
     if not isinstance(exc, HttpProcessingError):
         return _aiohttp_handle_error(self, request, status, exc, message)
+    error: LockstepError
+    if isinstance(exc, ContentEncodingError):
+        error = UnsupportedEncoding("; the connection is closed")
+    else:
+        error = MalformedRequest(
+            "the request is not valid HTTP/1.1 or one of its lines is longer than the parser"
+            " accepts; the connection is closed"
+        )
     logger.info(
         "refused by the HTTP parser",
-        extra={"status": status, "error": type(exc).__name__, "remote": request.remote},
+        extra={"status": error.status, "error": type(exc).__name__, "remote": request.remote},
     )
-    response = problem_response(
-        status,
-        "Bad Request",
-        "the request is not valid HTTP/1.1 or one of its lines is longer than the parser"
-        " accepts; the connection is closed",
-        "malformed-request",
-    )
+    response = problem_response(error.status, error.title, error.detail, error.slug, error.headers)
     response.force_close()
     return response
 

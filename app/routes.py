@@ -11,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from app.envelope import Envelope
+from app.errors import MethodNotAllowed, NoSuchPath
 from app.metrics import UNMATCHED
 from app.views import counters, dashboard, docs, events, health, items, metrics
 
@@ -53,6 +54,7 @@ async def unmatched(request: web.Request) -> web.StreamResponse:
         if resource is not request.match_info.route.resource:
             _, methods = await resource.resolve(request)
             allowed |= methods
+    path = request.rel_url.raw_path
     if allowed:
-        raise web.HTTPMethodNotAllowed(request.method, allowed)
-    raise web.HTTPNotFound()
+        raise MethodNotAllowed(path, allowed)
+    raise NoSuchPath(path)

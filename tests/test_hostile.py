@@ -352,14 +352,18 @@ async def test_body_not_in_its_content_encoding_is_refused(
 
 
 @pytest.mark.parametrize("encoding", ["br", "zstd"])
-async def test_body_in_an_undecodable_content_encoding_is_refused(
+async def test_body_in_an_undecodable_content_encoding_is_415(
     client: TestClient[Any, Any], seeded: tuple[Any, Any], encoding: str
 ) -> None:
-    """An encoding aiohttp has no decoder for is refused by its parser: a 400 problem."""
+    """An encoding aiohttp has no decoder for, refused by its parser, is a 415 problem naming
+    the encodings taken, not a 400 calling the request malformed."""
     extra = f"Content-Encoding: {encoding}\r\n"
     raw = await exchange(client, request("PUT", "/items/r", b'{"value": 5}', extra))
-    assert raw.status == 400
-    assert raw.problem()["type"] == "urn:lockstep:problem:malformed-request"
+    assert raw.status == 415
+    problem = raw.problem()
+    assert problem["type"] == "urn:lockstep:problem:unsupported-media-type"
+    assert "gzip, deflate or none" in problem["detail"]
+    assert raw.headers["accept-encoding"] == "gzip, deflate"
     assert await stored(client) == seeded
 
 

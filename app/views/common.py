@@ -10,8 +10,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from app.domain import Precondition, check_name
-from app.errors import InvalidInput, LockstepError, MalformedBody
-from app.limits import check_json
+from app.errors import (
+    BodyTooLarge,
+    InvalidInput,
+    LockstepError,
+    MalformedBody,
+    UnsupportedEncoding,
+)
+from app.limits import check_json, check_utf8
 from app.state import get_settings
 
 T = TypeVar("T")
@@ -51,7 +57,8 @@ def path_name(request: web.Request, key: str) -> str:
 
 
 def decode_json(raw: bytes, type_: type[T], max_depth: int) -> T:
-    """Decode and validate a JSON body: 400 when it is not JSON, 422 when it has the wrong shape."""
+    """Decode and validate a JSON body: 400 when it is not UTF-8 JSON, 422 for the wrong shape."""
+    check_utf8(raw)
     try:
         value = msgspec.json.decode(raw, type=type_)
     except msgspec.ValidationError as e:
@@ -68,14 +75,17 @@ async def read_body(request: web.Request) -> bytes:
     """The whole body (bounded by ``client_max_size``); 400 if it is cut short or undecodable.
 
     aiohttp decodes a gzip or deflate body and refuses br and zstd (no decoder installed)
-    in its parser; any other Content-Encoding it would pass through undecoded, so that is a
-    415 here rather than a body read as if it had none.
+    in its parser (``app.parser_errors`` answers those 415); any other Content-Encoding it
+    would pass through undecoded, so that is a 415 here rather than a body read as if it
+    had none.
     """
     encoding = request.headers.get("Content-Encoding")
     if encoding is not None and encoding.strip().lower() not in _DECODED:
-        raise web.HTTPUnsupportedMediaType(text="Content-Encoding must be gzip, deflate or none")
+        raise UnsupportedEncoding()
     try:
         return await request.read()
+    except web.HTTPRequestEntityTooLarge as e:
+        raise BodyTooLarge(get_settings(request).max_body_bytes) from e
     except (HttpProcessingError, ConnectionError) as e:
         raise MalformedBody("the body ended before its Content-Length or chunking said") from e
     except web.RequestPayloadError as e:

@@ -8,7 +8,7 @@ import msgspec
 from aiohttp import web
 
 from app.domain import DeleteItem, PatchItem, PutItem, Record, Written
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput, NotFound, UnsupportedMediaType
 from app.idempotency import Rendered
 from app.state import get_items, get_settings, get_storage
 from app.views.common import (
@@ -78,7 +78,9 @@ async def patch_item(request: web.Request) -> web.Response:
     """Apply an RFC 7396 JSON Merge Patch to a record's value."""
     item_id = path_name(request, "id")
     if request.content_type != MERGE_PATCH:
-        raise web.HTTPUnsupportedMediaType(text=f"PATCH takes Content-Type: {MERGE_PATCH}")
+        raise UnsupportedMediaType(
+            f"PATCH takes Content-Type: {MERGE_PATCH}", {"Accept-Patch": MERGE_PATCH}
+        )
     # An empty body is "a JSON body is required" (422), as on PUT, not a JSON syntax error.
     raw = await _required_body(request)
     patch = decode_json(raw, Any, get_settings(request).max_json_depth)

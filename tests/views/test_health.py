@@ -69,5 +69,5 @@ async def test_readyz_database_error_is_503(
 async def test_health_endpoints_refuse_other_methods(client: Client, path: str) -> None:
     """The operational endpoints answer GET (and HEAD) only; POST is a 405 problem."""
     async with client.post(path) as r:
-        await assert_problem(r, 405)
-        assert r.headers["Allow"] == "GET,HEAD"
+        await assert_problem(r, 405, "method-not-allowed")
+        assert r.headers["Allow"] == "GET, HEAD"

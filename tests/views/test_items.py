@@ -87,7 +87,7 @@ BAD_PUT_BODIES = [
     (b"", 422, "invalid-input", "a JSON body is required"),
     (b"{", 400, "malformed-body", "not valid JSON"),
     (b'{"value": 1} trailing', 400, "malformed-body", "not valid JSON"),
-    (b'{"value": "\xff"}', 400, "malformed-body", "not valid JSON"),
+    (b'{"value": "\xff"}', 400, "malformed-body", "not valid UTF-8"),
     (b'{"value": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "malformed-body", "nested too deeply"),
     (b"{}", 422, "invalid-input", "missing required field `value`"),
     (b'{"value": 1, "version": 9}', 422, "invalid-input", "unknown field `version`"),
@@ -180,7 +180,7 @@ async def test_put_item_over_body_limit_is_413(
     client = await aiohttp_client(await create_app(settings_for(tmp_path, max_body_bytes=64)))
     await put_item(client, "cfg", 1)
     async with client.put("/items/cfg", json={"value": "x" * 64}) as r:
-        await assert_problem(r, 413, None, "64")
+        await assert_problem(r, 413, "body-too-large", "limit of 64 bytes")
     await assert_unchanged(client, "cfg", 1, 1)
 
 
@@ -211,7 +211,7 @@ async def test_head_and_options_item_change_nothing(client: Client) -> None:
         assert r.headers["ETag"] == '"1"'
         assert await r.read() == b""
     async with client.options("/items/cfg") as r:
-        await assert_problem(r, 405)
+        await assert_problem(r, 405, "method-not-allowed")
     await assert_unchanged(client, "cfg", 1, ORIGINAL)
 
 
@@ -264,14 +264,14 @@ async def test_patch_item_other_content_type_is_415(
     await put_item(client, "cfg")
     headers = {"Content-Type": content_type} if content_type else {}
     async with client.patch("/items/cfg", data=b'{"size": 4}', headers=headers) as r:
-        await assert_problem(r, 415, None, "application/merge-patch+json")
+        await assert_problem(r, 415, "unsupported-media-type", "application/merge-patch+json")
     await assert_unchanged(client, "cfg", 1, ORIGINAL)
 
 
 BAD_PATCH_BODIES = [
     (b"", 422, "invalid-input", "a JSON body is required"),
     (b"{", 400, "malformed-body", "not valid JSON"),
-    (b"\xff", 400, "malformed-body", "not valid JSON"),
+    (b"\xff", 400, "malformed-body", "not valid UTF-8"),
     (b"[" * 5000 + b"]" * 5000, 400, "malformed-body", "nested too deeply"),
     (b'{"a": 1e400}', 422, "invalid-input", "Number out of range"),
 ]
@@ -314,7 +314,7 @@ async def test_patch_item_over_body_limit_is_413(
     client = await aiohttp_client(await create_app(settings_for(tmp_path, max_body_bytes=64)))
     await put_item(client, "cfg", {})
     async with client.patch("/items/cfg", json={"a": "x" * 64}, headers=MERGE_PATCH) as r:
-        await assert_problem(r, 413)
+        await assert_problem(r, 413, "body-too-large")
     await assert_unchanged(client, "cfg", 1, {})
 
 
@@ -403,7 +403,7 @@ async def test_item_wrong_method_is_405(client: Client, method: str, path: str) 
     """A method a record URL does not take is a 405 problem with Allow, changing nothing."""
     await put_item(client, "cfg")
     async with client.request(method, path, json={"value": 1}) as r:
-        await assert_problem(r, 405)
+        await assert_problem(r, 405, "method-not-allowed")
         assert method not in r.headers["Allow"].split(",")
     await assert_unchanged(client, "cfg", 1, ORIGINAL)
 

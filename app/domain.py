@@ -105,6 +105,7 @@ class Precondition:
     if_match_any: bool = False  # If-Match: *
     if_none_match: frozenset[int] | None = None  # None: header absent
     if_none_match_any: bool = False  # If-None-Match: *
+    hint: str = ""  # added to an If-Match failure's detail (a tag sent without quotes)
 
     def check(self, current: Record | None) -> None:
         """Raise ``PreconditionFailed`` unless the headers hold for ``current``."""
@@ -116,7 +117,9 @@ class Precondition:
             raise PreconditionFailed("If-Match: * but the record does not exist")
         if self.if_match is not None and (current is None or current.version not in self.if_match):
             have = "absent" if current is None else f'"{current.version}"'
-            raise PreconditionFailed(f"If-Match did not match the current version ({have})")
+            raise PreconditionFailed(
+                f"If-Match did not match the current version ({have}){self.hint}"
+            )
 
 
 NO_PRECONDITION = Precondition()

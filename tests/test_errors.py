@@ -104,3 +104,35 @@ async def test_unsupported_media_415_says_what_is_taken(api: Client) -> None:
         await assert_problem(r, 415, "unsupported-media-type", "gzip, deflate or none")
         assert r.headers["Accept-Encoding"] == "gzip, deflate"
     assert await stored(api) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "body"),
+    [
+        ("PUT", {}, {"value": 2}),
+        ("PATCH", MERGE_PATCH, {"a": 2}),
+        ("DELETE", {}, None),
+    ],
+)
+async def test_unquoted_if_match_412_says_tags_are_quoted(
+    api: Client, method: str, headers: dict[str, str], body: Any
+) -> None:
+    """If-Match: 1 (the version without its quotes) fails, and the detail shows the quoted form."""
+    before = await stored(api)
+    async with api.request(
+        method, "/items/r", json=body, headers={"If-Match": "1", **headers}
+    ) as r:
+        await assert_problem(
+            r,
+            412,
+            "precondition-failed",
+            'current version ("1"); entity tags are quoted: If-Match: "1"',
+        )
+    assert await stored(api) == before
+
+
+async def test_quoted_if_match_412_has_no_quoting_hint(api: Client) -> None:
+    """A well-formed tag that is simply stale gets no advice about quotes."""
+    async with api.put("/items/r", json={"value": 2}, headers={"If-Match": '"2", "3"'}) as r:
+        body = await assert_problem(r, 412, "precondition-failed", '("1")')
+        assert "quoted" not in body["detail"]

@@ -30,6 +30,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 # through "01", "²" or a 5,000-digit number that ``int()`` refuses.
 _OUR_ETAG = re.compile(r'"([1-9][0-9]{0,18})"', re.ASCII)
 _MAX_VERSION = 2**63 - 1
+_BARE_VERSION = re.compile(r"[0-9]{1,19}", re.ASCII)
 
 # The Content-Encodings a body may arrive in: those aiohttp decodes before ``read()``.
 _DECODED = frozenset({"identity", "gzip", "deflate"})
@@ -147,6 +148,16 @@ def _etags(header: str) -> tuple[frozenset[int], bool]:
     return frozenset(versions), False
 
 
+def _quoting_hint(header: str) -> str:
+    """What to say when an If-Match fails that holds a tag without its quotes (``1``)."""
+    for part in header.split(","):
+        tag = part.strip()
+        if tag and tag != "*" and not tag.startswith(('"', 'W/"')):
+            example = tag if _BARE_VERSION.fullmatch(tag) else "1"
+            return f'; entity tags are quoted: If-Match: "{example}"'
+    return ""
+
+
 def precondition(request: web.Request) -> Precondition:
     """The If-Match / If-None-Match headers of a request."""
     if_match = request.headers.get("If-Match")
@@ -160,4 +171,5 @@ def precondition(request: web.Request) -> Precondition:
         if_match_any=match_any,
         if_none_match=None if none_any else none_match,
         if_none_match_any=none_any,
+        hint="" if if_match is None else _quoting_hint(if_match),
     )

@@ -1,29 +1,43 @@
-# lockstep: `make run` serves the API, `make test` runs every check. Both set up .venv first.
+# lockstep: `make run` serves the API, `make test` runs every check. Both set up .venv first:
+# run installs the service's own dependencies only; test and bench add their extras on top.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per set of extras installed; each is redone when pyproject.toml changes.
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: run test lint bench fuzz clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
 
-run: $(STAMP)
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(BENCH_STAMP): $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
+
+run: $(RUN_STAMP)
 	mkdir -p data
 	$(BIN)/gunicorn --config config/gunicorn.conf.py
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check
 	$(BIN)/ruff format --check
 	$(BIN)/mypy
 
 # PostgreSQL cases run against $LOCKSTEP_TEST_POSTGRES_URL if set, else against a throwaway
 # cluster started here (needs root and Debian's postgresql); without either they skip.
-test: $(STAMP) lint
+test: $(TEST_STAMP) lint
 	bash scripts/system-deps.sh
 	if [ -z "$${LOCKSTEP_TEST_POSTGRES_URL:-}" ]; then \
 		pg_env=$$(bash scripts/test-postgres.sh --env) \
@@ -35,13 +49,12 @@ test: $(STAMP) lint
 # Throughput against aiohttp hello world; writes docs/benchmarks.md and docs/benchmarks.png.
 # Needs wrk (Debian/Ubuntu: apt-get install wrk). BENCH_ARGS="--rounds 5 --duration 10" etc.;
 # The counter workloads also run the durable floor (bench/floor.py); BENCH_ARGS=--no-floor skips it.
-bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+bench: $(BENCH_STAMP)
 	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk (or brew install wrk)"; exit 2; }
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # A longer schemathesis run than the suite's: FUZZ_EXAMPLES per operation, any FUZZ_SEED.
-fuzz: $(STAMP)
+fuzz: $(TEST_STAMP)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} FUZZ_TIMEOUT=1800 $(BIN)/pytest -q \
 		--timeout 1900 tests/test_fuzz.py
 

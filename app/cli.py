@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from app.settings import InvalidSettings, load_settings
-from app.tokens import SCOPES, TokensFileError, add_token, read_tokens, revoke_token
+from app.tokens import (
+    SCOPES,
+    TokenEntry,
+    TokensFileError,
+    add_token,
+    read_tokens,
+    revoke_token,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_tokens(tokens: Sequence[TokenEntry]) -> None:
+    """One aligned line per token under a header; the header alone when there are none."""
+    rows = [("LABEL", "SCOPE", "CREATED_AT")] + [(t.label, t.scope, t.created_at) for t in tokens]
+    label_width = max(len(label) for label, _, _ in rows)
+    scope_width = max(len(scope) for _, scope, _ in rows)
+    for label, scope, created_at in rows:
+        print(f"{label:<{label_width}}  {scope:<{scope_width}}  {created_at}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
@@ -46,9 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.action == "new":
             print(add_token(path, args.label, args.scope))
         elif args.action == "list":
-            for t in read_tokens(path).tokens if path.exists() else []:
-                print(f"{t.label}\t{t.scope}\t{t.created_at}")
-        elif not revoke_token(path, args.label):
+            _print_tokens(read_tokens(path).tokens if path.exists() else [])
+        elif revoke_token(path, args.label):
+            print(f"revoked token {args.label!r}")
+        else:
             print(f"lockstep: no token labelled {args.label!r}", file=sys.stderr)
             return 1
     except TokensFileError as e:

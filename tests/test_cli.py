@@ -41,24 +41,33 @@ def test_token_new_prints_token_and_stores_only_its_hash(tmp_path: Path) -> None
 def test_token_list_shows_labels_and_scopes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`token list` shows each label with its scope and never a token or hash."""
+    """`token list` shows a header, then each label with its scope in aligned columns, and
+    never a token or hash."""
     path = str(tmp_path / "t.json")
+    assert main(["token", "--file", path, "list"]) == 0
+    assert capsys.readouterr().out.split() == ["LABEL", "SCOPE", "CREATED_AT"]
     assert main(["token", "--file", path, "new", "--scope", "read", "--label", "dash"]) == 0
     token = capsys.readouterr().out.strip()
+    assert main(["token", "--file", path, "new", "--scope", "metrics", "--label", "prom"]) == 0
+    capsys.readouterr()
     assert main(["token", "--file", path, "list"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("dash\tread\t")
+    header, dash, prom = out.splitlines()
+    assert header.startswith("LABEL  SCOPE    CREATED_AT")
+    assert dash.startswith("dash   read     20") and prom.startswith("prom   metrics  20")
     assert token not in out and hashlib.sha256(token.encode()).hexdigest() not in out
 
 
 def test_token_revoke_removes_label_and_unknown_label_fails(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`token revoke` removes exactly that label; revoking an unknown one exits 1."""
+    """`token revoke` removes exactly that label and says so; revoking an unknown one exits 1."""
     path = tmp_path / "t.json"
     for label in ("a", "b"):
         assert main(["token", "--file", str(path), "new", "--scope", "read", "--label", label]) == 0
+    capsys.readouterr()
     assert main(["token", "--file", str(path), "revoke", "a"]) == 0
+    assert capsys.readouterr().out == "revoked token 'a'\n"
     assert main(["token", "--file", str(path), "revoke", "a"]) == 1
     assert "no token labelled 'a'" in capsys.readouterr().err
     assert [t["label"] for t in json.loads(path.read_text())["tokens"]] == ["b"]

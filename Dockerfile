@@ -11,9 +11,10 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /srv/lockstep
 
 # Dependencies get a layer of their own, built from pyproject.toml alone, so editing the
-# source (or the README) does not reinstall them.
+# source (or the README) does not reinstall them. The build backend comes along, so the
+# project itself installs below without reaching the package index again.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); print('\n'.join(p['build-system']['requires'] + p['project']['dependencies']))" > /tmp/requirements.txt \
  && pip install --no-cache-dir -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 
@@ -27,6 +28,9 @@ VOLUME ["/data"]
 
 COPY app/ app/
 COPY config/ config/
+# The `lockstep` command (tokens: `docker compose exec lockstep lockstep token ...`), as an
+# editable install: it runs the same app/ that gunicorn imports.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation --editable .
 
 # Numeric, so the runtime can check it is not root without reading /etc/passwd.
 USER 10001:10001

@@ -1,15 +1,14 @@
 """The Docker files, tested without a Docker engine: they agree, lint clean, and the CMD serves.
 
-No engine runs on our machines, so these tests read the Dockerfile and docker-compose.yml,
-check that they describe the same service (port, volume, command, healthcheck), run
-hadolint on the Dockerfile, and run the Dockerfile's own CMD here with the image's
-environment, a temp data dir and a free loopback port.
+No Docker engine runs on our machines. These tests read the Dockerfile and the compose
+files, check that they describe the same service (port, volume, command, healthcheck,
+tokens recipe), run hadolint on the Dockerfile, and run the Dockerfile's own CMD here with
+the image's environment, a temp data dir and a free loopback port.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 import shlex
@@ -20,7 +19,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -28,78 +26,31 @@ import pytest
 import yaml
 
 from app.cli import _parser
+from tests.dockerfile import (
+    DOCKERFILE,
+    exec_form,
+    healthcheck_command,
+    image_env,
+    only,
+    parse_dockerfile,
+)
 from tests.support import ROOT, free_port
 
-DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 TOKENS_COMPOSE = ROOT / "docker-compose.tokens.yml"
 BIN = Path(sys.executable).parent
 
 
-@dataclass(frozen=True)
-class Instruction:
-    keyword: str
-    args: str
-
-
-def parse_dockerfile(path: Path = DOCKERFILE) -> list[Instruction]:
-    """The Dockerfile's instructions, with continuation lines joined and comments dropped."""
-    instructions: list[Instruction] = []
-    pending = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        full = (pending + line).strip()
-        pending = ""
-        keyword, _, args = full.partition(" ")
-        instructions.append(Instruction(keyword.upper(), args.strip()))
-    return instructions
-
-
-def only(instructions: list[Instruction], keyword: str) -> str:
-    """The arguments of the single instruction ``keyword``."""
-    found = [i.args for i in instructions if i.keyword == keyword]
-    assert len(found) == 1, f"expected exactly one {keyword}, found {found}"
-    return found[0]
-
-
-def exec_form(args: str) -> list[str]:
-    """An exec-form (JSON array) argument list."""
-    parsed = json.loads(args)
-    assert isinstance(parsed, list) and all(isinstance(a, str) for a in parsed), args
-    return parsed
-
-
-def image_env(instructions: list[Instruction]) -> dict[str, str]:
-    """Every variable the Dockerfile's ENV instructions set."""
-    env: dict[str, str] = {}
-    for i in instructions:
-        if i.keyword == "ENV":
-            for pair in shlex.split(i.args):
-                key, sep, value = pair.partition("=")
-                assert sep, f"use the ENV key=value form: {i.args}"
-                env[key] = value
-    return env
-
-
-def healthcheck_command(instructions: list[Instruction]) -> list[str]:
-    """The HEALTHCHECK's exec-form command."""
-    args = only(instructions, "HEALTHCHECK")
-    _, sep, command = args.partition("CMD ")
-    assert sep, f"HEALTHCHECK needs an exec-form CMD: {args}"
-    return exec_form(command)
+def compose_file(path: Path = COMPOSE) -> dict[str, Any]:
+    """A compose file with ``${VAR:-default}`` resolved as compose would with VAR unset."""
+    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", path.read_text())
+    compose: dict[str, Any] = yaml.safe_load(text)
+    return compose
 
 
 def compose_service() -> dict[str, Any]:
     """The single service docker-compose.yml defines without a profile."""
-    compose = yaml.safe_load(COMPOSE.read_text())
-    services = {n: s for n, s in compose["services"].items() if not s.get("profiles")}
+    services = {n: s for n, s in compose_file()["services"].items() if not s.get("profiles")}
     assert list(services) == ["lockstep"]
     service: dict[str, Any] = services["lockstep"]
     return service
@@ -153,7 +104,7 @@ def test_dockerfile_and_compose_agree_on_port() -> None:
     assert only(dockerfile, "EXPOSE") == str(port)
     assert url_port(healthcheck_command(dockerfile)) == port
     service = compose_service()
-    assert service["ports"] == [f"{port}:{port}"]
+    assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
     assert url_port(service["healthcheck"]["test"]) == port
 
 
@@ -167,8 +118,7 @@ def test_dockerfile_and_compose_agree_on_data_volume() -> None:
     [mount] = service["volumes"]
     volume, _, target = mount.partition(":")
     assert target == "/data"
-    compose = yaml.safe_load(COMPOSE.read_text())
-    assert volume in compose["volumes"], "the data volume must be a named volume"
+    assert volume in compose_file()["volumes"], "the data volume must be a named volume"
 
 
 def test_dockerfile_cmd_runs_gunicorn_with_the_config() -> None:
@@ -234,28 +184,59 @@ def test_compose_restarts_and_stops_gracefully() -> None:
     assert int(grace.group(1)) > int(graceful.group(1))
 
 
-def test_documented_token_commands_parse_and_the_docker_recipe_hands_the_file_over() -> None:
-    """Every `lockstep token` command in the compose tokens recipe and the README is one the
-    CLI accepts; the recipe writes the file compose mounts and gives it to the image's user."""
+def compose_token_commands(text: str) -> list[list[str]]:
+    """The ``lockstep token`` words of every ``docker compose run|exec … lockstep token``
+    line of ``text``."""
+    commands = documented_commands(text, "docker compose")
+    return [w[w.index("token") - 1 :] for w in commands if "token" in w]
+
+
+def test_compose_publishes_only_on_loopback_by_default() -> None:
+    """Every published port binds 127.0.0.1 unless told otherwise: without a tokens file the
+    API is open; LOCKSTEP_PUBLISH, which the README names, widens the service's."""
+    compose = compose_file()
+    published = [p for s in compose["services"].values() for p in s.get("ports", [])]
+    assert published
+    assert all(p.startswith("127.0.0.1:") for p in published), published
+    [mapping] = yaml.safe_load(COMPOSE.read_text())["services"]["lockstep"]["ports"]
+    assert mapping.startswith("${LOCKSTEP_PUBLISH:-")
+    readme = (ROOT / "README.md").read_text()
+    assert "LOCKSTEP_PUBLISH=" in readme and "Compose v2" in readme
+
+
+def test_compose_services_that_build_have_their_own_image_tags() -> None:
+    """Services with different roles never build into one tag (each build would replace the
+    other's image)."""
+    services = compose_file()["services"].values()
+    tags = [s.get("image") for s in services if "build" in s]
+    assert len(tags) >= 2
+    assert len(set(tags)) == len(tags), tags
+
+
+def test_compose_token_recipe_runs_the_cli_in_the_image_on_a_writable_mount() -> None:
+    """Every documented `lockstep token` command, in the compose tokens recipe and the README,
+    is one the CLI accepts; the recipe's run inside the service, whose mount of the tokens
+    directory is writable and handed to the image's user."""
     recipe = TOKENS_COMPOSE.read_text()
     readme = (ROOT / "README.md").read_text()
-    commands = documented_commands(recipe, "lockstep token")
-    assert any("new" in c for c in commands)
-    for words in commands + documented_commands(readme, "lockstep token"):
+    in_compose = compose_token_commands(recipe)
+    assert {c[2] for c in in_compose} == {"new", "list", "revoke"}
+    for words in in_compose + documented_commands(readme, "lockstep token"):
         try:
             _parser().parse_args(words[1:])
         except SystemExit:
             pytest.fail(f"the CLI refuses the documented command: {shlex.join(words)}")
+    assert compose_token_commands(readme) == in_compose
 
     service = yaml.safe_load(recipe)["services"]["lockstep"]
     [mount] = service["volumes"]
-    source = Path(mount.split(":")[0])
-    tokens_file = source / PurePosixPath(service["environment"]["LOCKSTEP_TOKENS_FILE"]).name
-    for words in commands:
-        assert _parser().parse_args(words[1:]).file == tokens_file
-    # The container runs as the Dockerfile's USER and the CLI makes the file mode 0600.
-    [chown] = documented_commands(recipe, "chown")
-    assert chown == ["chown", only(parse_dockerfile(), "USER"), str(tokens_file)]
+    assert not mount.endswith(":ro"), "the CLI writes the tokens file there"
+    source, target = mount.split(":")
+    tokens_file = PurePosixPath(service["environment"]["LOCKSTEP_TOKENS_FILE"])
+    assert tokens_file.parent == PurePosixPath(target)
+    # The CLI runs as the Dockerfile's USER, so that user must own the directory.
+    chown = re.findall(r"\bchown (\S+) (\S+)$", recipe, re.M)
+    assert chown == [(only(parse_dockerfile(), "USER"), source.removeprefix("./"))]
 
 
 def test_dockerfile_passes_hadolint() -> None:

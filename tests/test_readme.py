@@ -51,7 +51,8 @@ SKIPPED = {
     "LOCKSTEP_DATABASE_URL=postgresql://lockstep:secret@db.internal:5432/lockstep make run": (
         "a PostgreSQL server at db.internal and docker compose"
     ),
-    "mkdir -p secrets": "docker compose and sudo",
+    "mkdir -p secrets && sudo chown 10001:10001 secrets": "docker compose and sudo",
+    "export COMPOSE_FILE=docker-compose.yml:docker-compose.tokens.yml": "docker compose",
     "curl -N localhost:8080/counters/visits/events": (
         "a good event stream never ends (test_streams_contract.py checks them)"
     ),

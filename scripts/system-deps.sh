@@ -11,6 +11,9 @@ packages+=(chromium fonts-dejavu-core)
 packages+=(wrk)
 # The server the PostgreSQL backend's tests run against (scripts/test-postgres.sh).
 packages+=(postgresql)
+# tests/test_docker.py builds the image with podman and runs it with buildah (no Docker
+# daemon), from a base image debootstrap makes where no container registry is reachable.
+packages+=(podman buildah debootstrap)
 
 missing=()
 for p in "${packages[@]}"; do

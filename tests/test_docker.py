@@ -1,9 +1,9 @@
-"""The Docker files, tested without a Docker engine: they agree, lint clean, and the CMD serves.
+"""The Docker files, tested without a Docker engine: they agree, lint clean, and the image serves.
 
 No Docker engine runs on our machines. These tests read the Dockerfile and the compose
 files, check that they describe the same service (port, volume, command, healthcheck,
-tokens recipe), run hadolint on the Dockerfile, and run the Dockerfile's own CMD here with
-the image's environment, a temp data dir and a free loopback port.
+tokens recipe), and run hadolint on the Dockerfile; then they build the image with podman
+and run it with buildah (tests/podman.py), as compose would start it.
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ import fnmatch
 import os
 import re
 import shlex
-import signal
+import stat
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -26,6 +24,9 @@ import pytest
 import yaml
 
 from app.cli import _parser
+from app.tokens import read_tokens
+from tests import podman
+from tests.conftest import unavailable
 from tests.dockerfile import (
     DOCKERFILE,
     exec_form,
@@ -252,69 +253,102 @@ def test_dockerfile_passes_hadolint() -> None:
     assert result.stdout == ""
 
 
-# --- the CMD serves -----------------------------------------------------------------
+# --- the image serves -------------------------------------------------------------
 
 
-@pytest.fixture
-def container_like(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
-    """The Dockerfile's CMD run here with the image's ENV, a temp /data and a free port."""
-    dockerfile = parse_dockerfile()
-    port = free_port()
-    env = {
-        **os.environ,
-        **image_env(dockerfile),
-        "LOCKSTEP_DATA_DIR": str(tmp_path / "data"),
-        "LOCKSTEP_BIND": f"127.0.0.1:{port}",
-        "WEB_CONCURRENCY": "1",
-    }
-    env.pop("GUNICORN_CMD_ARGS", None)
-    command = exec_form(only(dockerfile, "CMD"))
-    command[0] = str(BIN / command[0])  # the venv's gunicorn, as the image's is on PATH
-    log = tmp_path / "gunicorn.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc, port, log
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def access(port: int) -> str:
+    """GET /access; returns the body of its 200 answer."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/access", timeout=5) as r:
+        assert r.status == 200
+        body: bytes = r.read()
+        return body.decode()
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 30) -> int:
-    """Poll /readyz until it answers; returns its status."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"gunicorn exited {proc.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                status: int = r.status
-                return status
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.05)
-    pytest.fail(f"not ready in {timeout} s:\n{log.read_text()}")
+@pytest.fixture(scope="module")
+def image() -> str:
+    """The image built from the Dockerfile with podman (skips where podman cannot run)."""
+    reason = podman.unavailable_reason()
+    if reason:
+        unavailable(reason)
+    return podman.build_image()
 
 
 @pytest.mark.slow
-def test_dockerfile_cmd_serves_readyz(
-    container_like: tuple[subprocess.Popen[bytes], int, Path], tmp_path: Path
+def test_image_is_configured_as_the_dockerfile_says(image: str) -> None:
+    """The built image has the Dockerfile's CMD, USER, environment, port, volume and
+    healthcheck (the docker format keeps HEALTHCHECK; OCI would drop it)."""
+    config = podman.image_config(image)
+    dockerfile = parse_dockerfile()
+    assert config["Cmd"] == exec_form(only(dockerfile, "CMD"))
+    assert config["User"] == only(dockerfile, "USER")
+    assert {f"{k}={v}" for k, v in image_env(dockerfile).items()} <= set(config["Env"])
+    assert set(config["ExposedPorts"]) == {f"{only(dockerfile, 'EXPOSE')}/tcp"}
+    assert set(config["Volumes"]) == set(exec_form(only(dockerfile, "VOLUME")))
+    assert config["Healthcheck"]["Test"] == ["CMD", *healthcheck_command(dockerfile)]
+
+
+@pytest.mark.slow
+def test_image_serves_and_keeps_its_count_in_the_volume_as_its_user(
+    image: str, tmp_path: Path
 ) -> None:
-    """The Dockerfile's CMD with the image's environment serves /readyz 200 and creates the db."""
-    proc, port, log = container_like
-    assert wait_ready(proc, port, log) == 200
-    assert (tmp_path / "data" / "lockstep.db").is_file()
-    # The image's own HEALTHCHECK command passes against it (its port swapped likewise).
-    check = healthcheck_command(parse_dockerfile())
-    check = [c.replace(":8080/", f":{port}/") for c in check]
-    check[0] = sys.executable
-    assert subprocess.run(check, timeout=30).returncode == 0
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/access", timeout=5) as r:
-        assert r.status == 200
-        assert r.read() == b"Resource accessed 1 times."
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+    """The image's CMD serves /access 1, 2 and stops cleanly on SIGTERM; a new container on
+    the same /data volume answers 3; gunicorn's master and workers run as the image's
+    non-root user, which owns the database."""
+    config = podman.image_config(image)
+    uid = int(config["User"].split(":")[0])
+    assert uid != 0
+    port = free_port()
+    # The image binds 0.0.0.0:8080; the container shares our network, so a loopback port.
+    env = {"GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}"}
+    data = tmp_path / "data"
+    with podman.Container(image, tmp_path) as container:
+        container.new_volume(data, "/data")
+        with container.serve(config["Cmd"], env) as served:
+            served.wait_ready(port, workers=2)  # config/gunicorn.conf.py's default
+            assert access(port) == "Resource accessed 1 times."
+            assert access(port) == "Resource accessed 2 times."
+            master, workers = served.gunicorn()
+            assert len(workers) == 2
+            assert {p.uid for p in [master, *workers]} == {uid}
+            # The image's own healthcheck passes, run inside (its port swapped likewise).
+            check = [c.replace(":8080/", f":{port}/") for c in config["Healthcheck"]["Test"][1:]]
+            container.run(*check)
+            assert served.stop() == 0, served.log.read_text()
+    assert (data / "lockstep.db").stat().st_uid == uid
+    with podman.Container(image, tmp_path) as container:
+        container.mount(data, "/data")
+        with container.serve(config["Cmd"], env) as served:
+            served.wait_ready(port, workers=2)
+            assert access(port) == "Resource accessed 3 times."
+            assert served.stop() == 0, served.log.read_text()
+
+
+@pytest.mark.slow
+def test_image_runs_the_compose_token_recipe(image: str, tmp_path: Path) -> None:
+    """The recipe's `lockstep token` commands run in the image as its user, with the tokens
+    overlay's environment and mount, and leave a mode-0600 file that user owns."""
+    service = yaml.safe_load(TOKENS_COMPOSE.read_text())["services"]["lockstep"]
+    [mount] = service["volumes"]
+    source, target, *options = mount.split(":")
+    secrets = tmp_path / PurePosixPath(source).name
+    secrets.mkdir()
+    uid, gid = (int(n) for n in only(parse_dockerfile(), "USER").split(":"))
+    os.chown(secrets, uid, gid)  # the recipe's chown
+    env = service["environment"]
+    with podman.Container(image, tmp_path) as container:
+        container.mount(secrets, target, *options)
+        # One shell in the container runs them all (a buildah run costs most of a second).
+        commands = compose_token_commands(TOKENS_COMPOSE.read_text())
+        script = "".join(f"{shlex.join(words)}; echo --\n" for words in commands)
+        output = container.run("sh", "-ec", script, env=env)
+    outputs = dict(zip((w[2] for w in commands), output.split("--\n"), strict=False))
+    assert outputs["new"].startswith("lst_")  # a token, printed once
+    assert [line.split()[:2] for line in outputs["list"].splitlines()[1:]] == [
+        ["ops", "write"],
+        ["dashboard", "read"],
+    ]
+    assert outputs["revoke"] == "revoked token 'ops'\n"
+    tokens = secrets / PurePosixPath(env["LOCKSTEP_TOKENS_FILE"]).name
+    info = tokens.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (uid, gid, 0o600)
+    assert [t.label for t in read_tokens(tokens).tokens] == ["dashboard"]  # ops revoked

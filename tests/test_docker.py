@@ -40,6 +40,9 @@ from tests.support import ROOT, free_port
 COMPOSE = ROOT / "docker-compose.yml"
 TOKENS_COMPOSE = ROOT / "docker-compose.tokens.yml"
 BIN = Path(sys.executable).parent
+# Whichever image test runs first builds the image, and on a new machine the stand-in base
+# image too: debootstrap alone took 100 s on a loaded 2-core machine.
+FIRST_BUILD_TIMEOUT = 900
 
 
 def compose_file(path: Path = COMPOSE) -> dict[str, Any]:
@@ -274,6 +277,7 @@ def image() -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(FIRST_BUILD_TIMEOUT)
 def test_image_is_configured_as_the_dockerfile_says(image: str) -> None:
     """The built image has the Dockerfile's CMD, USER, environment, port, volume and
     healthcheck (the docker format keeps HEALTHCHECK; OCI would drop it)."""
@@ -288,6 +292,7 @@ def test_image_is_configured_as_the_dockerfile_says(image: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(FIRST_BUILD_TIMEOUT)
 def test_image_serves_and_keeps_its_count_in_the_volume_as_its_user(
     image: str, tmp_path: Path
 ) -> None:
@@ -324,6 +329,7 @@ def test_image_serves_and_keeps_its_count_in_the_volume_as_its_user(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(FIRST_BUILD_TIMEOUT)
 def test_image_runs_the_compose_token_recipe(image: str, tmp_path: Path) -> None:
     """The recipe's `lockstep token` commands run in the image as its user, with the tokens
     overlay's environment and mount, and leave a mode-0600 file that user owns."""

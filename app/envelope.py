@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from app.access_log import AccessLog
 from app.auth import authorize
 from app.errors import LockstepError
 from app.limits import check_header_size
@@ -84,7 +85,12 @@ def problem_response(
     return web.Response(body=body, status=status, content_type=PROBLEM, headers=kept)
 
 
-def envelope_for(max_header_bytes: int, metrics: Metrics, tokens: TokenStore | None) -> Envelope:
+def envelope_for(
+    max_header_bytes: int,
+    metrics: Metrics,
+    tokens: TokenStore | None,
+    access_log: AccessLog | None = None,
+) -> Envelope:
     """The function that wraps each route's handler in this app's envelope."""
 
     def envelope(handler: Handler, route: str | None = None) -> Handler:
@@ -119,7 +125,7 @@ def envelope_for(max_header_bytes: int, metrics: Metrics, tokens: TokenStore | N
                 return response
             finally:
                 CURRENT.reset(token)
-                answered(request, metrics, route, context, status, started)
+                answered(request, metrics, access_log, route, context, status, started)
 
         _ENVELOPED.add(enveloped)
         return enveloped

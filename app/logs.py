@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+# The name access lines carry in their ``logger`` field, like every other line's logger.
 ACCESS_LOGGER = "app.access"
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_MAX = 64
@@ -154,7 +155,8 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def logging_config(level: str, format: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for gunicorn's ``logconfig_dict``: every logger, one format.
 
-    The per-request line replaces gunicorn's access log, which stays off.
+    The app's own access log (``app.access_log``, not a logger) replaces gunicorn's and
+    aiohttp's, which stay off.
     """
     return {
         "version": 1,
@@ -172,7 +174,5 @@ def logging_config(level: str, format: str) -> dict[str, Any]:
             "gunicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
             "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
             "aiohttp.access": {"level": "WARNING", "handlers": [], "propagate": False},
-            # Inherits the root level: LOCKSTEP_LOG_LEVEL=warning turns per-request lines off.
-            ACCESS_LOGGER: {"handlers": [], "propagate": True},
         },
     }

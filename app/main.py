@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from app.access_log import AccessLog
 from app.auth import setup_auth
 from app.combining import Combiner
 from app.envelope import check_enveloped, envelope_for
@@ -76,11 +77,19 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app[SETTINGS] = settings
     app[HEALTH] = Health()
     metrics = Metrics()
-    setup_observability(app, metrics)
+    access_log = None
+    if settings.access_log_on:
+        access_log = AccessLog(
+            settings.access_log,
+            settings.log_format,
+            settings.trusted_proxies,
+            settings.access_log_flush,
+        )
+    setup_observability(app, metrics, access_log)
     app[LOCKS] = LockRegistry(settings.lock_timeout)
     app[IN_FLIGHT] = InFlight()
     tokens = setup_auth(app, settings)
-    app[ENVELOPE] = envelope_for(settings.max_header_bytes, metrics, tokens)
+    app[ENVELOPE] = envelope_for(settings.max_header_bytes, metrics, tokens, access_log)
     setup_routes(app, app[ENVELOPE])
     # First, before anything is opened: routes can still be added after create_app.
     app.on_startup.insert(0, _check_routes)

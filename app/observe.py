@@ -1,25 +1,24 @@
-"""Per-request observation: the request metrics and one log line, plus the lock gauges.
+"""Per-request observation: the request metrics and the access line, plus the lock gauges.
 
 The envelope (``app.envelope``) calls ``answered`` for every request once its final status
 is known, problem bodies included. Its cost per request is a clock read, two dictionary
-tallies (flushed to Prometheus once a second) and, with info logging on, one log record.
+tallies (flushed to Prometheus once a second) and, with the access log on, one line
+appended to its buffer (``app.access_log``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from app.logs import ACCESS_LOGGER, RequestContext
+from app.access_log import AccessLog
+from app.logs import RequestContext
 from app.metrics import UNMATCHED, Metrics
-from app.state import COUNTERS, ITEMS, LOCKS, METRICS
-
-access_log = logging.getLogger(ACCESS_LOGGER)
+from app.state import ACCESS_LOG, COUNTERS, ITEMS, LOCKS, METRICS
 
 LOCK_SAMPLE_INTERVAL = 1.0
 # nginx's convention for "the client went away before the answer".
@@ -35,12 +34,13 @@ def route_label(request: web.Request) -> str:
 def answered(
     request: web.Request,
     metrics: Metrics,
+    access_log: AccessLog | None,
     route: str | None,
     context: RequestContext,
     status: int,
     started: float,
 ) -> None:
-    """Count and time one answered request, and log its line (when info is on).
+    """Count and time one answered request, and buffer its access line (when the log is on).
 
     ``route`` is the metrics label, or None for the route template that matched.
     """
@@ -48,20 +48,8 @@ def answered(
     if route is None:
         route = route_label(request)
     metrics.observe_request(route, request.method, status, elapsed)
-    if access_log.isEnabledFor(logging.INFO):
-        access_log.info(
-            "request",
-            extra={
-                "request_id": context.request_id,
-                "method": request.method,
-                "route": route,
-                # Without the query string, which may carry secrets.
-                "path": request.rel_url.raw_path[:256],
-                "status": status,
-                "latency_ms": round(elapsed * 1000, 3),
-                "lock_wait_ms": round(context.lock_wait * 1000, 3),
-            },
-        )
+    if access_log is not None:
+        access_log.line(request, route, status, elapsed, context.lock_wait, context.request_id)
 
 
 def sample_locks(app: web.Application) -> None:
@@ -93,7 +81,28 @@ async def _sample_locks(app: web.Application) -> AsyncIterator[None]:
     app[METRICS].flush()
 
 
-def setup_observability(app: web.Application, metrics: Metrics) -> None:
-    """Install the metrics object and the lock sampler."""
+async def _access_log(app: web.Application) -> AsyncIterator[None]:
+    """Open the access log before the first request; write its last lines after the last one."""
+    access_log = app[ACCESS_LOG]
+    if access_log is None:
+        yield
+        return
+    access_log.open()
+    try:
+        yield
+    finally:
+        access_log.close()
+
+
+def setup_observability(
+    app: web.Application, metrics: Metrics, access_log: AccessLog | None
+) -> None:
+    """Install the metrics object, the access log and the lock sampler.
+
+    The access log comes first, so it is open before anything else starts and closed after
+    everything else has stopped.
+    """
     app[METRICS] = metrics
+    app[ACCESS_LOG] = access_log
+    app.cleanup_ctx.append(_access_log)
     app.cleanup_ctx.append(_sample_locks)

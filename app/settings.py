@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -136,6 +136,26 @@ class Settings(BaseSettings):
         default="text",
         description="Per-request and error log lines: readable `text` or one JSON object a line.",
     )
+    access_log: str = Field(
+        default="-",
+        description="Where the per-request lines go: `-` for stdout, or a file appended to.",
+    )
+    access_log_flush: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description=(
+            "Most seconds an access line waits in its worker's buffer before it is written"
+            " (what a crash can lose)."
+        ),
+    )
+    trusted_proxies: Annotated[tuple[IPvAnyNetwork, ...], NoDecode] = Field(
+        default=(),
+        description=(
+            "Comma-separated addresses or networks of the proxies whose `X-Forwarded-For`"
+            " names the client in the access log (none by default)."
+        ),
+    )
     events_poll_interval: float = Field(
         default=0.05,
         gt=0,
@@ -157,7 +177,7 @@ class Settings(BaseSettings):
         description="Listen address: HOST:PORT, unix:PATH or fd://N.",
     )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
-        default="info", description="gunicorn's log level; `warning` drops per-request lines."
+        default="info", description="gunicorn's log level; `warning` drops the access lines."
     )
 
     @field_validator("database_url")
@@ -182,6 +202,18 @@ class Settings(BaseSettings):
     @classmethod
     def _any_case(cls, level: object) -> object:
         return level.lower() if isinstance(level, str) else level
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, proxies: Any) -> Any:
+        if isinstance(proxies, str):
+            return tuple(p.strip() for p in proxies.split(",") if p.strip())
+        return proxies
+
+    @property
+    def access_log_on(self) -> bool:
+        """Whether requests get their access lines (at ``info`` and ``debug``)."""
+        return self.log_level in ("debug", "info")
 
     @property
     def uses_postgres(self) -> bool:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from app.access_log import AccessLog
 from app.combining import Combiner
 from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome
 from app.events import EventHub
@@ -35,6 +36,8 @@ COUNTERS = web.AppKey("counters", Combiner[CounterOp, CounterOutcome])
 ITEMS = web.AppKey("items", Combiner[ItemOp, ItemOutcome])
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 METRICS = web.AppKey("metrics", Metrics)
+# None while the access log is off (LOCKSTEP_LOG_LEVEL above info).
+ACCESS_LOG: web.AppKey[AccessLog | None] = web.AppKey("access_log")
 EVENTS = web.AppKey("events", EventHub)
 REQUEST_ID = web.RequestKey("request_id", str)
 # Wraps a handler in the envelope (app.envelope); for routes added after create_app.

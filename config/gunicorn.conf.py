@@ -32,8 +32,8 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 graceful_timeout = 20
 timeout = 30
 keepalive = 5
-# The app logs one structured line per request (app.access, LOCKSTEP_LOG_FORMAT=text|json)
-# with its request id and lock wait, so gunicorn's own access log stays off.
+# The app writes one line per request itself (app/access_log.py: buffered, LOCKSTEP_ACCESS_LOG,
+# LOCKSTEP_LOG_FORMAT=text|json) with its request id and lock wait, so gunicorn's stays off.
 accesslog = None
 errorlog = "-"
 loglevel = lockstep_settings.log_level

@@ -23,7 +23,8 @@ BACKENDS = ["sqlite", "postgres"]
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
-    """Settings with a private database under ``tmp_path``."""
+    """Settings with a private database and access log under ``tmp_path``."""
+    overrides.setdefault("access_log", str(tmp_path / "access.log"))
     return Settings(data_dir=tmp_path / "data", **overrides)
 
 

@@ -46,9 +46,10 @@ test: $(TEST_STAMP) lint
 	fi; \
 	$(BIN)/pytest
 
-# Throughput against aiohttp hello world; writes docs/benchmarks.md and docs/benchmarks.png.
-# Needs wrk (Debian/Ubuntu: apt-get install wrk). BENCH_ARGS="--rounds 5 --duration 10" etc.;
-# The counter workloads also run the durable floor (bench/floor.py); BENCH_ARGS=--no-floor skips it.
+# lockstep as `make run` starts it against aiohttp hello world and its peers (durable floor,
+# Redis, PostgreSQL); writes docs/benchmarks.md and docs/benchmarks.png. Needs wrk, and for the
+# peers redis-server and postgresql (Debian packages; scripts/system-deps.sh installs them).
+# BENCH_ARGS="--rounds 5 --duration 10", "--only access", "--no-peers" etc.
 bench: $(BENCH_STAMP)
 	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk (or brew install wrk)"; exit 2; }
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

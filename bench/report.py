@@ -1,4 +1,4 @@
-"""The benchmark's results: medians, ``docs/benchmarks.md`` and the chart next to it."""
+"""The benchmark's results: medians, targets, ``docs/benchmarks.md`` and the chart next to it."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-# Findings kept across runs: appended to every generated report.
-NOTES = Path(__file__).resolve().parent / "notes.md"
+from bench.servers import HELLO, LOCKSTEP, REDIS_ALWAYS, VARIANTS
+from bench.workloads import Target
 
 # (req/s, p50 ms, p99 ms, workers' CPU µs per request) of one wrk run
 Run = tuple[float, float, float, float]
@@ -23,63 +23,67 @@ Run = tuple[float, float, float, float]
 
 @dataclass
 class Result:
-    """All rounds of one workload, for lockstep and for hello world."""
+    """All rounds of one workload, for every variant that ran it (``bench.servers.VARIANTS``)."""
 
     name: str
     title: str
-    target: float | None
-    service: list[Run] = field(default_factory=list)
-    hello: list[Run] = field(default_factory=list)
-    errors: int = 0  # lockstep's non-2xx/3xx answers, all rounds
-    timeouts: int = 0  # lockstep's requests wrk gave up on (2 s), all rounds
+    targets: tuple[Target, ...] = ()
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # non-2xx/3xx answers, all rounds
+    timeouts: dict[str, int] = field(default_factory=dict)  # requests wrk gave up on (2 s)
+    # Per variant that counts: the rounds whose exactly-once check failed, and why.
+    failed: dict[str, list[str]] = field(default_factory=dict)
     # Per round, wrk's connections per worker (largest first), lockstep's and hello's.
     splits: list[tuple[str, str]] = field(default_factory=list)
-    # The durable floor's runs (bench.floor), in the same rounds: counter workloads only.
-    floor: list[Run] = field(default_factory=list)
 
-    @staticmethod
-    def _median(runs: list[Run], i: int) -> float:
-        return statistics.median(r[i] for r in runs)
+    def median(self, variant: str, i: int) -> float:
+        return statistics.median(r[i] for r in self.runs[variant])
 
-    def rate(self) -> tuple[float, float]:
-        return self._median(self.service, 0), self._median(self.hello, 0)
+    def rate(self, variant: str = LOCKSTEP) -> float:
+        return self.median(variant, 0)
 
-    def p50(self) -> tuple[float, float]:
-        return self._median(self.service, 1), self._median(self.hello, 1)
+    def ratio(self, variant: str = LOCKSTEP, of: str = HELLO) -> float:
+        """``variant``'s median req/s over ``of``'s."""
+        return self.rate(variant) / self.rate(of)
 
-    def p99(self) -> tuple[float, float]:
-        return self._median(self.service, 2), self._median(self.hello, 2)
+    def paired_ratio(self, variant: str = LOCKSTEP, of: str = HELLO) -> float:
+        """The median over rounds of ``variant``'s req/s over ``of``'s in the same round.
 
-    def cpu(self) -> tuple[float, float]:
-        return self._median(self.service, 3), self._median(self.hello, 3)
-
-    def ratio(self) -> float:
-        """lockstep's median req/s over hello world's."""
-        service, hello = self.rate()
-        return service / hello
-
-    def paired_ratio(self) -> float:
-        """The median over rounds of lockstep's req/s over hello's in the same round.
-
-        The two runs of a round are back to back, so a slow spell of the shared machine
-        weighs on both; the ratio of medians can pair one app's slow rounds with the
-        other's fast ones.
+        The runs of a round are back to back, so a slow spell of the shared machine weighs
+        on both; the ratio of medians can pair one app's slow rounds with the other's fast.
         """
-        pairs = zip(self.service, self.hello, strict=True)
-        return statistics.median(s[0] / h[0] for s, h in pairs)
+        pairs = zip(self.runs[variant], self.runs[of], strict=True)
+        return statistics.median(s[0] / o[0] for s, o in pairs)
+
+    def met(self, target: Target) -> bool | None:
+        """Whether ``target`` holds (req/s: by both ratios); None when a side did not run."""
+        if target.row not in self.runs or target.of not in self.runs:
+            return None
+        if target.measure == "p99":
+            return self.median(target.row, 2) <= target.bound * self.median(target.of, 2)
+        return min(self.ratio(target.row, target.of), self.paired_ratio(target.row, target.of)) >= (
+            target.bound
+        )
 
     def verdict(self) -> str:
-        """A target counts as met only when both ratios reach it."""
-        if self.target is None:
+        """lockstep's share-of-hello target, met or not."""
+        for t in self.targets:
+            if (t.row, t.of, t.measure) == (LOCKSTEP, HELLO, "rate"):
+                return f"{'met' if self.met(t) else 'MISSED'} (≥ {t.bound:.2f})"
+        return "—"
+
+    def exactly_once(self, variant: str) -> str:
+        if variant not in self.failed:
             return "—"
-        met = min(self.ratio(), self.paired_ratio()) >= self.target
-        return f"{'met' if met else 'MISSED'} (≥ {self.target:.2f})"
+        failed = self.failed[variant]
+        return f"FAILED ({len(failed)} of {len(self.runs[variant])})" if failed else "held"
 
     def summary_line(self) -> str:
-        (s, h), (s99, h99), (sc, hc) = self.rate(), self.p99(), self.cpu()
+        s, h = self.rate(), self.rate(HELLO)
+        s99, h99 = self.median(LOCKSTEP, 2), self.median(HELLO, 2)
         return (
-            f"{self.title:<42} lockstep {s:8.0f} req/s p99 {s99:6.1f} ms {sc:4.0f} µs | "
-            f"hello {h:8.0f} req/s p99 {h99:6.1f} ms {hc:4.0f} µs | "
+            f"{self.title:<42} lockstep {s:8.0f} req/s p99 {s99:6.1f} ms | "
+            f"hello {h:8.0f} req/s p99 {h99:6.1f} ms | "
             f"{self.ratio():.2f}x (by round {self.paired_ratio():.2f}x)  {self.verdict()}"
         )
 
@@ -92,7 +96,6 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-
     return (
         f"{platform.system()} {platform.release()} ({platform.machine()}), {cpu}, "
         f"{os.cpu_count()} CPUs; Python {platform.python_version()}, SQLite "
@@ -100,31 +103,8 @@ def machine() -> str:
     )
 
 
-def floor_table(results: list[Result]) -> list[str]:
-    """The durable floor beside hello world and lockstep, for the workloads it ran in."""
-    ran = [r for r in results if r.floor]
-    if not ran:
-        return []
-    lines = [
-        "**The durable floor** (`bench/floor.py`: one upsert `... RETURNING` committed per "
-        "batch of waiting requests and nothing else; `--no-floor` leaves it out), in the "
-        "same rounds:",
-        "",
-        "| workload | floor req/s | floor share of hello | lockstep share of floor "
-        "| CPU µs/request lockstep / floor / hello | floor p99 ms |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in ran:
-        (s, h), (sc, hc) = r.rate(), r.cpu()
-        f, fc, f99 = (Result._median(r.floor, i) for i in (0, 3, 2))
-        lines.append(
-            f"| {r.title} | {f:,.0f} | {f / h:.2f} | {s / f:.2f} "
-            f"| {sc:.0f} / {fc:.0f} / {hc:.0f} | {f99:.1f} |"
-        )
-    return [*lines, ""]
-
-
 def table(results: list[Result]) -> list[str]:
+    """lockstep as ``make run`` starts it against hello world, one row per workload."""
     lines = [
         "| workload | lockstep req/s | hello req/s | share of hello | by round | target "
         "| lockstep p50 / p99 ms | hello p50 / p99 ms | CPU µs/request lockstep / hello "
@@ -132,13 +112,56 @@ def table(results: list[Result]) -> list[str]:
         "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in results:
-        (s, h), (s50, h50), (s99, h99), (sc, hc) = r.rate(), r.p50(), r.p99(), r.cpu()
+        m = r.median
         lines.append(
-            f"| {r.title} | {s:,.0f} | {h:,.0f} | {r.ratio():.2f} | {r.paired_ratio():.2f} "
-            f"| {r.verdict()} "
-            f"| {s50:.1f} / {s99:.1f} | {h50:.1f} / {h99:.1f} | {sc:.0f} / {hc:.0f} "
-            f"| {r.errors} / {r.timeouts} |"
+            f"| {r.title} | {r.rate():,.0f} | {r.rate(HELLO):,.0f} | {r.ratio():.2f} "
+            f"| {r.paired_ratio():.2f} | {r.verdict()} "
+            f"| {m(LOCKSTEP, 1):.1f} / {m(LOCKSTEP, 2):.1f} "
+            f"| {m(HELLO, 1):.1f} / {m(HELLO, 2):.1f} "
+            f"| {m(LOCKSTEP, 3):.0f} / {m(HELLO, 3):.0f} "
+            f"| {r.errors[LOCKSTEP]} / {r.timeouts[LOCKSTEP]} |"
         )
+    return lines
+
+
+def peers_table(r: Result) -> list[str]:
+    """Every variant that ran the workload, as shares of hello world and of durable Redis."""
+    redis = REDIS_ALWAYS in r.runs
+    lines = [
+        f"**{r.title}**, every app in the same rounds:",
+        "",
+        "| app | req/s | share of hello | share of durable Redis | p50 / p99 ms "
+        "| CPU µs/request | errors / timeouts | exactly-once |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in r.runs:
+        m = r.median
+        of_redis = f"{r.ratio(name, REDIS_ALWAYS):.2f}" if redis else "—"
+        lines.append(
+            f"| {VARIANTS[name].title} | {r.rate(name):,.0f} | {r.ratio(name):.2f} | {of_redis} "
+            f"| {m(name, 1):.1f} / {m(name, 2):.1f} | {m(name, 3):.0f} "
+            f"| {r.errors[name]} / {r.timeouts[name]} | {r.exactly_once(name)} |"
+        )
+    return [*lines, ""]
+
+
+def target_lines(results: list[Result]) -> list[str]:
+    lines = []
+    for r in results:
+        for t in r.targets:
+            row, of = VARIANTS[t.row].title, VARIANTS[t.of].title
+            met = r.met(t)
+            if t.measure == "p99":
+                text = f"p99 of {row} ≤ {t.bound:g}x {of}'s"
+                got = "" if met is None else f"{r.median(t.row, 2) / r.median(t.of, 2):.2f}x"
+            else:
+                text = f"{row} ≥ {t.bound:.2f}x {of}"
+                got = ""
+                if met is not None:
+                    by_round = r.paired_ratio(t.row, t.of)
+                    got = f"{r.ratio(t.row, t.of):.2f}x (by round {by_round:.2f}x)"
+            verdict = "not measured" if met is None else ("met" if met else "**MISSED**")
+            lines.append(f"- {r.title} — {text}: {got} {verdict}".replace("  ", " "))
     return lines
 
 
@@ -147,17 +170,34 @@ def splits(results: list[Result]) -> list[str]:
     lines = [
         "**wrk's connections per worker**, halfway through each round (lockstep | hello "
         "world). gunicorn's workers race to accept them, so the split differs from run to "
-        "run. When one worker holds nearly all of them, lockstep does a quarter to a third "
-        "fewer req/s (that worker's event loop and commits do all the work); hello world "
-        "loses less, a tenth to a fifth at 61/3. A split near even is no faster than the "
-        "usual one near 3:1 (measured by forcing even splits). So a lockstep round far "
-        "below the others usually shows a split like 64/0 here, not a change in the service.",
+        "run; a lockstep round far below the others usually shows a split like 64/0.",
         "",
     ]
     for r in results:
         rounds = ", ".join(f"{s} | {h}" for s, h in r.splits)
         lines.append(f"- {r.title}: {rounds}")
     return lines
+
+
+METHOD = """\
+## Method
+
+Every app runs under `config/gunicorn.conf.py` exactly as `make run` starts lockstep (same
+worker class and count, access lines on and written to a file), on its own free loopback
+port, and gets the same wrk Lua script; a round runs them back to back, so a slow spell of
+the shared machine weighs on all of them. *Share of hello* is an app's median req/s over
+hello world's; *by round* is the median of the rounds' own ratios, and a req/s target
+counts as met only when both reach it. Hello world answers every request with a fixed text.
+The peers are what a user would build instead: the durable floor (one SQLite commit per
+batch of waiting requests and nothing else), and aiohttp apps doing one Redis `INCR` (on
+`redis-server` with `appendfsync always`, durable, or `everysec`) or one PostgreSQL
+`UPDATE … RETURNING` (asyncpg pool, `synchronous_commit` on) per request; the benchmark
+starts those servers from their Debian packages on loopback ports and stops them after.
+CPU µs/request counts the gunicorn workers only, not Redis's or PostgreSQL's. Exactly-once:
+after every write run the counter (or the sum of record versions) grew by the number of 2xx
+answers wrk counted, give or take the requests wrk cut off at the end (at most one per
+connection). wrk gives up on a request after 2 s (a timeout).
+"""
 
 
 def chart(results: list[Result], path: Path) -> None:
@@ -167,37 +207,24 @@ def chart(results: list[Result], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = ["\n".join(textwrap.wrap(r.title.replace("/counters/{k}/", "…/"), 16)) for r in results]
-    xs = range(len(results))
-    fig, ax = plt.subplots(figsize=(10, 4.8))
-    width = 0.38
-    hello = [r.rate()[1] for r in results]
-    service = [r.rate()[0] for r in results]
-    ax.bar([x - width / 2 for x in xs], hello, width, label="aiohttp hello world", color="#bbb")
-    bars = ax.bar([x + width / 2 for x in xs], service, width, label="lockstep", color="#2a6")
-    for bar, r in zip(bars, results, strict=True):
-        ax.annotate(
-            f"{r.ratio():.2f}x",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=9,
-        )
-    # The durable floor, where it ran: a line across lockstep's bar at the floor's req/s.
-    floored = [(x, r) for x, r in zip(xs, results, strict=True) if r.floor]
-    if floored:
-        ax.hlines(
-            [Result._median(r.floor, 0) for _, r in floored],
-            [x for x, _ in floored],
-            [x + width for x, _ in floored],
-            colors="#222",
-            linestyles="dashed",
-            label="durable floor (bench/floor.py)",
-        )
-    ax.set_xticks(list(xs), names, fontsize=8)
+    colors = ["#2a6", "#bbb", "#7c7", "#222", "#c33", "#e99", "#36a"]
+    color = dict(zip(VARIANTS, colors, strict=True))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    labelled: set[str] = set()
+    for x, r in enumerate(results):
+        width = 0.8 / len(r.runs)
+        for i, name in enumerate(r.runs):
+            label = None if name in labelled else VARIANTS[name].title.replace("`", "")
+            labelled.add(name)
+            left = x - 0.4 + i * width
+            bar = ax.bar(left + width / 2, r.rate(name), width, label=label, color=color[name])
+            if name == LOCKSTEP:
+                ax.bar_label(bar, [f"{r.ratio():.2f}x"], fontsize=8)
+    ax.set_xticks(range(len(results)), names, fontsize=8)
     ax.set_ylabel("requests per second (median of rounds)")
-    ax.set_title("lockstep vs aiohttp hello world, same gunicorn settings (wrk)")
-    ax.set_ylim(top=max(hello + service) * 1.2)  # room for the legend above the bars
-    ax.legend(loc="upper center", ncol=3, fontsize=8)
+    ax.set_title("lockstep, hello world and peers, same gunicorn settings (wrk)")
+    ax.set_ylim(top=max(r.rate(n) for r in results for n in r.runs) * 1.35)
+    ax.legend(loc="upper center", ncol=3, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -216,6 +243,7 @@ def write_report(
     failures: list[str],
     started: float,
     load: tuple[tuple[float, float, float], tuple[float, float, float]],
+    left_out: list[str],
 ) -> None:
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +253,11 @@ def write_report(
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
     extra = " ".join(args.gunicorn_arg) or "none"
     verdict = "**FAILED**: " + "; ".join(failures) if failures else "held in every write run"
+    database = (
+        f"PostgreSQL at `{_redact(args.database_url)}`"
+        if args.database_url
+        else "fresh SQLite in a temp dir, `synchronous=FULL`"
+    )
     lines = [
         "# Benchmarks",
         "",
@@ -237,36 +270,23 @@ def write_report(
         "side by side and matter more)",
         f"- **Command**: `{command}`, i.e. for each workload {args.rounds} rounds of "
         f"`wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency -s "
-        "bench/lua/<workload>.lua`, lockstep then hello world, alternating",
-        "- **Servers**: `gunicorn --config config/gunicorn.conf.py` (as `make run`, 2 workers, "
-        + (
-            f"PostgreSQL at `{_redact(args.database_url)}`"
-            if args.database_url
-            else "fresh SQLite in a temp dir, `synchronous=FULL`"
-        )
-        + ") and, with the same config, "
-        f"`{'bench.hello:create_app'}`; extra gunicorn flags for both: `{extra}`",
-        f"- **Logging**: `LOCKSTEP_LOG_LEVEL={args.log_level}` for both apps; gunicorn's "
-        "access log is off in the config for both",
+        "bench/lua/<workload>.lua` against each app in turn",
+        f"- **lockstep**: as `make run` starts it (2 workers, {database}, access lines on, "
+        "to a file); extra gunicorn flags for every app: " + f"`{extra}`",
         f"- **Exactly-once**: {verdict}",
+        *([f"- **Left out**: {'; '.join(left_out)}"] if left_out else []),
         "",
         *table(results),
         "",
-        f"![lockstep vs hello world]({png.name})",
+        "**Targets**:",
         "",
-        "The share of hello is lockstep's median req/s over hello world's median req/s from "
-        "the same run; *by round* is the median of the rounds' own ratios (lockstep's req/s "
-        "over hello's in the same round, run back to back). A target counts as met only when "
-        "both reach it. Hello world answers every request of the same wrk script with a fixed "
-        "text. Exactly-once: after each write run, the counter (or the sum of record versions) "
-        "grew by the number of 2xx answers wrk counted, give or take the requests wrk cut off "
-        "at the end (at most one per connection). Errors and timeouts are counted over all "
-        "rounds; wrk gives up on a request after 2 s.",
+        *target_lines(results),
+        "",
+        *[line for r in results if len(r.runs) > 2 for line in peers_table(r)],
+        f"![lockstep, hello world and peers]({png.name})",
         "",
         *splits(results),
         "",
-        *floor_table(results),
-        *NOTES.read_text().splitlines(),
-        "",
+        METHOD,
     ]
     out.write_text("\n".join(lines))

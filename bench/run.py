@@ -1,18 +1,19 @@
-"""``make bench``: lockstep against aiohttp hello world, same gunicorn settings, driven by wrk.
+"""``make bench``: lockstep as ``make run`` starts it, beside hello world and its peers.
 
-For every round and every workload, wrk drives lockstep and then the hello-world app with
-the very same Lua script (A B A B ...), so both see the same machine noise. The report
-gives the median req/s, p50 and p99 of the rounds and lockstep's share of hello world's
-req/s. After every write run the exactly-once check of ``bench.workloads`` must hold, or
-the benchmark fails (exit status 1) whatever the speed.
+Every app runs under the same gunicorn settings (``bench.servers.VARIANTS``): lockstep as
+``make run`` starts it (access lines on, to a file), aiohttp hello world, and for the
+workloads that name them (``Workload.peers``) lockstep with its access lines off and the
+peers: the durable floor (``bench.floor``), Redis ``INCR`` with ``appendfsync always`` and
+``everysec`` (``bench.redis_peer``) and PostgreSQL ``UPDATE … RETURNING``
+(``bench.postgres_peer``), whose servers ``bench.stores`` starts on loopback and stops
+after. In every round wrk drives each app in turn with the very same Lua script, so all see
+the same machine noise. The report gives medians of req/s, p50, p99 and worker CPU per
+request, every row's share of hello world and of the durable Redis peer, and the targets.
+After every write run the exactly-once check of ``bench.workloads`` must hold, for
+lockstep and the peers alike, or the benchmark fails (exit status 1) whatever the speed.
 
     python -m bench.run [--rounds 3] [--duration 5] [--connections 64] [--only access,read]
-                        [--no-floor]
-
-The counter workloads (``Workload.floor``) also run a third app in every round:
-``bench.floor``, the least a durably counted hit or increment can cost (one commit per
-batch and nothing else), so the report shows what the machine's fsync costs apart from
-what lockstep's own code costs. ``--no-floor`` leaves it out.
+                        [--no-peers]
 """
 
 from __future__ import annotations
@@ -29,8 +30,21 @@ import time
 from pathlib import Path
 
 from bench.report import Result, Run, write_report
-from bench.servers import FLOOR_APP, HELLO_APP, ROOT, Server
+from bench.servers import FLOOR, HELLO, LOCKSTEP, QUIET, ROOT, VARIANTS, Server
+from bench.stores import Postgres, Redis, StoreMissing
 from bench.workloads import WORKLOADS, Workload, exactly_once_error
+
+
+# Each peer's database server, and the variable its app finds the server's URL in.
+def _store(name: str) -> Redis | Postgres:
+    return Postgres() if name == "postgres" else Redis(name.removeprefix("redis-"))
+
+
+STORE_URL_ENV = {
+    "redis-always": "BENCH_REDIS_URL",
+    "redis-everysec": "BENCH_REDIS_URL",
+    "postgres": "BENCH_POSTGRES_URL",
+}
 
 
 def wrk(
@@ -97,22 +111,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra gunicorn flag for BOTH apps, e.g. --gunicorn-arg=--worker-class=...",
     )
     p.add_argument(
-        "--log-level",
-        default="warning",
-        help="LOCKSTEP_LOG_LEVEL for both apps (default warning: no per-request lines, "
-        "as hello world has none; info is make run's default)",
-    )
-    p.add_argument(
         "--database-url",
         default="",
         help="LOCKSTEP_DATABASE_URL for lockstep, e.g. postgresql://... (default: SQLite)",
     )
     p.add_argument(
-        "--floor",
+        "--peers",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="run the durable floor (bench/floor.py) in every round of the counter workloads "
-        "(default; never with --database-url)",
+        help="run the peers (durable floor, Redis, PostgreSQL) on the workloads that name "
+        "them (default; the floor never with --database-url)",
     )
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-report", action="store_true", help="print only; write no files")
@@ -126,59 +134,101 @@ def has_errors(totals: dict[str, int]) -> bool:
 
 def run_workload(
     workload: Workload,
-    service: Server,
-    hello: Server,
+    servers: dict[str, Server],
     args: argparse.Namespace,
     workdir: Path,
     failures: list[str],
-    floor: Server | None = None,
 ) -> Result:
-    result = Result(workload.name, workload.title, workload.target)
-    if workload.setup is not None:
-        workload.setup(service.url)
+    """Every round of one workload against lockstep, hello world and the peers it names."""
+    names = [n for n in (LOCKSTEP, HELLO, *workload.peers) if n in servers]
+    result = Result(workload.name, workload.title, workload.targets)
+    for name in names:
+        result.runs[name], result.errors[name], result.timeouts[name] = [], 0, 0
+        if VARIANTS[name].counts:
+            if workload.setup is not None:
+                workload.setup(servers[name].url)
+            if workload.tally is not None:
+                result.failed[name] = []
     for round_no in range(1, args.rounds + 1):
-        before = workload.tally(service.url) if workload.tally else 0
-        totals, service_split = wrk(service, workload, args, workdir)
-        if workload.tally is not None:
-            ok = totals["requests"] - totals["non_2xx_3xx"]
-            error = exactly_once_error(before, workload.tally(service.url), ok, args.connections)
-            if error is None and workload.final_check is not None:
-                error = workload.final_check(service.url)
-            if error is not None:
-                failures.append(f"{workload.name} round {round_no}: {error}")
-                print(f"!!! EXACTLY-ONCE FAILED: {workload.name}: {error}: {totals}", flush=True)
-        # Errors are reported, not failed on: a 503 under overload is correct behaviour.
-        result.errors += totals["non_2xx_3xx"]
-        result.timeouts += totals["timeout"]
-        if has_errors(totals):
-            print(f"!!! ERRORS (reported): {workload.name}: {totals}", flush=True)
-        hello_totals, hello_split = wrk(hello, workload, args, workdir)
-        if floor is not None:
-            assert workload.tally is not None  # the floor runs counter workloads only
-            before = workload.tally(floor.url)
-            floor_totals, _ = wrk(floor, workload, args, workdir)
-            ok = floor_totals["requests"] - floor_totals["non_2xx_3xx"]
-            error = exactly_once_error(before, workload.tally(floor.url), ok, args.connections)
-            if error is not None:
-                failures.append(f"floor {workload.name} round {round_no}: {error}")
-                print(f"!!! EXACTLY-ONCE FAILED: floor: {error}: {floor_totals}", flush=True)
-            elif has_errors(floor_totals):
-                print(f"!!! ERRORS (reported): floor: {workload.name}: {floor_totals}", flush=True)
-            result.floor.append(measure(floor_totals))
-            f = result.floor[-1]
-            print(f"{'':>15}   floor {f[0]:8.0f} req/s p99 {f[2]:6.1f} ms {f[3]:4.0f} µs CPU")
-        result.service.append(measure(totals))
-        result.hello.append(measure(hello_totals))
-        result.splits.append((service_split, hello_split))
-        s, h = result.service[-1], result.hello[-1]
-        print(
-            f"{workload.name:>15} round {round_no}: lockstep {s[0]:8.0f} req/s "
-            f"p99 {s[2]:6.1f} ms {s[3]:4.0f} µs CPU {service_split:>5} | "
-            f"hello {h[0]:8.0f} req/s p99 {h[2]:6.1f} ms {h[3]:4.0f} µs CPU {hello_split:>5} "
-            f"| {s[0] / h[0]:.2f}x",
-            flush=True,
-        )
+        split: dict[str, str] = {}
+        for name in names:
+            url = servers[name].url
+            checked = name in result.failed and workload.tally is not None
+            before = workload.tally(url) if checked and workload.tally else 0
+            totals, split[name] = wrk(servers[name], workload, args, workdir)
+            if checked and workload.tally is not None:
+                ok = totals["requests"] - totals["non_2xx_3xx"]
+                error = exactly_once_error(before, workload.tally(url), ok, args.connections)
+                if error is None and workload.final_check is not None:
+                    error = workload.final_check(url)
+                if error is not None:
+                    result.failed[name].append(error)
+                    failures.append(f"{name} {workload.name} round {round_no}: {error}")
+                    print(f"!!! EXACTLY-ONCE FAILED: {name} {workload.name}: {error}: {totals}")
+            # Errors are reported, not failed on: a 503 under overload is correct behaviour.
+            result.errors[name] += totals["non_2xx_3xx"]
+            result.timeouts[name] += totals["timeout"]
+            if has_errors(totals):
+                print(f"!!! ERRORS (reported): {name} {workload.name}: {totals}", flush=True)
+            result.runs[name].append(measure(totals))
+        result.splits.append((split[LOCKSTEP], split[HELLO]))
+        hello = result.runs[HELLO][-1][0]
+        for name in names:
+            rate, _, p99, cpu = result.runs[name][-1]
+            print(
+                f"{workload.name:>15} round {round_no}: {name:>14} {rate:8.0f} req/s "
+                f"p99 {p99:6.1f} ms {cpu:4.0f} µs CPU {split[name]:>5} | {rate / hello:.2f}x",
+                flush=True,
+            )
     return result
+
+
+def wanted_variants(workloads: list[Workload], args: argparse.Namespace) -> list[str]:
+    """The apps this run needs, in the order a round runs them."""
+    named = {LOCKSTEP, HELLO} | {n for w in workloads for n in w.peers}
+    if not args.peers:  # the quiet row is lockstep's own
+        named &= {LOCKSTEP, HELLO, QUIET}
+    if args.database_url:  # the floor is SQLite's: beside PostgreSQL it measures another thing
+        named.discard(FLOOR)
+    return [n for n in VARIANTS if n in named]
+
+
+def start_servers(
+    names: list[str], args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack
+) -> tuple[dict[str, Server], list[str]]:
+    """Start every app in ``names`` (and their database servers); say which could not."""
+    urls: dict[str, str] = {}
+    left_out = []
+    for store in dict.fromkeys(VARIANTS[n].store for n in names if VARIANTS[n].store):
+        try:
+            database = _store(store)
+            stack.enter_context(database)
+            urls[store] = database.url
+        except StoreMissing as e:
+            left_out.append(f"{store}: {e}")
+            print(f"!!! leaving out {store}: {e}", file=sys.stderr)
+    servers = {}
+    for name in names:
+        variant = VARIANTS[name]
+        env = dict(variant.env)
+        if variant.store:
+            if variant.store not in urls:
+                continue
+            env[STORE_URL_ENV[variant.store]] = urls[variant.store]
+        server = Server(
+            name,
+            workdir,
+            app=variant.app,
+            extra_args=args.gunicorn_arg,
+            ready_path=variant.ready_path,
+            env=env,
+        )
+        server.launch()
+        servers[name] = server
+    stack.callback(Server.stop_all, list(servers.values()))
+    for server in servers.values():
+        server.wait_ready()
+    return servers, left_out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,30 +242,23 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     started = time.time()
     load_before = os.getloadavg()
-    os.environ["LOCKSTEP_LOG_LEVEL"] = args.log_level  # read by config/gunicorn.conf.py
     if args.database_url:
-        # Read by lockstep only; the hello world app ignores it.
+        # Read by lockstep only; the other apps ignore it.
         os.environ["LOCKSTEP_DATABASE_URL"] = args.database_url
-    with tempfile.TemporaryDirectory(prefix="lockstep-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="lockstep-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         workdir = Path(tmp)
-        extra = args.gunicorn_arg
-        service = Server("lockstep", workdir, extra_args=extra)
-        hello = Server("hello", workdir, app=HELLO_APP, extra_args=extra, ready_path="/")
-        # The floor is SQLite's: beside lockstep on PostgreSQL it would measure another thing.
-        wants_floor = args.floor and not args.database_url and any(w.floor for w in workloads)
-        floor = Server("floor", workdir, app=FLOOR_APP, extra_args=extra) if wants_floor else None
-        with service, hello, floor or contextlib.nullcontext():
-            for workload in workloads:
-                runs_floor = floor if workload.floor else None
-                results.append(
-                    run_workload(workload, service, hello, args, workdir, failures, runs_floor)
-                )
+        servers, left_out = start_servers(wanted_variants(workloads, args), args, workdir, stack)
+        for workload in workloads:
+            results.append(run_workload(workload, servers, args, workdir, failures))
     load_after = os.getloadavg()
     print()
     for r in results:
         print(r.summary_line())
     if not args.no_report:
-        write_report(args, results, failures, started, (load_before, load_after))
+        write_report(args, results, failures, started, (load_before, load_after), left_out)
         print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
     if failures:
         print("\nBENCHMARK FAILED:", *failures, sep="\n  ", file=sys.stderr)

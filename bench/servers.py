@@ -1,4 +1,4 @@
-"""Start lockstep and the hello-world baseline under the same gunicorn settings."""
+"""The apps ``make bench`` compares, each started under the same gunicorn settings."""
 
 from __future__ import annotations
 
@@ -11,14 +11,64 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 CONFIG = ROOT / "config" / "gunicorn.conf.py"
-HELLO_APP = "bench.hello:create_app"
-FLOOR_APP = "bench.floor:create_app"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the report: an app under ``config/gunicorn.conf.py`` and its environment.
+
+    ``store`` names the database server it needs (``bench.stores``), whose URL it gets in
+    ``BENCH_<STORE>_URL``; ``counts``: it serves the counters API the exactly-once check reads.
+    """
+
+    name: str
+    title: str
+    app: str | None = None  # None: lockstep itself
+    env: dict[str, str] = field(default_factory=dict)
+    ready_path: str = "/readyz"
+    counts: bool = True
+    store: str = ""
+
+
+LOCKSTEP, HELLO, QUIET, FLOOR = "lockstep", "hello", "quiet", "floor"
+REDIS_ALWAYS, REDIS_EVERYSEC, POSTGRES = "redis-always", "redis-everysec", "postgres"
+# In the order each round runs them.
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant(LOCKSTEP, "lockstep as `make run` starts it", env={"LOCKSTEP_LOG_LEVEL": "info"}),
+        Variant(
+            HELLO, "aiohttp hello world", "bench.hello:create_app", ready_path="/", counts=False
+        ),
+        Variant(QUIET, "lockstep, access lines off", env={"LOCKSTEP_LOG_LEVEL": "warning"}),
+        Variant(FLOOR, "durable floor (`bench/floor.py`)", "bench.floor:create_app"),
+        Variant(
+            REDIS_ALWAYS,
+            "aiohttp + Redis `INCR`, `appendfsync always`",
+            "bench.redis_peer:create_app",
+            store="redis-always",
+        ),
+        Variant(
+            REDIS_EVERYSEC,
+            "aiohttp + Redis `INCR`, `appendfsync everysec`",
+            "bench.redis_peer:create_app",
+            store="redis-everysec",
+        ),
+        Variant(
+            POSTGRES,
+            "aiohttp + PostgreSQL `UPDATE … RETURNING` (asyncpg)",
+            "bench.postgres_peer:create_app",
+            store="postgres",
+        ),
+    )
+}
 
 
 def _established_inodes(port: int) -> set[str]:
@@ -45,8 +95,9 @@ def free_port() -> int:
 class Server:
     """gunicorn with ``config/gunicorn.conf.py`` exactly as ``make run`` starts it.
 
-    Only the bind address (a free port), the data directory and, for the baseline, the
-    app module differ; ``extra_args`` (e.g. ``--worker-class``) go to both apps alike.
+    Only the bind address (a free port), the data directory, ``env`` and, for every app but
+    lockstep, the app module differ; ``extra_args`` (e.g. ``--worker-class``) go to every
+    app alike. stdout and stderr (the access lines among them) go to a file.
     """
 
     def __init__(
@@ -56,19 +107,27 @@ class Server:
         app: str | None = None,
         extra_args: list[str] | None = None,
         ready_path: str = "/readyz",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.workdir = workdir
         self.app = app
         self.extra_args = extra_args or []
         self.ready_path = ready_path
+        self.env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> Server:
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start gunicorn without waiting for it (``wait_ready`` does), so several boot at once."""
         env = {**os.environ, "LOCKSTEP_DATA_DIR": str(self.workdir / f"{self.name}-data")}
+        env.update(self.env)
         env.setdefault("WEB_CONCURRENCY", "2")
         env.pop("GUNICORN_CMD_ARGS", None)
         args = [GUNICORN, "--config", str(CONFIG), "--bind", f"127.0.0.1:{self.port}"]
@@ -76,8 +135,10 @@ class Server:
         if self.app is not None:
             args.append(self.app)
         with self.log_path.open("ab") as log:
-            # The access log (if the config keeps it on) goes to this file for both apps.
             self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=log)
+
+    def wait_ready(self, timeout: float = 30) -> Server:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -149,6 +210,15 @@ class Server:
 
     def __enter__(self) -> Server:
         return self.start()
+
+    @staticmethod
+    def stop_all(servers: list[Server]) -> None:
+        """Stop several at once: each takes a second or two to shut down gracefully."""
+        for server in servers:
+            if server.proc is not None and server.proc.poll() is None:
+                server.proc.send_signal(signal.SIGTERM)
+        for server in servers:
+            server.stop()
 
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None

@@ -16,7 +16,9 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from bench.servers import FLOOR, HELLO, LOCKSTEP, POSTGRES, QUIET, REDIS_ALWAYS, REDIS_EVERYSEC
 
 LUA = Path(__file__).resolve().parent / "lua"
 KEYS = 1000  # counters / records the spread workloads cycle over
@@ -74,6 +76,16 @@ def check_hot_document(url: str, item_id: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class Target:
+    """``row``'s req/s at least ``bound`` times ``of``'s, or its p99 at most ``bound`` times."""
+
+    row: str
+    of: str
+    bound: float
+    measure: Literal["rate", "p99"] = "rate"
+
+
+@dataclass(frozen=True)
 class Workload:
     """One wrk run shape: its Lua script, its environment, and how to read its tally."""
 
@@ -85,9 +97,18 @@ class Workload:
     tally: Callable[[str], int] | None = None  # None: a read-only workload
     setup: Callable[[str], None] | None = None
     final_check: Callable[[str], str | None] | None = None
-    target: float | None = None  # required share of hello world's req/s, if any
-    floor: bool = False  # the durable floor (bench/floor.py) serves it too: counters only
+    targets: tuple[Target, ...] = ()
+    # The variants (bench.servers.VARIANTS) that run it beside lockstep and hello world.
+    peers: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def target(self) -> float | None:
+        """lockstep's required share of hello world's req/s, if any."""
+        for t in self.targets:
+            if (t.row, t.of, t.measure) == (LOCKSTEP, HELLO, "rate"):
+                return t.bound
+        return None
 
     def wrk_env(self) -> dict[str, str]:
         return {"BENCH_KEY": self.key, "BENCH_KEYS": str(self.keys), **self.env}
@@ -112,8 +133,14 @@ WORKLOADS: list[Workload] = [
         "GET /access",
         "access.lua",
         tally=lambda url: counter_value(url, "access"),
-        target=0.70,
-        floor=True,
+        targets=(
+            Target(LOCKSTEP, HELLO, 0.50),
+            Target(LOCKSTEP, REDIS_ALWAYS, 1.5),
+            Target(LOCKSTEP, QUIET, 0.90),
+            Target(QUIET, HELLO, 0.55),
+            Target(LOCKSTEP, HELLO, 3.0, "p99"),
+        ),
+        peers=(QUIET, FLOOR, REDIS_ALWAYS, REDIS_EVERYSEC, POSTGRES),
     ),
     Workload(
         "increment-one",
@@ -121,7 +148,7 @@ WORKLOADS: list[Workload] = [
         "increment_one.lua",
         key="bench-one",
         tally=lambda url: counter_value(url, "bench-one"),
-        floor=True,
+        peers=(FLOOR,),
     ),
     Workload(
         "increment-1000",
@@ -129,8 +156,8 @@ WORKLOADS: list[Workload] = [
         "increment_spread.lua",
         key="bench-spread-",
         tally=lambda url: counters_sum(url, "bench-spread-"),
-        target=0.60,
-        floor=True,
+        targets=(Target(LOCKSTEP, HELLO, 0.45),),
+        peers=(FLOOR,),
     ),
     Workload(
         "put-1000",
@@ -148,7 +175,7 @@ WORKLOADS: list[Workload] = [
         setup=_create_hot_record,
         tally=lambda url: record_version(url, "bench-hot"),
         final_check=lambda url: check_hot_document(url, "bench-hot"),
-        target=0.40,
+        targets=(Target(LOCKSTEP, HELLO, 0.40),),
     ),
     Workload(
         "read",

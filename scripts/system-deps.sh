@@ -7,9 +7,11 @@ packages=(curl sqlite3)
 # The dashboard's browser test: Debian's Chromium (Playwright drives it; it never downloads
 # a browser of its own) and a font for it to render text with.
 packages+=(chromium fonts-dejavu-core)
-# The benchmark (make bench) and its smoke test drive the servers with wrk.
-packages+=(wrk)
-# The server the PostgreSQL backend's tests run against (scripts/test-postgres.sh).
+# The benchmark (make bench) and its smoke test drive the servers with wrk, and start a
+# Redis server for the Redis peers (PostgreSQL's comes from the line below).
+packages+=(wrk redis-server)
+# The server the PostgreSQL backend's tests run against (scripts/test-postgres.sh), and the
+# benchmark's PostgreSQL peer.
 packages+=(postgresql)
 # tests/test_docker.py builds the image with podman and runs it with buildah (no Docker
 # daemon), from a base image debootstrap makes where no container registry is reachable.

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from bench.report import Result
-from bench.run import has_errors
-from bench.servers import ROOT
-from bench.workloads import WORKLOADS, exactly_once_error
+from bench.run import has_errors, parse_args, wanted_variants
+from bench.servers import FLOOR, HELLO, LOCKSTEP, QUIET, REDIS_ALWAYS, ROOT, VARIANTS
+from bench.workloads import WORKLOADS, Target, exactly_once_error
 from tests.conftest import unavailable
 
 
@@ -45,9 +45,9 @@ def test_wrk_socket_errors_are_reported_like_error_statuses() -> None:
 
 
 def _result(service: list[float], hello: list[float]) -> Result:
-    result = Result("w", "workload", target=0.6)
-    result.service = [(rate, 1.0, 2.0, 50.0) for rate in service]
-    result.hello = [(rate, 1.0, 2.0, 50.0) for rate in hello]
+    result = Result("w", "workload", (Target(LOCKSTEP, HELLO, 0.6),))
+    result.runs[LOCKSTEP] = [(rate, 1.0, 2.0, 50.0) for rate in service]
+    result.runs[HELLO] = [(rate, 1.0, 2.0, 50.0) for rate in hello]
     return result
 
 
@@ -64,6 +64,19 @@ def test_verdict_met_when_both_ratios_reach_the_target() -> None:
     result = _result([13_000, 12_000, 14_000], [20_000, 19_000, 21_000])
     assert min(result.ratio(), result.paired_ratio()) >= 0.6
     assert result.verdict() == "met (≥ 0.60)"
+
+
+def test_targets_against_a_peer_and_on_p99() -> None:
+    """A target against another row compares with that row; a p99 target bounds the median
+    p99; a target whose other row did not run is not measured rather than met."""
+    result = _result([13_000, 12_000, 14_000], [20_000, 19_000, 21_000])
+    result.runs[REDIS_ALWAYS] = [(9_000, 1.0, 2.0, 50.0)] * 3
+    assert result.met(Target(LOCKSTEP, REDIS_ALWAYS, 1.4)) is True
+    assert result.met(Target(LOCKSTEP, REDIS_ALWAYS, 1.5)) is False
+    result.runs[LOCKSTEP] = [(13_000, 1.0, p99, 50.0) for p99 in (5.0, 7.0, 9.0)]
+    assert result.met(Target(LOCKSTEP, HELLO, 3.0, "p99")) is False  # 7.0 > 3 x 2.0
+    assert result.met(Target(LOCKSTEP, HELLO, 3.5, "p99")) is True
+    assert result.met(Target(QUIET, HELLO, 0.55)) is None
 
 
 NO_WRK = "wrk is not installed (apt-get install wrk; scripts/system-deps.sh does it in CI)"
@@ -87,32 +100,45 @@ def _one_round(out: Path, *flags: str) -> str:
     assert "EXACTLY-ONCE FAILED" not in done.stdout
     report = out.read_text()
     assert "Exactly-once**: held in every write run" in report
+    if "Left out" in report:
+        unavailable(next(x for x in report.splitlines() if "Left out" in x))
     return report
+
+
+def _rows(report: str, title: str) -> list[str]:
+    return [x for x in report.splitlines() if x.startswith(f"| {title} |")]
 
 
 @pytest.mark.slow
 def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
-    """One short round of every workload runs, holds exactly-once (the durable floor's too),
-    and writes the table, the floor's table and the chart."""
+    """One short round of every workload runs lockstep, hello world and every peer its
+    workload names, holds exactly-once in every write row, and writes the tables, the
+    targets and the chart."""
     out = tmp_path / "benchmarks.md"
     report = _one_round(out)
     for workload in WORKLOADS:
-        rows = [x for x in report.splitlines() if x.startswith(f"| {workload.title} |")]
-        # The main table's row, and the floor table's for the workloads the floor serves.
-        assert len(rows) == (2 if workload.floor else 1), rows
-        if len(rows) == 2:
-            assert float(rows[1].split("|")[2].replace(",", "")) > 0, rows[1]
+        assert len(_rows(report, workload.title)) == 1, workload.title
         # Halfway through the round, each app's connections were found on its two workers.
         line = next(x for x in report.splitlines() if x.startswith(f"- {workload.title}: "))
         for split in line.partition(": ")[2].split(" | "):
             counts = [int(n) for n in split.split("/")]
             assert len(counts) == 2 and 0 < sum(counts) <= 16, line
+        if workload.peers:
+            table = report.partition(f"**{workload.title}**, every app")[2].split("\n\n")[1]
+            for name in (LOCKSTEP, HELLO, *workload.peers):
+                [row] = _rows(table, VARIANTS[name].title)
+                cells = [c.strip() for c in row.split("|")]
+                assert float(cells[2].replace(",", "")) > 0, row
+                assert cells[-2] == ("—" if name == HELLO else "held"), row
+    assert "- GET /access — lockstep as `make run` starts it ≥ 1.50x aiohttp + Redis" in report
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
-@pytest.mark.slow
-def test_bench_without_floor_reports_no_floor(tmp_path: Path) -> None:
-    """``--no-floor`` runs lockstep and hello world only: the report has no floor table."""
-    report = _one_round(tmp_path / "benchmarks.md", "--only=access", "--no-floor")
-    assert "The durable floor" not in report
-    assert len([x for x in report.splitlines() if x.startswith("| GET /access |")]) == 1
+def test_no_peers_keeps_lockstep_its_quiet_row_and_hello() -> None:
+    """``--no-peers`` runs lockstep (with its quiet row) and hello world only, and a lockstep
+    on PostgreSQL never gets the SQLite floor beside it."""
+    access = [w for w in WORKLOADS if w.name == "access"]
+    assert wanted_variants(access, parse_args(["--no-peers"])) == [LOCKSTEP, HELLO, QUIET]
+    assert wanted_variants(access, parse_args([])) == list(VARIANTS)
+    on_postgres = parse_args(["--database-url=postgresql://x@y/z"])
+    assert FLOOR not in wanted_variants(WORKLOADS, on_postgres)

@@ -23,8 +23,8 @@ except InvalidSettings as e:
     sys.exit(f"lockstep: {e}")
 
 wsgi_app = "app.main:create_app"
-# uvloop: measured with make bench (docs/benchmarks.md), it cut lockstep's worker CPU per
-# request by 5-25% and raised its req/s on every workload against the default asyncio loop.
+# uvloop: it cut lockstep's worker CPU per request by 5-25% and raised its req/s on every
+# workload against the default asyncio loop (docs/design.md).
 worker_class = "aiohttp.GunicornUVLoopWebWorker"
 bind = [lockstep_settings.bind]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -55,19 +55,12 @@ def post_worker_init(worker: Any) -> None:
     answers 503. Python ignores it at startup already; this keeps it so whatever ran in
     between.
 
-    ``gc.freeze()`` moves everything the worker has imported so far (about 56,000 objects:
-    aiohttp, pydantic, prometheus_client, the app) out of the collector's reach. Without it
-    every full collection walks them all, a 16-27 ms pause measured on the hot-record PATCH
-    benchmark, which was that workload's p99.
-
-    The young generation's threshold goes from 700 to ``YOUNG_GC_THRESHOLD``. A young
-    collection runs once 700 more container objects have been made than freed since the
-    last one, and the requests of one batch make more than that before their commit frees
-    any: with most of wrk's 64 connections on one worker, or 128 across two, nearly every
-    batch set one off. A ``gc.callbacks`` probe over 4 s of `GET /access` counted 700-1,160
-    young collections that found no garbage at all, 160-250 ms, 4-6 % of the busy worker's
-    time; at 10,000, none. (An A/B of req/s at the usual splits could not see it; see
-    ``bench/notes.md``.) Both apps of the benchmark run under this file and get both.
+    ``gc.freeze()`` moves everything the worker has imported so far out of the collector's
+    reach, so a full collection no longer walks it all; and the young generation's
+    threshold goes from 700 to ``YOUNG_GC_THRESHOLD``, because the requests of one batch
+    make more than 700 objects before their commit frees any, so nearly every batch set off
+    a collection that found nothing. The figures are in docs/design.md. Every app of the
+    benchmark runs under this file and gets both.
     """
     import gc
     import signal

@@ -47,7 +47,6 @@ README = (ROOT / "README.md").read_text()
 # First command of a skipped block -> why it cannot run here.
 SKIPPED = {
     "make run": "the service under test is started as it says; test_make.py checks both lines",
-    "sudo apt-get install wrk": "root, wrk and minutes (test_bench.py runs one short round)",
     "LOCKSTEP_DATABASE_URL=postgresql://lockstep:secret@db.internal:5432/lockstep make run": (
         "a PostgreSQL server at db.internal and docker compose"
     ),

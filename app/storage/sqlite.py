@@ -550,7 +550,7 @@ def _no_wakeup_preemption() -> None:
     event loop on the spot; under load the loop was preempted about once every four
     requests. A ``SCHED_BATCH`` thread keeps its fair share of the CPU but does not preempt
     on waking: it runs when the loop blocks or its time slice ends. Measured on
-    ``GET /access`` at 64 connections: 2-4 µs less CPU per request (docs/benchmarks.md).
+    ``GET /access`` at 64 connections: 2-4 µs less CPU per request (docs/design.md).
     """
     if hasattr(os, "SCHED_BATCH"):
         with contextlib.suppress(OSError):

@@ -1,4 +1,5 @@
-"""The ``lockstep`` command: ``lockstep token new|list|revoke`` manage the tokens file."""
+"""The ``lockstep`` command: ``token new|list|revoke`` manage the tokens file; ``backup``,
+``export`` and ``import`` (``app.backup``) copy the database."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from app import backup
 from app.settings import InvalidSettings, load_settings
 from app.tokens import (
     SCOPES,
@@ -34,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="list labels and scopes (tokens cannot be shown)")
     revoke = actions.add_parser("revoke", help="remove the token stored under LABEL")
     revoke.add_argument("label")
+    backup.add_commands(commands)
     return parser
 
 
@@ -55,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidSettings as e:
         print(f"lockstep: {e}", file=sys.stderr)
         return 1
+    if args.command != "token":
+        return backup.run(args, settings)
     path: Path | None = args.file or settings.tokens_file
     if path is None:
         parser.error("no tokens file: pass --file or set LOCKSTEP_TOKENS_FILE")

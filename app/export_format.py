@@ -1,0 +1,180 @@
+"""The export format: NDJSON that carries counters and records from one database to another.
+
+One JSON object per line, each tagged by ``type``::
+
+    {"type":"lockstep-export","version":1}                                  always first
+    {"type":"counter","name":"visits","value":42}                           by name
+    {"type":"record","id":"cfg","value":{"a":1},"version":3,"updated_at":"…"}  by id
+    {"type":"end","counters":1,"records":1}                                 always last
+
+A record's value is carried as the exact JSON text the database holds, so values (integers
+of any size included), versions and timestamps come back byte for byte, and exporting an
+imported database gives the export it came from. Counters come before records, each kind
+in ascending byte order of its names, which is also how an import finds a repeated name
+without holding every name in memory. The ``end`` line tells a complete export from one
+that was cut off. Idempotency keys are not carried: they only matter to retries of
+requests already answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Annotated
+
+import msgspec
+
+from app.domain import INT64_MAX, INT64_MIN, NAME_RE, NAME_RULE
+
+FORMAT_VERSION = 1
+
+Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+# What app.domain.now_iso writes: RFC 3339 UTC, milliseconds.
+Timestamp = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")]
+
+
+class Header(msgspec.Struct, tag="lockstep-export", tag_field="type", forbid_unknown_fields=True):
+    version: int
+
+
+class CounterLine(msgspec.Struct, tag="counter", tag_field="type", forbid_unknown_fields=True):
+    name: str
+    value: Int64
+
+
+class RecordLine(msgspec.Struct, tag="record", tag_field="type", forbid_unknown_fields=True):
+    id: str
+    value: msgspec.Raw  # the stored JSON text, as it is
+    version: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
+    updated_at: Timestamp
+
+
+class End(msgspec.Struct, tag="end", tag_field="type", forbid_unknown_fields=True):
+    counters: int
+    records: int
+
+
+Row = CounterLine | RecordLine
+_decoder = msgspec.json.Decoder(Header | CounterLine | RecordLine | End)
+_encoder = msgspec.json.Encoder()
+
+
+class BadExport(Exception):
+    """The input is not a complete, well-formed lockstep export; the message says where."""
+
+
+class TargetNotEmpty(Exception):
+    """An import found rows in the database it was to fill; it wrote nothing."""
+
+    def __init__(self, tables: list[str]) -> None:
+        names = {"items": "records", "idempotency": "idempotency keys"}
+        what = ", ".join(names.get(t, t) for t in tables)
+        super().__init__(
+            f"the target database is not empty (it holds {what}); import only into a new one"
+            " (a fresh LOCKSTEP_DATA_DIR, or an empty PostgreSQL database)"
+        )
+
+
+def header_line() -> bytes:
+    return _encoder.encode(Header(FORMAT_VERSION)) + b"\n"
+
+
+def counter_line(name: str, value: int) -> bytes:
+    return _encoder.encode(CounterLine(name, value)) + b"\n"
+
+
+def record_line(item_id: str, value_json: str, version: int, updated_at: str) -> bytes:
+    return (
+        _encoder.encode(RecordLine(item_id, msgspec.Raw(value_json), version, updated_at)) + b"\n"
+    )
+
+
+def end_line(counters: int, records: int) -> bytes:
+    return _encoder.encode(End(counters, records)) + b"\n"
+
+
+CounterRow = tuple[str, int]  # name, value
+RecordRow = tuple[str, str, int, str]  # id, value as JSON text, version, updated_at
+
+
+def in_batches(
+    rows: Iterable[Row], size: int = 1000
+) -> Iterator[tuple[list[CounterRow], list[RecordRow]]]:
+    """``rows`` as database rows, in batches of at most ``size`` for ``executemany``."""
+    counters: list[CounterRow] = []
+    records: list[RecordRow] = []
+    for row in rows:
+        if isinstance(row, CounterLine):
+            counters.append((row.name, row.value))
+        else:
+            records.append((row.id, bytes(row.value).decode(), row.version, row.updated_at))
+        if len(counters) + len(records) >= size:
+            yield counters, records
+            counters, records = [], []
+    yield counters, records
+
+
+def read_export(lines: Iterable[bytes]) -> Iterator[Row]:
+    """The rows of an export, checked line by line; raises ``BadExport`` at the first fault.
+
+    Rows are yielded as they are read, so a caller loading them inside one transaction
+    rolls everything back when a later line turns out bad (or the ``end`` line is missing).
+    """
+    started = ended = False
+    counters = records = 0
+    last: dict[type[Row], bytes] = {}
+    number = 0
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        if ended:
+            raise BadExport(f"line {number}: data after the end line")
+        try:
+            line = _decoder.decode(raw)
+        except msgspec.DecodeError as e:  # ValidationError included
+            if not raw.endswith(b"\n"):
+                raise BadExport(f"line {number}: the export was cut off mid-line") from e
+            what = "" if started else "not a lockstep export: "
+            raise BadExport(f"line {number}: {what}{e}") from e
+        if not started:
+            if not isinstance(line, Header):
+                raise BadExport(f"line {number}: not a lockstep export (no header line)")
+            if line.version != FORMAT_VERSION:
+                raise BadExport(
+                    f"line {number}: export format version {line.version}; this lockstep"
+                    f" reads version {FORMAT_VERSION}"
+                )
+            started = True
+        elif isinstance(line, Header):
+            raise BadExport(f"line {number}: a second header line")
+        elif isinstance(line, End):
+            if (line.counters, line.records) != (counters, records):
+                raise BadExport(
+                    f"line {number}: the end line counts {line.counters} counters and"
+                    f" {line.records} records, but {counters} and {records} came before it"
+                )
+            ended = True
+        else:
+            if isinstance(line, CounterLine):
+                if records:
+                    raise BadExport(f"line {number}: a counter after the records")
+                counters += 1
+                name = line.name
+            else:
+                records += 1
+                name = line.id
+            _check_order(number, name, last, type(line))
+            yield line
+    if not started:
+        raise BadExport("the input is empty: expected a lockstep export")
+    if not ended:
+        raise BadExport(f"the export ends at line {number} without its end line: it was cut off")
+
+
+def _check_order(number: int, name: str, last: dict[type[Row], bytes], kind: type[Row]) -> None:
+    if NAME_RE.fullmatch(name) is None:
+        raise BadExport(f"line {number}: {name!r} is not a valid name ({NAME_RULE})")
+    key = name.encode()
+    previous = last.get(kind)
+    if previous is not None and key <= previous:
+        raise BadExport(f"line {number}: {name!r} repeated or out of order (names ascend)")
+    last[kind] = key

@@ -56,6 +56,16 @@ SKIPPED = {
         "a good event stream never ends (test_streams_contract.py checks them)"
     ),
     "docker compose up": "docker compose",
+    "mkdir -p data.old && mv data/lockstep.db* data.old/": (
+        "restores under a stopped service (test_backup.py restores a backup this way)"
+    ),
+    "export LOCKSTEP_DATABASE_URL=postgresql://lockstep:secret@db.internal:5432/lockstep": (
+        "a PostgreSQL server at db.internal (test_export.py imports into PostgreSQL)"
+    ),
+    "export LOCKSTEP_WAL_SIZE_LIMIT=0": "Litestream and its config (test_litestream.py runs it)",
+    ".venv/bin/litestream restore -config litestream.yml /srv/lockstep/data/lockstep.db": (
+        "Litestream and its replica (test_litestream.py restores one)"
+    ),
 }
 # The status of every curl transfer goes to stderr, on a line after anything curl puts there.
 CURL_STATUS_TO_STDERR = (

@@ -61,6 +61,8 @@ async def test_sqlite_export_postgres_import_export_is_identical(
 ) -> None:
     """SQLite → export → import into PostgreSQL → export gives the same bytes, and the
     service on PostgreSQL serves the same values and versions and carries on from them."""
+    for side in ("sqlite", "pg"):
+        (tmp_path / side).mkdir()
     sqlite = settings_for(tmp_path / "sqlite")
     source = await aiohttp_client(await create_app(sqlite))
     await _fill(source)

@@ -49,6 +49,7 @@ from app.idempotency import (
 from app.settings import Settings
 from app.storage import StorageObserver
 from app.storage.batching import BatchQueue, Outcome
+from app.storage.sqlite_file import DatabaseFile, connect_uri, write_marker
 from app.storage.sqlite_reads import BatchedReader
 
 logger = logging.getLogger(__name__)
@@ -122,9 +123,11 @@ MIGRATIONS: list[list[str]] = [
 
 
 def _translate(e: BaseException) -> BaseException:
-    """Map SQLite's operational failures (locked, read-only, full, I/O) to a 503."""
-    if isinstance(e, sqlite3.OperationalError):
-        return StorageUnavailable(f"database: {e}")
+    """Map every SQLite failure (locked, read-only, full, I/O, not a database ...) to a 503."""
+    if isinstance(e, sqlite3.Error):
+        error = StorageUnavailable(f"database: {e}")
+        error.__cause__ = e
+        return error
     return e
 
 
@@ -159,8 +162,13 @@ async def _in_db_thread(db: aiosqlite.Connection, fn: Callable[..., T], *args: A
     return result
 
 
-def _run_batch(conn: sqlite3.Connection, units: list[Unit], turn_fd: int) -> list[tuple[bool, Any]]:
+def _run_batch(
+    conn: sqlite3.Connection, units: list[Unit], turn_fd: int, db_file: DatabaseFile
+) -> list[tuple[bool, Any]]:
     """Run ``units`` in one write transaction; a failing unit rolls back to its savepoint.
+
+    Before and after, the database path must still name the file this worker writes to
+    (``app.storage.sqlite_file``): a commit into a deleted file is not acknowledged.
 
     Workers take turns through an exclusive ``flock`` on a lock file beside the database
     before ``BEGIN IMMEDIATE``. SQLite's write lock alone is what makes this correct, but
@@ -168,11 +176,14 @@ def _run_batch(conn: sqlite3.Connection, units: list[Unit], turn_fd: int) -> lis
     while a writer blocked in ``flock`` is woken by the kernel the moment the other
     worker commits. The kernel drops the lock if its holder dies.
     """
+    db_file.check()
     fcntl.flock(turn_fd, fcntl.LOCK_EX)
     try:
-        return _run_transaction(conn, units)
+        results = _run_transaction(conn, units)
     finally:
         fcntl.flock(turn_fd, fcntl.LOCK_UN)
+    db_file.check()
+    return results
 
 
 def _run_transaction(conn: sqlite3.Connection, units: list[Unit]) -> list[tuple[bool, Any]]:
@@ -255,6 +266,7 @@ class _Writer(BatchQueue["Unit | _Later"]):
         db: aiosqlite.Connection,
         max_batch: int,
         turn_fd: int,
+        db_file: DatabaseFile,
         wal_path: str = "",
         wal_limit: int = 0,
         busy_timeout_ms: int = 5000,
@@ -264,6 +276,7 @@ class _Writer(BatchQueue["Unit | _Later"]):
         super().__init__(max_batch, "lockstep-sqlite-writer", gather)
         self._db = db
         self._turn_fd = turn_fd
+        self._db_file = db_file
         self._wal_path = wal_path
         self._wal_limit = wal_limit
         self._busy_timeout_ms = busy_timeout_ms
@@ -277,7 +290,7 @@ class _Writer(BatchQueue["Unit | _Later"]):
         try:
             # A combiner's batch is taken here, after the queue gathered (app.combining).
             units = [i.make() if isinstance(i, _Later) else i for i in items]
-            results = await _in_db_thread(self._db, _run_batch, units, self._turn_fd)
+            results = await _in_db_thread(self._db, _run_batch, units, self._turn_fd, self._db_file)
         except Exception as e:
             self._report(e)
             error = _translate(e)
@@ -320,6 +333,8 @@ class _Writer(BatchQueue["Unit | _Later"]):
 
     def _report(self, error: BaseException) -> None:
         kind = _error_kind(error)
+        if kind == "corrupt":
+            logger.error("the database reports damage: %s", error)
         if kind is not None and self._observer is not None:
             self._observer.failed(kind)
 
@@ -582,11 +597,13 @@ class SQLiteStorage:
         reader_db: aiosqlite.Connection,
         settings: Settings,
         turn_fd: int,
+        db_file: DatabaseFile,
         observer: StorageObserver | None = None,
     ) -> None:
         self._writer_db = writer_db
         self._reader_db = reader_db
         self._turn_fd = turn_fd
+        self._db_file = db_file
         self._observer = observer
         self._poll_interval = settings.events_poll_interval
         self._key_ttl = settings.idempotency_ttl
@@ -594,6 +611,7 @@ class SQLiteStorage:
             writer_db,
             settings.max_batch,
             turn_fd,
+            db_file,
             f"{settings.sqlite_path}-wal",
             settings.wal_size_limit,
             settings.busy_timeout_ms,
@@ -624,9 +642,10 @@ class SQLiteStorage:
             )
         path: Path = settings.sqlite_path
         path.parent.mkdir(parents=True, exist_ok=True)
+        uri = connect_uri(path)  # refuses to create a database where one was served
         turn_fd = os.open(f"{path}.writer-turn", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            writer_db = await aiosqlite.connect(path, isolation_level=None)
+            writer_db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         except BaseException:
             os.close(turn_fd)
             raise
@@ -639,7 +658,9 @@ class SQLiteStorage:
                 turn_fd,
                 settings.wal_size_limit,
             )
-            reader_db = await aiosqlite.connect(path, isolation_level=None)
+            write_marker(path)
+            db_file = DatabaseFile(path)
+            reader_db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         except BaseException:
             await writer_db.close()
             os.close(turn_fd)
@@ -652,7 +673,7 @@ class SQLiteStorage:
             await writer_db.close()
             os.close(turn_fd)
             raise
-        return cls(writer_db, reader_db, settings, turn_fd, observer)
+        return cls(writer_db, reader_db, settings, turn_fd, db_file, observer)
 
     async def _write(self, unit: Unit) -> Any:
         return await self._writer.submit(unit)
@@ -711,7 +732,7 @@ class SQLiteStorage:
         try:
             # Reads waiting together share one thread hop (see app.storage.sqlite_reads).
             rows = await self._reader.fetch(sql, params)
-        except (sqlite3.OperationalError, ValueError) as e:
+        except (sqlite3.Error, ValueError) as e:
             # ValueError: aiosqlite's "no active connection" once the reader is closed.
             if self._observer is not None:
                 self._observer.failed(_error_kind(e) or "other")
@@ -758,6 +779,7 @@ class SQLiteStorage:
     async def ping(self) -> None:
         # Reads the schema from the file itself; "SELECT 1" would not touch the database.
         await self._read("SELECT count(*) FROM sqlite_schema", ())
+        self._db_file.check()
 
     async def close(self) -> None:
         try:

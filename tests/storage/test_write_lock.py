@@ -59,7 +59,7 @@ async def writers(
 ) -> AsyncIterator[list[SQLiteStorage]]:
     """``WRITERS`` storages on one file whose batches skip the writer turn."""
 
-    def without_turn(conn: sqlite3.Connection, units: Any, turn_fd: int) -> Any:
+    def without_turn(conn: sqlite3.Connection, units: Any, *_: Any) -> Any:
         return sqlite_backend._run_transaction(_Preempted(conn), units)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sqlite_backend, "_run_batch", without_turn)

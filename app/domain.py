@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from app.errors import InvalidInput, LockstepError, NotFound, OutOfRange, PreconditionFailed
+import msgspec
+
+from app.errors import (
+    InvalidInput,
+    LockstepError,
+    NotFound,
+    OutOfRange,
+    PreconditionFailed,
+    RecordTooLarge,
+)
 from app.idempotency import Claim, Replay
 
 INT64_MIN = -(2**63)
@@ -137,6 +146,7 @@ class PatchItem:
     patch: Any
     precondition: Precondition = NO_PRECONDITION
     claim: Claim | None = None
+    max_bytes: int | None = None  # largest record_size the result may have (None: any)
 
 
 @dataclass(slots=True, frozen=True)
@@ -158,6 +168,26 @@ class Written:
 
 # None means "deleted"; Replay as for counters.
 ItemOutcome = Written | None | LockstepError | Replay
+
+
+# A record's size is that of the smallest PUT body that writes it back: {"value":<value>}.
+_PUT_WRAPPER = len(b'{"value":}')
+_encode = msgspec.json.Encoder().encode
+
+
+def record_size(value: Any) -> int:
+    """Bytes of the compact PUT body ``{"value": …}`` that stores ``value``."""
+    return len(_encode(value)) + _PUT_WRAPPER
+
+
+def check_record_size(value: Any, max_bytes: int) -> None:
+    """Raise ``RecordTooLarge`` when ``value`` would make a record larger than ``max_bytes``."""
+    size = record_size(value)
+    if size > max_bytes:
+        raise RecordTooLarge(
+            f"the record would take {size} bytes as a PUT body; the limit is {max_bytes}"
+            " (LOCKSTEP_MAX_RECORD_BYTES); nothing was changed"
+        )
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -199,7 +229,14 @@ def apply_item_ops(
         elif record is None:
             outcomes.append(NotFound("no such record"))
         elif isinstance(op, PatchItem):
-            record = Record(item_id, merge_patch(record.value, op.patch), record.version + 1, stamp)
+            value = merge_patch(record.value, op.patch)
+            if op.max_bytes is not None:
+                try:
+                    check_record_size(value, op.max_bytes)
+                except RecordTooLarge as e:
+                    outcomes.append(e)
+                    continue
+            record = Record(item_id, value, record.version + 1, stamp)
             outcomes.append(Written(record))
         else:
             record = None

@@ -133,6 +133,14 @@ class PreconditionFailed(LockstepError):
     title = "Precondition Failed"
 
 
+class RecordTooLarge(LockstepError):
+    """A PUT or PATCH whose resulting record would exceed the stored-size cap; nothing written."""
+
+    status = 413
+    slug = "record-too-large"
+    title = "Content Too Large"
+
+
 class OutOfRange(LockstepError):
     """The change would leave the signed 64-bit range; nothing was written."""
 

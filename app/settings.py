@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1, description="Largest request body accepted (413 above)."
     )
+    max_record_bytes: int | None = Field(
+        default=None,
+        ge=16,
+        description=(
+            "Largest stored record, as the bytes of the compact PUT body that writes it"
+            " (413 above); unset: max_body_bytes, so every record can be PUT back."
+        ),
+    )
     max_batch: int = Field(
         default=256, ge=1, description="Most write units committed in one transaction."
     )
@@ -214,6 +222,11 @@ class Settings(BaseSettings):
     def access_log_on(self) -> bool:
         """Whether requests get their access lines (at ``info`` and ``debug``)."""
         return self.log_level in ("debug", "info")
+
+    @property
+    def record_limit(self) -> int:
+        """The stored-size cap in force: ``max_record_bytes``, else the body limit."""
+        return self.max_body_bytes if self.max_record_bytes is None else self.max_record_bytes
 
     @property
     def uses_postgres(self) -> bool:

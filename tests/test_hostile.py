@@ -8,10 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+
+from app.main import create_app
+from tests.conftest import ClientFactory, settings_for
 
 PROBLEM = "application/problem+json"
 
@@ -380,3 +384,17 @@ async def test_body_in_an_unknown_content_encoding_is_415(
         assert raw.status == 415
         assert "gzip, deflate or none" in raw.problem()["detail"]
     assert await stored(client) == seeded
+
+
+async def test_put_record_over_the_record_cap_is_413(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A PUT whose value is larger than LOCKSTEP_MAX_RECORD_BYTES (as a compact PUT body) is
+    refused with 413 and stores nothing, even though its body is within the body limit."""
+    client = await aiohttp_client(await create_app(settings_for(tmp_path, max_record_bytes=100)))
+    resp = await client.put("/items/r", data=b'{"value": "' + b"x" * 80 + b'"}')
+    assert resp.status == 201  # 10 + 82 bytes: within the cap
+    resp = await client.put("/items/r", data=b'{"value":   "' + b"x" * 89 + b'"}')
+    body = await assert_problem(resp, 413)  # 10 + 91 bytes, whitespace not counted
+    assert body["type"] == "urn:lockstep:problem:record-too-large"
+    assert (await (await client.get("/items/r")).json())["version"] == 1

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from app.domain import DeleteItem, PatchItem, PutItem, Record, Written
+from app.domain import DeleteItem, PatchItem, PutItem, Record, Written, check_record_size
 from app.errors import InvalidInput, NotFound, UnsupportedMediaType
 from app.idempotency import Rendered
 from app.state import get_items, get_settings, get_storage
@@ -69,7 +69,10 @@ async def put_item(request: web.Request) -> web.Response:
     """Create or replace a record; 201 when created."""
     item_id = path_name(request, "id")
     raw = await _required_body(request)
-    body = decode_json(raw, PutBody, get_settings(request).max_json_depth)
+    settings = get_settings(request)
+    body = decode_json(raw, PutBody, settings.max_json_depth)
+    if len(raw) > settings.record_limit:  # a smaller body cannot hold a larger record
+        check_record_size(body.value, settings.record_limit)
     op = PutItem(body.value, precondition(request), claim_for(request, raw, _render_written))
     return await execute(request, get_items(request), item_id, op, _render_written)
 
@@ -83,8 +86,10 @@ async def patch_item(request: web.Request) -> web.Response:
         )
     # An empty body is "a JSON body is required" (422), as on PUT, not a JSON syntax error.
     raw = await _required_body(request)
-    patch = decode_json(raw, Any, get_settings(request).max_json_depth)
-    op = PatchItem(patch, precondition(request), claim_for(request, raw, _render_written))
+    settings = get_settings(request)
+    patch = decode_json(raw, Any, settings.max_json_depth)
+    claim = claim_for(request, raw, _render_written)
+    op = PatchItem(patch, precondition(request), claim, settings.record_limit)
     return await execute(request, get_items(request), item_id, op, _render_written)
 
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from functools import partial
 from typing import Any, Literal, NamedTuple
 
 from app.errors import StorageUnavailable, Unavailable
@@ -73,6 +74,8 @@ class EventHub:
         self._interval = interval
         self._watchers: dict[Resource, set[Subscription]] = {}
         self._last: dict[Resource, dict[str, Any]] = {}
+        # Reads of a resource's first state in flight: streams opened together share one.
+        self._loading: dict[Resource, asyncio.Future[dict[str, Any]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -91,16 +94,34 @@ class EventHub:
             self._watchers.setdefault(r, set()).add(sub)
         try:
             for r in resources:
-                state = self._last.get(r)
-                if state is None:
-                    state = self._last[r] = await self._read(r)
-                sub.push(r, state, time.time())
+                sub.push(r, await self._first_state(r), time.time())
         except BaseException:
             self.unsubscribe(sub)
             raise
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="lockstep-event-hub")
         return sub
+
+    async def _first_state(self, r: Resource) -> dict[str, Any]:
+        """The state last read of ``r``, or one read now, shared with every stream asking.
+
+        Streams see the same state objects: a stream that waits for its client holds
+        references, never a copy of its own.
+        """
+        state = self._last.get(r)
+        if state is not None:
+            return state
+        loading = self._loading.get(r)
+        if loading is None:
+            loading = self._loading[r] = asyncio.ensure_future(self._read(r))
+            loading.add_done_callback(partial(self._loaded, r))
+        state = await asyncio.shield(loading)
+        return self._last.setdefault(r, state)
+
+    def _loaded(self, r: Resource, loading: asyncio.Future[dict[str, Any]]) -> None:
+        del self._loading[r]
+        if not loading.cancelled():
+            loading.exception()  # retrieved here too: every stream that asked may be gone
 
     def unsubscribe(self, sub: Subscription) -> None:
         for r in sub.resources:

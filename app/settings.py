@@ -175,6 +175,14 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds of silence after which an event stream sends a keep-alive comment.",
     )
+    send_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Seconds an event stream or a large listing waits for its client to read before"
+            " the connection is closed."
+        ),
+    )
     events_max_resources: int = Field(
         default=100, ge=1, le=1000, description="Most resources one GET /events stream may watch."
     )

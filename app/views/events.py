@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import msgspec
 from aiohttp import web
@@ -12,6 +13,7 @@ from app.errors import InvalidInput
 from app.events import Change, Resource
 from app.logs import REQUEST_ID_HEADER
 from app.state import REQUEST_ID, get_events, get_metrics, get_settings
+from app.views.backpressure import PIECE_BYTES, send
 from app.views.common import path_name
 
 EVENT_STREAM = "text/event-stream"
@@ -30,10 +32,30 @@ def encode_change(change: Change) -> bytes:
     return b"event: " + resource.kind.encode() + b"\ndata: " + data + b"\n\n"
 
 
+def pieces(changes: list[Change]) -> Iterator[bytes]:
+    """The events of ``changes`` joined into pieces of about ``PIECE_BYTES`` (a keep-alive
+    comment when there are none)."""
+    if not changes:
+        yield b": keep-alive\n\n"
+    piece: list[bytes] = []
+    size = 0
+    for change in changes:
+        event = encode_change(change)
+        piece.append(event)
+        size += len(event)
+        if size >= PIECE_BYTES:
+            yield b"".join(piece)
+            piece.clear()
+            size = 0
+    if piece:
+        yield b"".join(piece)
+
+
 async def stream(request: web.Request, resources: tuple[Resource, ...]) -> web.StreamResponse:
     """Send the resources' current states, then every change, until the client or server leaves."""
     hub = get_events(request)
-    heartbeat = get_settings(request).events_heartbeat
+    settings = get_settings(request)
+    heartbeat = settings.events_heartbeat
     response = web.StreamResponse(
         headers={
             "Content-Type": EVENT_STREAM,
@@ -60,12 +82,14 @@ async def stream(request: web.Request, resources: tuple[Resource, ...]) -> web.S
             if changes is None:
                 await response.write(b"event: shutdown\ndata: {}\n\n")
                 break
-            # write() waits for the socket to drain past its buffer limit, so a slow reader
-            # holds back only its own stream; meanwhile its pending states are overwritten.
-            await response.write(b"".join(map(encode_change, changes)) or b": keep-alive\n\n")
+            # In pieces: a slow reader holds back only its own stream, with at most one
+            # piece queued (app.views.backpressure); meanwhile its pending states are
+            # overwritten, and one that reads nothing for the send timeout is closed.
+            for piece in pieces(changes):
+                await send(request, response, piece, settings.send_timeout)
         return response
     except ConnectionError:
-        # The client went away; there is nobody left to answer.
+        # The client went away or stopped reading; there is nobody left to answer.
         return response
     finally:
         gauge.dec()

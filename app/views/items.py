@@ -11,13 +11,13 @@ from app.domain import DeleteItem, PatchItem, PutItem, Record, Written, check_re
 from app.errors import InvalidInput, NotFound, UnsupportedMediaType
 from app.idempotency import Rendered
 from app.state import get_items, get_settings, get_storage
+from app.views.backpressure import list_in_pieces
 from app.views.common import (
     JSON,
     _encode,
     decode_json,
     json_response,
     list_params,
-    page,
     path_name,
     precondition,
     read_body,
@@ -110,8 +110,14 @@ async def get_item(request: web.Request) -> web.Response:
     return record_response(record)
 
 
-async def list_items(request: web.Request) -> web.Response:
+async def list_items(request: web.Request) -> web.StreamResponse:
     """Records ordered by id, a page at a time."""
     prefix, after, limit = list_params(request)
-    records = await get_storage(request).list_items(prefix, after, limit + 1)
-    return json_response(page([record_body(r) for r in records], limit, "id"))
+    storage = get_storage(request)
+
+    async def fetch(last: str, n: int) -> list[Record]:
+        return await storage.list_items(prefix, last, n)
+
+    # Records can be large: read and written a piece at a time (app.views.backpressure).
+    timeout = get_settings(request).send_timeout
+    return await list_in_pieces(request, fetch, after, limit, record_body, "id", timeout)

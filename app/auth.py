@@ -71,6 +71,24 @@ def authorize(request: web.Request, store: TokenStore) -> None:
         raise Forbidden(needed)
 
 
+def still_authorized(request: web.Request, store: TokenStore) -> tuple[int, str] | None:
+    """Why the token an authorized request came with no longer covers it: a status and a
+    detail, as its answer would be now; None while it still does (long-lived streams ask)."""
+    needed = required_scope(request)
+    token = bearer_token(request)
+    if needed is None or token is None:
+        return None
+    try:
+        scopes = store.scopes_of(token)
+    except TokensFileError:
+        return 503, "the tokens file is unusable; ask the operator"
+    if scopes is None:
+        return 401, "the bearer token is unknown or revoked"
+    if needed not in scopes:
+        return 403, f"this request needs a token with scope {needed!r}"
+    return None
+
+
 def setup_auth(app: web.Application, settings: Settings) -> TokenStore | None:
     """Require tokens when a tokens file is configured; it is read when the app starts."""
     if settings.tokens_file is None:

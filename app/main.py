@@ -32,6 +32,7 @@ from app.state import (
     METRICS,
     SETTINGS,
     STORAGE,
+    TOKENS,
     Health,
 )
 from app.storage import open_storage
@@ -89,6 +90,8 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app[LOCKS] = LockRegistry(settings.lock_timeout)
     app[IN_FLIGHT] = InFlight()
     tokens = setup_auth(app, settings)
+    if tokens is not None:
+        app[TOKENS] = tokens
     app[ENVELOPE] = envelope_for(settings.max_header_bytes, metrics, tokens, access_log)
     setup_routes(app, app[ENVELOPE])
     # First, before anything is opened: routes can still be added after create_app.

@@ -291,7 +291,9 @@ def _stream_ok(*events: str) -> Json:
         "200": {
             "description": "Server-Sent Events, never ending on their own: first the current "
             f"state, then one event per committed change: {described}; `: keep-alive` "
-            "comments when quiet; `event: shutdown` when the service stops.",
+            "comments when quiet; `event: shutdown` when the service stops; with tokens on, "
+            "`event: unauthorized` (data: status and detail, as a request would get now) "
+            "once the stream's token is revoked or the tokens file becomes unusable.",
             "headers": {"Cache-Control": {"schema": {"const": "no-store"}}},
             "content": {
                 EVENT_STREAM: {

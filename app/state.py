@@ -16,6 +16,7 @@ from app.locks import LockRegistry
 from app.metrics import Metrics
 from app.settings import Settings
 from app.storage import Storage
+from app.tokens import TokenStore
 
 if TYPE_CHECKING:
     from app.envelope import Envelope
@@ -39,6 +40,7 @@ METRICS = web.AppKey("metrics", Metrics)
 # None while the access log is off (LOCKSTEP_LOG_LEVEL above info).
 ACCESS_LOG: web.AppKey[AccessLog | None] = web.AppKey("access_log")
 EVENTS = web.AppKey("events", EventHub)
+TOKENS = web.AppKey("tokens", TokenStore)  # only while a tokens file is configured
 REQUEST_ID = web.RequestKey("request_id", str)
 # Wraps a handler in the envelope (app.envelope); for routes added after create_app.
 ENVELOPE: web.AppKey[Envelope] = web.AppKey("envelope")
@@ -74,3 +76,7 @@ def get_metrics(request: web.Request) -> Metrics:
 
 def get_events(request: web.Request) -> EventHub:
     return request.app[EVENTS]
+
+
+def get_tokens(request: web.Request) -> TokenStore | None:
+    return request.app.get(TOKENS)

@@ -8,15 +8,18 @@ from collections.abc import Iterator
 import msgspec
 from aiohttp import web
 
+from app.auth import still_authorized
 from app.domain import check_name
 from app.errors import InvalidInput
 from app.events import Change, Resource
 from app.logs import REQUEST_ID_HEADER
-from app.state import REQUEST_ID, get_events, get_metrics, get_settings
+from app.state import REQUEST_ID, get_events, get_metrics, get_settings, get_tokens
 from app.views.backpressure import PIECE_BYTES, send
 from app.views.common import path_name
 
 EVENT_STREAM = "text/event-stream"
+# The last event of a stream whose token no longer covers it; data: {"status", "detail"}.
+_UNAUTHORIZED = b"event: unauthorized\ndata: "
 _encode = msgspec.json.Encoder().encode
 
 
@@ -77,16 +80,31 @@ async def stream(request: web.Request, resources: tuple[Resource, ...]) -> web.S
         await response.prepare(request)
         # Browsers reconnect after this many ms when the stream ends (e.g. a restart).
         await response.write(b"retry: 2000\n\n")
+        # With tokens on, the stream's token is checked again at least this often, and ends
+        # the stream once it no longer covers it (revoked, or the tokens file unusable).
+        tokens = get_tokens(request)
+        check_every = max(settings.tokens_check_interval, settings.events_poll_interval)
+        quiet_until = time.monotonic() + heartbeat
         while True:
-            changes = await sub.next(heartbeat)
+            wait = quiet_until - time.monotonic()
+            changes = await sub.next(max(0.0, min(wait, check_every) if tokens else wait))
             if changes is None:
                 await response.write(b"event: shutdown\ndata: {}\n\n")
                 break
+            refused = still_authorized(request, tokens) if tokens is not None else None
+            if refused is not None:
+                status, detail = refused
+                data = _encode({"status": status, "detail": detail})
+                await send(request, response, _UNAUTHORIZED + data + b"\n\n", settings.send_timeout)
+                break
+            if not changes and time.monotonic() < quiet_until:
+                continue
             # In pieces: a slow reader holds back only its own stream, with at most one
             # piece queued (app.views.backpressure); meanwhile its pending states are
             # overwritten, and one that reads nothing for the send timeout is closed.
             for piece in pieces(changes):
                 await send(request, response, piece, settings.send_timeout)
+            quiet_until = time.monotonic() + heartbeat
         return response
     except ConnectionError:
         # The client went away or stopped reading; there is nobody left to answer.

@@ -51,6 +51,7 @@ from app.storage import StorageObserver
 from app.storage.batching import BatchQueue, Outcome
 from app.storage.sqlite_file import DatabaseFile, connect_uri, write_marker
 from app.storage.sqlite_reads import BatchedReader
+from app.storage.sqlite_turn import TurnTimeout, WriterTurn
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ async def _in_db_thread(db: aiosqlite.Connection, fn: Callable[..., T], *args: A
 
 
 def _run_batch(
-    conn: sqlite3.Connection, units: list[Unit], turn_fd: int, db_file: DatabaseFile
+    conn: sqlite3.Connection, units: list[Unit], turn: WriterTurn, db_file: DatabaseFile
 ) -> list[tuple[bool, Any]]:
     """Run ``units`` in one write transaction; a failing unit rolls back to its savepoint.
 
@@ -177,11 +178,8 @@ def _run_batch(
     worker commits. The kernel drops the lock if its holder dies.
     """
     db_file.check()
-    fcntl.flock(turn_fd, fcntl.LOCK_EX)
-    try:
+    with turn.held():  # waits at most the busy timeout (app.storage.sqlite_turn)
         results = _run_transaction(conn, units)
-    finally:
-        fcntl.flock(turn_fd, fcntl.LOCK_UN)
     db_file.check()
     return results
 
@@ -231,22 +229,19 @@ def _in_savepoint(conn: sqlite3.Connection, unit: Callable[[sqlite3.Connection],
 
 
 def _checkpoint(
-    conn: sqlite3.Connection, turn_fd: int, busy_timeout_ms: int
+    conn: sqlite3.Connection, turn: WriterTurn, busy_timeout_ms: int
 ) -> tuple[int, int, int]:
     """Checkpoint the whole WAL and truncate it to zero bytes, if no reader still needs it.
 
     Runs between batches in this worker's writer turn. Waiting for readers is capped at a
     short busy timeout, so a long-lived reader costs a skipped checkpoint, not stalled writes.
     """
-    fcntl.flock(turn_fd, fcntl.LOCK_EX)
-    try:
+    with turn.held():
         conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
         try:
             busy, log, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    finally:
-        fcntl.flock(turn_fd, fcntl.LOCK_UN)
     return busy, log, done
 
 
@@ -265,7 +260,7 @@ class _Writer(BatchQueue["Unit | _Later"]):
         self,
         db: aiosqlite.Connection,
         max_batch: int,
-        turn_fd: int,
+        turn: WriterTurn,
         db_file: DatabaseFile,
         wal_path: str = "",
         wal_limit: int = 0,
@@ -275,7 +270,7 @@ class _Writer(BatchQueue["Unit | _Later"]):
     ) -> None:
         super().__init__(max_batch, "lockstep-sqlite-writer", gather)
         self._db = db
-        self._turn_fd = turn_fd
+        self._turn = turn
         self._db_file = db_file
         self._wal_path = wal_path
         self._wal_limit = wal_limit
@@ -284,20 +279,29 @@ class _Writer(BatchQueue["Unit | _Later"]):
         self.checkpoints = 0  # completed TRUNCATE checkpoints, for tests and metrics
         self._observer = observer
         self.batches = 0  # committed transactions, for tests and metrics
+        # Why writes cannot progress (the turn stayed taken), until a batch commits again.
+        self.stalled: str | None = None
+        self._probe: asyncio.Future[Any] | None = None
 
     async def _run_batch(self, items: list[Unit | _Later]) -> list[Outcome]:
         started = time.perf_counter()
         try:
             # A combiner's batch is taken here, after the queue gathered (app.combining).
             units = [i.make() if isinstance(i, _Later) else i for i in items]
-            results = await _in_db_thread(self._db, _run_batch, units, self._turn_fd, self._db_file)
+            results = await _in_db_thread(self._db, _run_batch, units, self._turn, self._db_file)
         except Exception as e:
+            if isinstance(e, TurnTimeout) and self.stalled is None:
+                logger.warning("writes are stalled: %s", e.detail)
+                self.stalled = e.detail
             self._report(e)
             error = _translate(e)
             if not isinstance(error, StorageUnavailable):
                 logger.exception("write batch failed")
             return [(False, error)] * len(items)
         self.batches += 1
+        if self.stalled is not None:
+            logger.warning("writes progress again")
+            self.stalled = None
         if self._observer is not None:
             self._observer.committed(time.perf_counter() - started, len(items))
         outcomes: list[Outcome] = []
@@ -307,6 +311,13 @@ class _Writer(BatchQueue["Unit | _Later"]):
                 value = _translate(value)
             outcomes.append((ok, value))
         return outcomes
+
+    def probe(self) -> asyncio.Future[Any]:
+        """An empty write transaction through the queue (one at a time): can writes progress?"""
+        if self._probe is None or self._probe.done():
+            self._probe = self.submit(_probe)
+            self._probe.add_done_callback(_retrieve)
+        return self._probe
 
     async def _after_batch(self) -> None:
         if self._wal_limit:
@@ -320,9 +331,9 @@ class _Writer(BatchQueue["Unit | _Later"]):
             if os.stat(self._wal_path).st_size <= self._wal_limit:
                 return
             busy, _, _ = await _in_db_thread(
-                self._db, _checkpoint, self._turn_fd, self._busy_timeout_ms
+                self._db, _checkpoint, self._turn, self._busy_timeout_ms
             )
-        except (OSError, sqlite3.Error) as e:
+        except (OSError, sqlite3.Error, StorageUnavailable) as e:
             logger.warning("WAL checkpoint failed: %s", e)
             busy = 1
         if busy:
@@ -337,6 +348,15 @@ class _Writer(BatchQueue["Unit | _Later"]):
             logger.error("the database reports damage: %s", error)
         if kind is not None and self._observer is not None:
             self._observer.failed(kind)
+
+
+def _probe(conn: sqlite3.Connection) -> None:
+    """A unit that writes nothing: its batch still takes the turn, the lock and commits."""
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _read_record(item_id: str, row: tuple[str, int, str] | None) -> Record | None:
@@ -596,13 +616,13 @@ class SQLiteStorage:
         writer_db: aiosqlite.Connection,
         reader_db: aiosqlite.Connection,
         settings: Settings,
-        turn_fd: int,
+        turn: WriterTurn,
         db_file: DatabaseFile,
         observer: StorageObserver | None = None,
     ) -> None:
         self._writer_db = writer_db
         self._reader_db = reader_db
-        self._turn_fd = turn_fd
+        self._turn = turn
         self._db_file = db_file
         self._observer = observer
         self._poll_interval = settings.events_poll_interval
@@ -610,7 +630,7 @@ class SQLiteStorage:
         self._writer = _Writer(
             writer_db,
             settings.max_batch,
-            turn_fd,
+            turn,
             db_file,
             f"{settings.sqlite_path}-wal",
             settings.wal_size_limit,
@@ -643,11 +663,11 @@ class SQLiteStorage:
         path: Path = settings.sqlite_path
         path.parent.mkdir(parents=True, exist_ok=True)
         uri = connect_uri(path)  # refuses to create a database where one was served
-        turn_fd = os.open(f"{path}.writer-turn", os.O_RDWR | os.O_CREAT, 0o600)
+        turn = WriterTurn(f"{path}.writer-turn", settings.busy_timeout_ms / 1000)
         try:
             writer_db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         except BaseException:
-            os.close(turn_fd)
+            turn.close()
             raise
         try:
             await _in_db_thread(
@@ -655,7 +675,7 @@ class SQLiteStorage:
                 _start_up,
                 settings.busy_timeout_ms,
                 settings.synchronous,
-                turn_fd,
+                turn.fd,
                 settings.wal_size_limit,
             )
             write_marker(path)
@@ -663,7 +683,7 @@ class SQLiteStorage:
             reader_db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         except BaseException:
             await writer_db.close()
-            os.close(turn_fd)
+            turn.close()
             raise
         try:
             await reader_db.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout_ms)}")
@@ -671,9 +691,9 @@ class SQLiteStorage:
         except BaseException:
             await reader_db.close()
             await writer_db.close()
-            os.close(turn_fd)
+            turn.close()
             raise
-        return cls(writer_db, reader_db, settings, turn_fd, db_file, observer)
+        return cls(writer_db, reader_db, settings, turn, db_file, observer)
 
     async def _write(self, unit: Unit) -> Any:
         return await self._writer.submit(unit)
@@ -780,6 +800,12 @@ class SQLiteStorage:
         # Reads the schema from the file itself; "SELECT 1" would not touch the database.
         await self._read("SELECT count(*) FROM sqlite_schema", ())
         self._db_file.check()
+        # The write path too: an empty transaction through the writer. While writes are
+        # stalled, answer at once and let a probe in the background find the way clear.
+        probe = self._writer.probe()
+        if self._writer.stalled is not None:
+            raise StorageUnavailable(self._writer.stalled)
+        await asyncio.shield(probe)
 
     async def close(self) -> None:
         try:
@@ -790,4 +816,4 @@ class SQLiteStorage:
             finally:
                 await self._reader_db.close()
                 await self._writer_db.close()
-                os.close(self._turn_fd)
+                self._turn.close()

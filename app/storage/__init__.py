@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Protocol, overload
 
+from app.clock import ServiceClock
 from app.combining import Batch, OpenBatch
 from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
 from app.settings import Settings
@@ -111,12 +112,19 @@ class Storage(Protocol):
         ...
 
 
-async def open_storage(settings: Settings, observer: StorageObserver | None = None) -> Storage:
-    """Open the backend ``settings`` name, creating or migrating its schema."""
+async def open_storage(
+    settings: Settings,
+    observer: StorageObserver | None = None,
+    clock: ServiceClock | None = None,
+) -> Storage:
+    """Open the backend ``settings`` name, creating or migrating its schema.
+
+    ``clock`` dates Idempotency-Keys (``app.clock``; tests pass one with their own sources).
+    """
     if settings.uses_postgres:
         from app.storage.postgres import PostgresStorage
 
-        return await PostgresStorage.open(settings, observer)
+        return await PostgresStorage.open(settings, observer, clock)
     from app.storage.sqlite import SQLiteStorage
 
-    return await SQLiteStorage.open(settings, observer)
+    return await SQLiteStorage.open(settings, observer, clock)

@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from app.clock import KeyTimes, ServiceClock
 from app.combining import Batch, ops_of
 from app.domain import Record, apply_counter_ops, apply_item_ops
 from app.errors import StorageUnavailable
@@ -58,7 +59,7 @@ class _CommitUnknown(StorageUnavailable):
 
 
 async def _commit_batch(
-    conn: Connection, batch: list[_Unit], key_ttl: float
+    conn: Connection, batch: list[_Unit], times: KeyTimes
 ) -> list[tuple[bool, Any]]:
     """Run ``batch`` in one transaction on ``conn``; returns (ok, outcome-or-error) per unit.
 
@@ -68,7 +69,7 @@ async def _commit_batch(
     transaction = conn.transaction()
     await transaction.start()
     try:
-        results = await _apply_batch(conn, batch, key_ttl)
+        results = await _apply_batch(conn, batch, times)
     except BaseException:
         if not conn.is_closed():
             with contextlib.suppress(Exception):
@@ -85,7 +86,7 @@ async def _commit_batch(
 
 
 async def _apply_batch(
-    conn: Connection, batch: list[_Unit], key_ttl: float
+    conn: Connection, batch: list[_Unit], times: KeyTimes
 ) -> list[tuple[bool, Any]]:
     """Lock, read, apply and write ``batch`` inside the open transaction on ``conn``."""
     names = sorted({u.key for u in batch if u.kind == "counter"})
@@ -113,8 +114,7 @@ async def _apply_batch(
         )
         items.update((r[0], decode_record(r)) for r in rows)
     stored_counters, stored_items = dict(counters), dict(items)
-    now = time.time()
-    keys = await pg_idempotency.load_keys(conn, claims, now) if claims else {}
+    keys = await pg_idempotency.load_keys(conn, claims, times.now) if claims else {}
     new_keys: list[NewKey] = []
 
     results: list[tuple[bool, Any]] = []
@@ -143,7 +143,7 @@ async def _apply_batch(
 
     await _write_counters(conn, stored_counters, counters)
     await _write_items(conn, stored_items, items)
-    await pg_idempotency.store_keys(conn, new_keys, now + key_ttl)
+    await pg_idempotency.store_keys(conn, new_keys, times.expires_at)
     return results
 
 
@@ -208,8 +208,10 @@ class Writer:
         pool: asyncpg.Pool,
         settings: Settings,
         observer: StorageObserver | None,
+        clock: ServiceClock,
     ) -> None:
         self._pool = pool
+        self._clock = clock
         self._observer = observer
         self._key_ttl = settings.idempotency_ttl
         max_batch, writers = settings.max_batch, settings.pg_writers
@@ -359,7 +361,8 @@ class Writer:
         for attempt in range(1, RETRIES + 1):
             try:
                 async with connection(self._pool, self._timeout) as conn:
-                    return await _commit_batch(conn, batch, self._key_ttl)
+                    times = self._clock.key_times(self._key_ttl)
+                    return await _commit_batch(conn, batch, times)
             except asyncpg.TransactionRollbackError as e:
                 if attempt == RETRIES:
                     raise

@@ -26,11 +26,11 @@ the batches is ``app.storage.pg_writer``, the pool and its failure rules
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import asyncpg
 
+from app.clock import ServiceClock
 from app.combining import Batch
 from app.domain import (
     NAME_CEILING,
@@ -51,12 +51,17 @@ class PostgresStorage:
     """The backend for many hosts sharing one PostgreSQL database."""
 
     def __init__(
-        self, pool: asyncpg.Pool, settings: Settings, observer: StorageObserver | None = None
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        observer: StorageObserver | None = None,
+        clock: ServiceClock | None = None,
     ) -> None:
         self._pool = pool
+        self._clock = clock or ServiceClock()
         self._timeout = settings.pg_command_timeout
         self._poll_interval = settings.events_poll_interval
-        self._writer = Writer(pool, settings, observer)
+        self._writer = Writer(pool, settings, observer, self._clock)
 
     @property
     def batches(self) -> int:
@@ -65,10 +70,13 @@ class PostgresStorage:
 
     @classmethod
     async def open(
-        cls, settings: Settings, observer: StorageObserver | None = None
+        cls,
+        settings: Settings,
+        observer: StorageObserver | None = None,
+        clock: ServiceClock | None = None,
     ) -> PostgresStorage:
         """Create the pool and migrate the schema under the migration lock."""
-        return cls(await open_pool(settings), settings, observer)
+        return cls(await open_pool(settings), settings, observer, clock)
 
     # Plain methods: the writer's future is handed back as it is, so a combiner's batch
     # costs no task of its own (a coroutine would be wrapped in one per batch).
@@ -95,7 +103,7 @@ class PostgresStorage:
     async def purge_expired_keys(self, limit: int) -> int:
         try:
             async with connection(self._pool, self._timeout) as conn:
-                return await pg_idempotency.purge(conn, time.time(), limit)
+                return await pg_idempotency.purge(conn, self._clock.expiry_now(), limit)
         except UNAVAILABLE as e:
             raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
 

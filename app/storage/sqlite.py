@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar, overload
 import aiosqlite
 import msgspec
 
+from app.clock import KeyTimes, ServiceClock
 from app.combining import Batch, OpenBatch, ops_of
 from app.domain import (
     NAME_CEILING,
@@ -382,14 +383,13 @@ def _with_claims(
     conn: sqlite3.Connection,
     ops: list[Op],
     apply: Callable[[list[Op]], list[Any]],
-    key_ttl: float,
+    times: KeyTimes,
 ) -> list[Any]:
     """Apply ``ops``; ops whose Idempotency-Key is stored replay instead (see app.idempotency)."""
     keys = claimed_keys(ops)
     if not keys:
         return apply(ops)  # the usual path: no claim, no extra statement
-    now = time.time()
-    run, settled = triage(ops, _load_keys(conn, keys, now))
+    run, settled = triage(ops, _load_keys(conn, keys, times.now))
     outcomes = apply([ops[i] for i in run]) if run else []
     conn.executemany(
         # An expired row may still be there (not purged yet): the new request replaces it.
@@ -404,7 +404,7 @@ def _with_claims(
                 row.response.status,
                 msgspec.json.encode(dict(row.response.headers)).decode(),
                 row.response.body,
-                now + key_ttl,
+                times.expires_at,
             )
             for row in to_store(ops, run, outcomes)
         ],
@@ -514,16 +514,16 @@ class _ItemWrites(_Writes[ItemOp]):
         return outcomes
 
 
-def _counter_unit(name: str, ops: list[CounterOp], key_ttl: float) -> Unit:
+def _counter_unit(name: str, ops: list[CounterOp], times: KeyTimes) -> Unit:
     def unit(conn: sqlite3.Connection) -> list[Any]:
-        return _with_claims(conn, ops, lambda todo: _write_counter(conn, name, todo), key_ttl)
+        return _with_claims(conn, ops, lambda todo: _write_counter(conn, name, todo), times)
 
     return unit
 
 
-def _item_unit(item_id: str, ops: list[ItemOp], key_ttl: float) -> Unit:
+def _item_unit(item_id: str, ops: list[ItemOp], times: KeyTimes) -> Unit:
     def unit(conn: sqlite3.Connection) -> list[Any]:
-        return _with_claims(conn, ops, lambda todo: _write_item(conn, item_id, todo), key_ttl)
+        return _with_claims(conn, ops, lambda todo: _write_item(conn, item_id, todo), times)
 
     return unit
 
@@ -619,7 +619,9 @@ class SQLiteStorage:
         turn: WriterTurn,
         db_file: DatabaseFile,
         observer: StorageObserver | None = None,
+        clock: ServiceClock | None = None,
     ) -> None:
+        self._clock = clock or ServiceClock()
         self._writer_db = writer_db
         self._reader_db = reader_db
         self._turn = turn
@@ -652,7 +654,10 @@ class SQLiteStorage:
 
     @classmethod
     async def open(
-        cls, settings: Settings, observer: StorageObserver | None = None
+        cls,
+        settings: Settings,
+        observer: StorageObserver | None = None,
+        clock: ServiceClock | None = None,
     ) -> SQLiteStorage:
         """Connect, set durability pragmas, migrate; refuse SQLite older than 3.35."""
         if sqlite3.sqlite_version_info < MIN_SQLITE:
@@ -693,7 +698,7 @@ class SQLiteStorage:
             await writer_db.close()
             turn.close()
             raise
-        return cls(writer_db, reader_db, settings, turn, db_file, observer)
+        return cls(writer_db, reader_db, settings, turn, db_file, observer, clock)
 
     async def _write(self, unit: Unit) -> Any:
         return await self._writer.submit(unit)
@@ -735,17 +740,17 @@ class SQLiteStorage:
     def _counter_unit(self, name: str, batch: Batch[CounterOp]) -> Unit:
         ops = ops_of(batch)
         if claimed_keys(ops):
-            return _counter_unit(name, ops, self._key_ttl)
+            return _counter_unit(name, ops, self._clock.key_times(self._key_ttl))
         return _CounterWrites(name, ops)
 
     def _item_unit(self, item_id: str, batch: Batch[ItemOp]) -> Unit:
         ops = ops_of(batch)
         if claimed_keys(ops):
-            return _item_unit(item_id, ops, self._key_ttl)
+            return _item_unit(item_id, ops, self._clock.key_times(self._key_ttl))
         return _ItemWrites(item_id, ops)
 
     async def purge_expired_keys(self, limit: int) -> int:
-        deleted: int = await self._write(_purge_unit(time.time(), limit))
+        deleted: int = await self._write(_purge_unit(self._clock.expiry_now(), limit))
         return deleted
 
     async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:

@@ -45,6 +45,18 @@ class MalformedBody(LockstepError):
     title = "Bad Request"
 
 
+class BodyTimeout(LockstepError):
+    """The body did not arrive in time; the connection is closed after the answer."""
+
+    status = 408
+    slug = "body-timeout"
+    title = "Request Timeout"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
 class NotFound(LockstepError):
     """The counter or record does not exist."""
 

@@ -31,10 +31,13 @@ _ERRORS: dict[str, str] = {
     "401": "A tokens file is configured and the request has no known bearer token.",
     "403": "The token's scope does not cover this request.",
     "404": "The counter or record does not exist.",
+    "408": "The body did not arrive within LOCKSTEP_BODY_TIMEOUT seconds; the connection is "
+    "closed and nothing changed.",
     "409": "The change would leave the signed 64-bit range, or a request with the same "
     "Idempotency-Key is still in flight; nothing changed.",
     "412": "An If-Match / If-None-Match precondition failed; nothing changed.",
-    "413": "The body is larger than LOCKSTEP_MAX_BODY_BYTES.",
+    "413": "The body is larger than LOCKSTEP_MAX_BODY_BYTES, or the record would be larger "
+    "than LOCKSTEP_MAX_RECORD_BYTES; nothing changed.",
     "415": "A body's Content-Encoding must be gzip, deflate or none; PATCH needs "
     "Content-Type: application/merge-patch+json.",
     "422": "A bad name, query parameter or body field, or an Idempotency-Key reused for a "
@@ -323,7 +326,7 @@ def _body(schema: Json, media: str = "application/json", required: bool = True) 
 def _paths() -> Json:
     name, item_id = [_ref("parameters", "name")], [_ref("parameters", "id")]
     conditional = [*item_id, _ref("parameters", "If-Match"), _ref("parameters", "If-None-Match")]
-    bad_body = ("400", "413", "415", "422")
+    bad_body = ("400", "408", "413", "415", "422")
     increment = {
         "type": "object",
         "additionalProperties": False,

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
             " (413 above); unset: max_body_bytes, so every record can be PUT back."
         ),
     )
+    body_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a request body may take to arrive (408 and closed after it).",
+    )
     max_batch: int = Field(
         default=256, ge=1, description="Most write units committed in one transaction."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any, TypeVar
 
@@ -11,6 +12,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from app.domain import Precondition, check_name
 from app.errors import (
+    BodyTimeout,
     BodyTooLarge,
     InvalidInput,
     LockstepError,
@@ -83,8 +85,15 @@ async def read_body(request: web.Request) -> bytes:
     encoding = request.headers.get("Content-Encoding")
     if encoding is not None and encoding.strip().lower() not in _DECODED:
         raise UnsupportedEncoding()
+    timeout = get_settings(request).body_timeout
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError as e:
+        # Close after the answer, without reading (lingering on) the rest of the body.
+        request.content.feed_eof()
+        request.protocol.close()
+        raise BodyTimeout(f"the body did not arrive within {timeout:g} s") from e
     except web.HTTPRequestEntityTooLarge as e:
         raise BodyTooLarge(get_settings(request).max_body_bytes) from e
     except (HttpProcessingError, ConnectionError) as e:

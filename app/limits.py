@@ -45,9 +45,9 @@ def check_utf8(raw: bytes) -> None:
         ) from e
 
 
-def _walk(value: Any, max_depth: int) -> None:
-    """Raise ``MalformedBody`` if ``value`` nests deeper than ``max_depth``."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+def _walk(value: Any, max_depth: int, wrapper: int = 0) -> None:
+    """Raise ``MalformedBody`` if ``value`` nests deeper than ``max_depth`` + ``wrapper``."""
+    stack: list[tuple[Any, int]] = [(value, 1 - wrapper)]
     while stack:
         node, depth = stack.pop()
         if isinstance(node, dict | list | msgspec.Struct):
@@ -70,16 +70,20 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def check_json(raw: bytes, value: Any, max_depth: int) -> None:
+def check_json(raw: bytes, value: Any, max_depth: int, wrapper: int = 0) -> None:
     """Checks msgspec does not make on a body it decoded into ``value``.
+
+    ``wrapper`` is how many levels of the body wrap the value that is stored (1 for
+    ``{"value": ...}``): the depth limit is the stored value's, so whatever can be stored
+    can be written back.
 
     msgspec keeps the last of duplicate keys without a word: a body that means different
     things to different parsers is refused (RFC 8259 section 4, RFC 7493 section 2.3).
     A body with no more brackets than ``max_depth`` cannot nest deeper, so only bodies
     with many brackets pay for the walk.
     """
-    if raw.count(b"[") + raw.count(b"{") > max_depth:
-        _walk(value, max_depth)
+    if raw.count(b"[") + raw.count(b"{") > max_depth + wrapper:
+        _walk(value, max_depth, wrapper)
     # Two keys need two colons; a body with fewer cannot repeat one.
     if raw.count(b":") >= 2:
         json.loads(raw, object_pairs_hook=_no_duplicates)

@@ -191,7 +191,7 @@ BAD_RECORD_BODIES = [
     (b'{"value": "a\x00b"}', 400),  # raw NUL in a string
     (b'{"value": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 400),
     (b'{"value": ' + b'{"k":' * 10_000 + b"1" + b"}" * 10_001, 400),
-    (b'{"value": ' + b"[" * 32 + b"]" * 32 + b"}", 400),  # one past the default depth of 32
+    (b'{"value": ' + b"[" * 33 + b"]" * 33 + b"}", 400),  # a value one past the depth of 32
 ]
 
 
@@ -217,8 +217,9 @@ async def test_patch_with_deep_or_duplicate_patch_is_refused(
 
 
 async def test_value_at_depth_limit_is_accepted(client: TestClient[Any, Any]) -> None:
-    """A value nested exactly to the limit (body object + 31 arrays = 32) is stored."""
-    value = json.loads("[" * 31 + "]" * 31)
+    """A value nested exactly to the limit (32 arrays; the body's object is not counted)
+    is stored."""
+    value = json.loads("[" * 32 + "]" * 32)
     resp = await client.put("/items/deep", json={"value": value})
     assert resp.status == 201
     assert (await resp.json())["value"] == value

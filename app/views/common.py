@@ -59,8 +59,11 @@ def path_name(request: web.Request, key: str) -> str:
     return check_name(request.match_info[key], key)
 
 
-def decode_json(raw: bytes, type_: type[T], max_depth: int) -> T:
-    """Decode and validate a JSON body: 400 when it is not UTF-8 JSON, 422 for the wrong shape."""
+def decode_json(raw: bytes, type_: type[T], max_depth: int, wrapper: int = 0) -> T:
+    """Decode and validate a JSON body: 400 when it is not UTF-8 JSON, 422 for the wrong shape.
+
+    ``wrapper``: levels of the body around the stored value (see ``app.limits.check_json``).
+    """
     check_utf8(raw)
     try:
         value = msgspec.json.decode(raw, type=type_)
@@ -70,7 +73,7 @@ def decode_json(raw: bytes, type_: type[T], max_depth: int) -> T:
         raise MalformedBody(f"JSON nested too deeply: more than {max_depth} levels") from e
     except (msgspec.DecodeError, ValueError) as e:
         raise MalformedBody(f"body is not valid JSON: {e}") from e
-    check_json(raw, value, max_depth)
+    check_json(raw, value, max_depth, wrapper)
     return value
 
 

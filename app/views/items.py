@@ -70,7 +70,8 @@ async def put_item(request: web.Request) -> web.Response:
     item_id = path_name(request, "id")
     raw = await _required_body(request)
     settings = get_settings(request)
-    body = decode_json(raw, PutBody, settings.max_json_depth)
+    # The depth limit is the stored value's: {"value": ...} adds a level that PATCH has not.
+    body = decode_json(raw, PutBody, settings.max_json_depth, wrapper=1)
     if len(raw) > settings.record_limit:  # a smaller body cannot hold a larger record
         check_record_size(body.value, settings.record_limit)
     op = PutItem(body.value, precondition(request), claim_for(request, raw, _render_written))

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
 
-from app.errors import Forbidden, Unauthenticated, Unavailable
+from app.errors import AmbiguousRequest, Forbidden, Unauthenticated, Unavailable
 from app.settings import Settings
 from app.tokens import Scope, TokensFileError, TokenStore
 
@@ -58,6 +58,9 @@ def authorize(request: web.Request, store: TokenStore) -> None:
     needed = required_scope(request)
     if needed is None:
         return
+    if len(request.headers.getall("Authorization", ())) > 1:
+        # A proxy in front may pass on, or check, the other one.
+        raise AmbiguousRequest("the request has more than one Authorization header")
     token = bearer_token(request)
     if token is None:
         raise Unauthenticated("this request needs an Authorization: Bearer <token> header")

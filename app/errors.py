@@ -57,6 +57,14 @@ class BodyTimeout(LockstepError):
         return {"Connection": "close"}
 
 
+class AmbiguousRequest(LockstepError):
+    """A request two parsers could read differently (a header that must appear once, twice)."""
+
+    status = 400
+    slug = "ambiguous-request"
+    title = "Bad Request"
+
+
 class NotFound(LockstepError):
     """The counter or record does not exist."""
 

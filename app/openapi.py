@@ -27,7 +27,8 @@ INT64: Json = {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
 
 _ERRORS: dict[str, str] = {
     "400": "The body is not UTF-8 JSON, nests too deeply, repeats a key, ended early, or is "
-    "not valid in its Content-Encoding.",
+    "not valid in its Content-Encoding; or (tokens on) the request has two Authorization "
+    "headers.",
     "401": "A tokens file is configured and the request has no known bearer token.",
     "403": "The token's scope does not cover this request.",
     "404": "The counter or record does not exist.",
@@ -56,9 +57,10 @@ _HEADERS: dict[str, Json] = {
 }
 # Errors the envelope (app.envelope) can answer on a route before its handler runs: headers
 # over LOCKSTEP_MAX_HEADER_BYTES on every route; and on those that need a token, a missing or
-# unknown token, one of too narrow a scope, or an unusable tokens file (503).
+# unknown token, one of too narrow a scope, an unusable tokens file (503), or two
+# Authorization headers (400).
 _EVERY_ROUTE = ("431",)
-_SCOPED = ("401", "403", "503")
+_SCOPED = ("400", "401", "403", "503")
 
 
 def _ref(kind: str, name: str) -> Json:
@@ -231,7 +233,14 @@ def _components(settings: Settings) -> Json:
             "Status": {
                 "type": "object",
                 "required": ["status"],
-                "properties": {"status": {"type": "string"}},
+                "properties": {
+                    "status": {"type": "string"},
+                    "writes": {
+                        "type": "string",
+                        "description": "/readyz only: why writes have been failing lately"
+                        " (a full disk), until one succeeds.",
+                    },
+                },
             },
             "CounterEvent": {
                 "type": "object",
@@ -451,7 +460,9 @@ def _paths() -> Json:
                 None,
                 status,
                 ("503",),
-                description="The database answers; 503 from the start of a graceful shutdown.",
+                description="The database answers, is the file this worker opened, and a"
+                " write transaction can start; 503 otherwise and from the start of a graceful"
+                " shutdown. Writes failing for a full disk are reported in `writes`.",
             )
         },
         "/openapi.json": {

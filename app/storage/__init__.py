@@ -107,6 +107,11 @@ class Storage(Protocol):
         """Raise ``StorageUnavailable`` unless the database answers."""
         ...
 
+    def write_trouble(self) -> str | None:
+        """Why writes have been failing lately although the database answers (a full disk),
+        or None once one succeeded; ``/readyz`` reports it."""
+        ...
+
     async def close(self) -> None:
         """Finish queued writes and release every connection and thread."""
         ...

@@ -160,6 +160,9 @@ class PostgresStorage:
     async def ping(self) -> None:
         await self._read("SELECT 1")
 
+    def write_trouble(self) -> str | None:
+        return None  # PostgreSQL's own disk trouble shows as failed reads and writes (503)
+
     async def close(self) -> None:
         try:
             await self._writer.close()

@@ -102,6 +102,8 @@ class _Later:
         return self._make(self._key, self._batch)
 
 
+# Failures that say the disk refuses writes, reported by /readyz until a write succeeds.
+WRITE_TROUBLE = frozenset({"full", "io", "readonly"})
 MIN_SQLITE = (3, 35, 0)  # RETURNING, and the UPSERT forms used here
 CHECKPOINT_WAIT_MS = 50  # longest a checkpoint waits for readers before giving up this time
 CHECKPOINT_RETRY_S = 0.5  # after a reader blocked a checkpoint, the next try waits this long
@@ -283,6 +285,8 @@ class _Writer(BatchQueue["Unit | _Later"]):
         # Why writes cannot progress (the turn stayed taken), until a batch commits again.
         self.stalled: str | None = None
         self._probe: asyncio.Future[Any] | None = None
+        # Why writes have been failing (disk full, I/O, read-only), until one succeeds.
+        self.trouble: str | None = None
 
     async def _run_batch(self, items: list[Unit | _Later]) -> list[Outcome]:
         started = time.perf_counter()
@@ -306,10 +310,12 @@ class _Writer(BatchQueue["Unit | _Later"]):
         if self._observer is not None:
             self._observer.committed(time.perf_counter() - started, len(items))
         outcomes: list[Outcome] = []
-        for ok, value in results:
+        for item, (ok, value) in zip(items, results, strict=True):
             if not ok:
                 self._report(value)
                 value = _translate(value)
+            elif item is not _probe:  # a write that went through: the trouble is over
+                self.trouble = None
             outcomes.append((ok, value))
         return outcomes
 
@@ -347,6 +353,9 @@ class _Writer(BatchQueue["Unit | _Later"]):
         kind = _error_kind(error)
         if kind == "corrupt":
             logger.error("the database reports damage: %s", error)
+        if kind in WRITE_TROUBLE and self.trouble is None:
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self.trouble = f"failing since {since}: {error}"
         if kind is not None and self._observer is not None:
             self._observer.failed(kind)
 
@@ -811,6 +820,9 @@ class SQLiteStorage:
         if self._writer.stalled is not None:
             raise StorageUnavailable(self._writer.stalled)
         await asyncio.shield(probe)
+
+    def write_trouble(self) -> str | None:
+        return self._writer.trouble
 
     async def close(self) -> None:
         try:

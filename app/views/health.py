@@ -15,8 +15,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The database answers and the worker is not shutting down."""
+    """The database answers and the worker is not shutting down.
+
+    Writes failing for lack of disk space (or I/O, or a read-only file) keep it 200, since
+    reads still work and writes heal by themselves once space returns, but say so.
+    """
     if get_health(request).shutting_down:
         raise Unavailable("shutting down")
-    await get_storage(request).ping()
+    storage = get_storage(request)
+    await storage.ping()
+    trouble = storage.write_trouble()
+    if trouble is not None:
+        return json_response({"status": "ready", "writes": trouble})
     return json_response({"status": "ready"})

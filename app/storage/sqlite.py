@@ -52,7 +52,7 @@ from app.storage import StorageObserver
 from app.storage.batching import BatchQueue, Outcome
 from app.storage.sqlite_file import DatabaseFile, connect_uri, write_marker
 from app.storage.sqlite_reads import BatchedReader
-from app.storage.sqlite_turn import TurnTimeout, WriterTurn
+from app.storage.sqlite_turn import TurnClaim, TurnKeeper, turn
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,11 @@ async def _in_db_thread(db: aiosqlite.Connection, fn: Callable[..., T], *args: A
 
 
 def _run_batch(
-    conn: sqlite3.Connection, units: list[Unit], turn: WriterTurn, db_file: DatabaseFile
+    conn: sqlite3.Connection,
+    units: list[Unit],
+    turn_fd: int,
+    db_file: DatabaseFile,
+    claim: TurnClaim,
 ) -> list[tuple[bool, Any]]:
     """Run ``units`` in one write transaction; a failing unit rolls back to its savepoint.
 
@@ -181,7 +185,7 @@ def _run_batch(
     worker commits. The kernel drops the lock if its holder dies.
     """
     db_file.check()
-    with turn.held():  # waits at most the busy timeout (app.storage.sqlite_turn)
+    with turn(turn_fd, claim):  # the loop waits for it at most the busy timeout
         results = _run_transaction(conn, units)
     db_file.check()
     return results
@@ -232,14 +236,14 @@ def _in_savepoint(conn: sqlite3.Connection, unit: Callable[[sqlite3.Connection],
 
 
 def _checkpoint(
-    conn: sqlite3.Connection, turn: WriterTurn, busy_timeout_ms: int
+    conn: sqlite3.Connection, turn_fd: int, busy_timeout_ms: int, claim: TurnClaim
 ) -> tuple[int, int, int]:
     """Checkpoint the whole WAL and truncate it to zero bytes, if no reader still needs it.
 
     Runs between batches in this worker's writer turn. Waiting for readers is capped at a
     short busy timeout, so a long-lived reader costs a skipped checkpoint, not stalled writes.
     """
-    with turn.held():
+    with turn(turn_fd, claim):
         conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
         try:
             busy, log, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -263,7 +267,7 @@ class _Writer(BatchQueue["Unit | _Later"]):
         self,
         db: aiosqlite.Connection,
         max_batch: int,
-        turn: WriterTurn,
+        turn_fd: int,
         db_file: DatabaseFile,
         wal_path: str = "",
         wal_limit: int = 0,
@@ -273,7 +277,8 @@ class _Writer(BatchQueue["Unit | _Later"]):
     ) -> None:
         super().__init__(max_batch, "lockstep-sqlite-writer", gather)
         self._db = db
-        self._turn = turn
+        self._turn_fd = turn_fd
+        self._turns = TurnKeeper(busy_timeout_ms / 1000)
         self._db_file = db_file
         self._wal_path = wal_path
         self._wal_limit = wal_limit
@@ -282,9 +287,6 @@ class _Writer(BatchQueue["Unit | _Later"]):
         self.checkpoints = 0  # completed TRUNCATE checkpoints, for tests and metrics
         self._observer = observer
         self.batches = 0  # committed transactions, for tests and metrics
-        # Why writes cannot progress (the turn stayed taken), until a batch commits again.
-        self.stalled: str | None = None
-        self._probe: asyncio.Future[Any] | None = None
         # Why writes have been failing (disk full, I/O, read-only), until one succeeds.
         self.trouble: str | None = None
 
@@ -293,20 +295,16 @@ class _Writer(BatchQueue["Unit | _Later"]):
         try:
             # A combiner's batch is taken here, after the queue gathered (app.combining).
             units = [i.make() if isinstance(i, _Later) else i for i in items]
-            results = await _in_db_thread(self._db, _run_batch, units, self._turn, self._db_file)
+            results = await self._turns.run(
+                partial(_in_db_thread, self._db, _run_batch, units, self._turn_fd, self._db_file)
+            )
         except Exception as e:
-            if isinstance(e, TurnTimeout) and self.stalled is None:
-                logger.warning("writes are stalled: %s", e.detail)
-                self.stalled = e.detail
             self._report(e)
             error = _translate(e)
             if not isinstance(error, StorageUnavailable):
                 logger.exception("write batch failed")
             return [(False, error)] * len(items)
         self.batches += 1
-        if self.stalled is not None:
-            logger.warning("writes progress again")
-            self.stalled = None
         if self._observer is not None:
             self._observer.committed(time.perf_counter() - started, len(items))
         outcomes: list[Outcome] = []
@@ -319,12 +317,10 @@ class _Writer(BatchQueue["Unit | _Later"]):
             outcomes.append((ok, value))
         return outcomes
 
-    def probe(self) -> asyncio.Future[Any]:
-        """An empty write transaction through the queue (one at a time): can writes progress?"""
-        if self._probe is None or self._probe.done():
-            self._probe = self.submit(_probe)
-            self._probe.add_done_callback(_retrieve)
-        return self._probe
+    @property
+    def stalled(self) -> str | None:
+        """Why writes cannot progress now (the write turn is stuck elsewhere), if they cannot."""
+        return self._turns.stalled
 
     async def _after_batch(self) -> None:
         if self._wal_limit:
@@ -332,13 +328,13 @@ class _Writer(BatchQueue["Unit | _Later"]):
 
     async def _bound_wal(self) -> None:
         now = time.monotonic()
-        if now < self._next_checkpoint:
+        if now < self._next_checkpoint or self._turns.stalled:
             return
         try:
             if os.stat(self._wal_path).st_size <= self._wal_limit:
                 return
-            busy, _, _ = await _in_db_thread(
-                self._db, _checkpoint, self._turn, self._busy_timeout_ms
+            busy, _, _ = await self._turns.run(
+                partial(_in_db_thread, self._db, _checkpoint, self._turn_fd, self._busy_timeout_ms)
             )
         except (OSError, sqlite3.Error, StorageUnavailable) as e:
             logger.warning("WAL checkpoint failed: %s", e)
@@ -362,11 +358,6 @@ class _Writer(BatchQueue["Unit | _Later"]):
 
 def _probe(conn: sqlite3.Connection) -> None:
     """A unit that writes nothing: its batch still takes the turn, the lock and commits."""
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _read_record(item_id: str, row: tuple[str, int, str] | None) -> Record | None:
@@ -625,7 +616,7 @@ class SQLiteStorage:
         writer_db: aiosqlite.Connection,
         reader_db: aiosqlite.Connection,
         settings: Settings,
-        turn: WriterTurn,
+        turn_fd: int,
         db_file: DatabaseFile,
         observer: StorageObserver | None = None,
         clock: ServiceClock | None = None,
@@ -633,7 +624,7 @@ class SQLiteStorage:
         self._clock = clock or ServiceClock()
         self._writer_db = writer_db
         self._reader_db = reader_db
-        self._turn = turn
+        self._turn_fd = turn_fd
         self._db_file = db_file
         self._observer = observer
         self._poll_interval = settings.events_poll_interval
@@ -641,7 +632,7 @@ class SQLiteStorage:
         self._writer = _Writer(
             writer_db,
             settings.max_batch,
-            turn,
+            turn_fd,
             db_file,
             f"{settings.sqlite_path}-wal",
             settings.wal_size_limit,
@@ -677,11 +668,11 @@ class SQLiteStorage:
         path: Path = settings.sqlite_path
         path.parent.mkdir(parents=True, exist_ok=True)
         uri = connect_uri(path)  # refuses to create a database where one was served
-        turn = WriterTurn(f"{path}.writer-turn", settings.busy_timeout_ms / 1000)
+        turn_fd = os.open(f"{path}.writer-turn", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             writer_db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         except BaseException:
-            turn.close()
+            os.close(turn_fd)
             raise
         try:
             await _in_db_thread(
@@ -689,7 +680,7 @@ class SQLiteStorage:
                 _start_up,
                 settings.busy_timeout_ms,
                 settings.synchronous,
-                turn.fd,
+                turn_fd,
                 settings.wal_size_limit,
             )
             write_marker(path)
@@ -697,7 +688,7 @@ class SQLiteStorage:
             reader_db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         except BaseException:
             await writer_db.close()
-            turn.close()
+            os.close(turn_fd)
             raise
         try:
             await reader_db.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout_ms)}")
@@ -705,9 +696,9 @@ class SQLiteStorage:
         except BaseException:
             await reader_db.close()
             await writer_db.close()
-            turn.close()
+            os.close(turn_fd)
             raise
-        return cls(writer_db, reader_db, settings, turn, db_file, observer, clock)
+        return cls(writer_db, reader_db, settings, turn_fd, db_file, observer, clock)
 
     async def _write(self, unit: Unit) -> Any:
         return await self._writer.submit(unit)
@@ -814,12 +805,12 @@ class SQLiteStorage:
         # Reads the schema from the file itself; "SELECT 1" would not touch the database.
         await self._read("SELECT count(*) FROM sqlite_schema", ())
         self._db_file.check()
-        # The write path too: an empty transaction through the writer. While writes are
-        # stalled, answer at once and let a probe in the background find the way clear.
-        probe = self._writer.probe()
-        if self._writer.stalled is not None:
-            raise StorageUnavailable(self._writer.stalled)
-        await asyncio.shield(probe)
+        # The write path too: an empty transaction through the writer, or at once a 503
+        # while an earlier write still waits for a turn that another worker keeps.
+        stalled = self._writer.stalled
+        if stalled is not None:
+            raise StorageUnavailable(stalled)
+        await self._writer.submit(_probe)
 
     def write_trouble(self) -> str | None:
         return self._writer.trouble
@@ -833,4 +824,4 @@ class SQLiteStorage:
             finally:
                 await self._reader_db.close()
                 await self._writer_db.close()
-                self._turn.close()
+                os.close(self._turn_fd)

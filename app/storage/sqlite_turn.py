@@ -1,114 +1,129 @@
-"""The workers' turn at writing to SQLite: an exclusive ``flock``, waited for at most a deadline.
+"""The workers' turn at writing to SQLite, waited for at most the busy timeout.
 
-Workers take turns through a lock file beside the database before each write transaction
-(see ``app.storage.sqlite._run_batch`` for why: a writer blocked in ``flock`` is woken by
-the kernel the moment the holder lets go, where SQLite's busy handler sleeps and polls).
-``flock`` itself has no timeout, and a holder that is stopped (SIGSTOP, a debugger, a
-frozen VM) but not dead would hold every other worker's writes for as long as it stays
-stopped. So an uncontended turn is taken with a non-blocking ``flock`` on the writer's
-thread, and a contended one is waited for by a helper thread that blocks in ``flock``
-while the writer waits on a condition for at most ``LOCKSTEP_BUSY_TIMEOUT_MS``; past it
-the batch fails with ``TurnTimeout`` (503). If the helper gets the lock after its writer
-gave up, it lets it go at once. Until it does get it, later batches wait only
-``STALLED_WAIT_S``: otherwise each batch queued behind the first would wait the whole
-timeout again, and a request's wait would grow with the batches ahead of it.
+Workers take turns through an exclusive ``flock`` on a file beside the database before
+each write transaction (``app.storage.sqlite._run_batch`` says why: the kernel wakes the
+next writer the moment the holder lets go). ``flock`` has no timeout, and a holder that
+is stopped but not dead (SIGSTOP, a debugger, a frozen VM) would keep every other
+worker's writes waiting for as long as it stays stopped.
+
+So the loop gives the database thread's call ``LOCKSTEP_BUSY_TIMEOUT_MS`` to get the turn.
+The call carries a ``TurnClaim``: once it has the turn, the thread claims the transaction
+for itself before running it; once the time is up, the loop abandons the claim and answers
+503. Exactly one of the two wins the claim's lock, so a transaction either runs (and its
+answer is awaited however long it takes) or never does, even when the turn comes a moment
+later: the thread then lets the turn go at once. While an abandoned call still waits in
+``flock``, the worker's write path is stuck: new batches are refused at once (503) instead
+of queueing behind it, and ``/readyz`` says so, until the call comes back.
+
+The blocking ``flock`` stays on the database thread itself, as before: the common,
+contended-but-moving case costs one kernel wake-up and no hand-off between threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
-import os
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 from app.errors import StorageUnavailable
 
-STALLED_WAIT_S = 0.05  # how long a batch waits for a turn that already made one time out
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class TurnTimeout(StorageUnavailable):
     """Another process held the write turn for longer than the busy timeout."""
 
 
-class WriterTurn:
-    """Exclusive turns at writing among this database's processes, with a bounded wait."""
+class _Abandoned(Exception):
+    """The loop gave up on this call before it got the turn; nothing ran."""
 
-    def __init__(self, path: str, timeout: float) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+class TurnClaim:
+    """Who decides a call's fate: its thread, having got the turn, or the loop, out of time."""
+
+    __slots__ = ("_lock", "_state")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = 0  # 0: waiting for the turn, 1: running, 2: abandoned
+
+    def start(self) -> bool:
+        """On the database thread, holding the turn: run (True) unless abandoned already."""
+        with self._lock:
+            if self._state == 2:
+                return False
+            self._state = 1
+            return True
+
+    def abandon(self) -> bool:
+        """On the loop, out of time: True if the call will now never run."""
+        with self._lock:
+            if self._state == 1:
+                return False
+            self._state = 2
+            return True
+
+
+@contextlib.contextmanager
+def turn(fd: int, claim: TurnClaim) -> Iterator[None]:
+    """Hold the turn for the block, on the database thread; nothing runs if ``claim`` lost."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        if not claim.start():
+            raise _Abandoned
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+class TurnKeeper:
+    """This worker's waits for the turn: bounded, and remembered while one is stuck."""
+
+    def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._cond = threading.Condition()
-        self._wanted = False  # a writer waits for the helper to get the lock
-        self._granted = False  # the helper got it for that writer
-        self._blocked = False  # the helper is inside a blocking flock
-        self._closed = False
-        self._stalled = False  # a wait timed out, and the helper has not had the lock since
-        self._helper: threading.Thread | None = None
+        self._stuck: asyncio.Future[Any] | None = None
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold the turn for the block; raises ``TurnTimeout`` if it cannot be had in time."""
-        self.acquire()
-        try:
-            yield
-        finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-
-    def acquire(self) -> None:
-        with self._cond:
-            # While the helper is blocked in flock on this same open file, a lock taken
-            # here would be the helper's too, and it might let it go under our feet.
-            if not self._blocked:
-                try:
-                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return
-                except BlockingIOError:
-                    pass
-            self._wanted = True
-            if self._helper is None:
-                self._helper = threading.Thread(
-                    target=self._wait_for_turns, name="lockstep-writer-turn", daemon=True
-                )
-                self._helper.start()
-            self._cond.notify_all()
-            wait = min(self.timeout, STALLED_WAIT_S) if self._stalled else self.timeout
-            got = self._cond.wait_for(lambda: self._granted, wait)
-            self._wanted = False
-            self._granted = False
-            self._stalled = not got
-        if not got:
-            raise TurnTimeout(
-                f"database: another worker has held the write turn for {self.timeout:g} s"
-                " (LOCKSTEP_BUSY_TIMEOUT_MS); nothing was changed"
+    @property
+    def stalled(self) -> str | None:
+        """Why writes cannot progress now (an abandoned call still waits for the turn)."""
+        if self._stuck is None:
+            return None
+        if not self._stuck.done():
+            return (
+                f"database: another worker has held the write turn for more than"
+                f" {self.timeout:g} s (LOCKSTEP_BUSY_TIMEOUT_MS); nothing was changed"
             )
+        self._stuck = None
+        logger.warning("writes progress again: the write turn came free")
+        return None
 
-    def _wait_for_turns(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._wanted or self._closed)
-                if self._closed:
-                    return
-                self._blocked = True
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-            with self._cond:
-                self._blocked = False
-                self._stalled = False
-                if self._wanted and not self._closed:
-                    self._granted = True
-                    self._cond.notify_all()
-                    # Until its writer has taken the grant: a flock of ours after that
-                    # would succeed on the writer's own lock, and the LOCK_UN below undo it.
-                    self._cond.wait_for(lambda: not self._granted or self._closed)
-                    continue
-                fcntl.flock(self.fd, fcntl.LOCK_UN)  # its writer gave up meanwhile
-                if self._closed:
-                    os.close(self.fd)
-                    return
+    async def run(self, call: Callable[[TurnClaim], Awaitable[T]]) -> T:
+        """``call(claim)``'s result, or ``TurnTimeout`` if it did not get the turn in time."""
+        stalled = self.stalled
+        if stalled is not None:
+            raise TurnTimeout(stalled)
+        claim = TurnClaim()
+        pending = asyncio.ensure_future(call(claim))
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), self.timeout)
+        except TimeoutError:
+            if not claim.abandon():
+                return await pending  # it got the turn just now and runs: its answer counts
+        self._stuck = pending
+        pending.add_done_callback(_retrieve)
+        logger.warning(
+            "writes are stalled: another worker has held the write turn for more than %g s",
+            self.timeout,
+        )
+        raise TurnTimeout(self.stalled or "database: the write turn was not free in time")
 
-    def close(self) -> None:
-        """Release the file; a helper still blocked in flock closes it once it returns."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-            if not self._blocked:
-                os.close(self.fd)
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # _Abandoned, once the turn comes free: nothing to report

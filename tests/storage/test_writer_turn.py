@@ -1,70 +1,66 @@
-"""The writer turn between processes: exclusive, woken on release, and never waited for forever.
-
-Two ``WriterTurn``s on one file open it twice, so they exclude each other as two workers do.
-"""
+"""The write turn held by another process: bounded waits, nothing applied late, recovery."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
-import threading
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-from app.storage.sqlite_turn import STALLED_WAIT_S, TurnTimeout, WriterTurn
+from app.domain import Increment
+from app.errors import StorageUnavailable
+from app.storage.sqlite import SQLiteStorage
+from app.storage.sqlite_turn import TurnClaim
+from tests.conftest import settings_for
 
 
-def test_turn_held_elsewhere_times_out_then_fails_fast_until_released(tmp_path: Path) -> None:
-    """A held turn makes a waiter give up after its timeout, later waiters after a moment
-    only, and once the holder lets go the turn is had again at once."""
-    path = str(tmp_path / "turn")
-    holder, waiter = WriterTurn(path, 1.0), WriterTurn(path, 0.3)
+def test_claim_is_won_by_exactly_one_side() -> None:
+    """Once the thread has started the transaction the loop cannot abandon it, and once the
+    loop has abandoned it the thread does not start it."""
+    started = TurnClaim()
+    assert started.start()
+    assert not started.abandon()
+    abandoned = TurnClaim()
+    assert abandoned.abandon()
+    assert not abandoned.start()
+
+
+async def test_held_turn_fails_writes_in_time_and_never_applies_them_later(
+    tmp_path: Path,
+) -> None:
+    """With the turn held elsewhere, a write fails after the busy timeout, the next ones and
+    the readiness ping fail at once; after the holder lets go, writes work again and none of
+    the failed ones was applied.
+
+    Protection: TurnKeeper's deadline and TurnClaim. Without the claim, the write that timed
+    out would still be committed once the turn came free (the next write would read 2).
+    """
+    settings = settings_for(tmp_path, busy_timeout_ms=300)
+    storage = await SQLiteStorage.open(settings)
+    holder = os.open(f"{settings.sqlite_path}.writer-turn", os.O_RDWR)
     try:
-        holder.acquire()
+        fcntl.flock(holder, fcntl.LOCK_EX)
         started = time.monotonic()
-        with pytest.raises(TurnTimeout):
-            waiter.acquire()
-        assert 0.3 <= time.monotonic() - started < 1.0
+        with pytest.raises(StorageUnavailable, match="write turn"):
+            await storage.apply_counter_ops("c", [Increment(1)])
+        assert 0.3 <= time.monotonic() - started < 2
         started = time.monotonic()
-        with pytest.raises(TurnTimeout):
-            waiter.acquire()
-        assert time.monotonic() - started < STALLED_WAIT_S + 0.2
-        fcntl.flock(holder.fd, fcntl.LOCK_UN)
-        deadline = time.monotonic() + 5
-        while True:  # the helper thread takes the released lock, and hands it on or lets go
+        with pytest.raises(StorageUnavailable, match="write turn"):
+            await storage.apply_counter_ops("c", [Increment(1)])
+        with pytest.raises(StorageUnavailable, match="write turn"):
+            await storage.ping()
+        assert time.monotonic() - started < 0.2
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        for _ in range(100):  # the abandoned call gets the turn, lets it go, comes back
             try:
-                with waiter.held():
-                    break
-            except TurnTimeout:
-                assert time.monotonic() < deadline
+                await storage.ping()
+                break
+            except StorageUnavailable:
+                await asyncio.sleep(0.02)
+        assert await storage.apply_counter_ops("c", [Increment(1)]) == [1]
     finally:
-        holder.close()
-        waiter.close()
-
-
-def test_waiter_gets_the_turn_when_the_holder_lets_go_and_keeps_it(tmp_path: Path) -> None:
-    """A writer waiting for a held turn gets it when the holder releases it, and holds it
-    exclusively until it lets go (the helper thread that waited never drops it)."""
-    path = str(tmp_path / "turn")
-    holder, waiter = WriterTurn(path, 5.0), WriterTurn(path, 5.0)
-    try:
-        holder.acquire()
-        threading.Timer(0.1, fcntl.flock, (holder.fd, fcntl.LOCK_UN)).start()
-        for _ in range(3):
-            with waiter.held():
-                time.sleep(0.05)  # the helper thread runs meanwhile
-                with pytest.raises(TurnTimeout):
-                    _try(holder)
-    finally:
-        holder.close()
-        waiter.close()
-
-
-def _try(turn: WriterTurn) -> None:
-    try:
-        fcntl.flock(turn.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as e:
-        raise TurnTimeout("held") from e
-    fcntl.flock(turn.fd, fcntl.LOCK_UN)
-    raise AssertionError("the turn was free while its writer held it")
+        os.close(holder)
+        await storage.close()

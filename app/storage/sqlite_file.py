@@ -67,6 +67,9 @@ def write_marker(path: Path) -> None:
         fd = os.open(marker_path(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return
+    except OSError as e:  # serving matters more than this safeguard: say so and go on
+        logger.warning("cannot leave %s beside the database: %s", marker_path(path), e)
+        return
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with os.fdopen(fd, "w") as f:
         f.write(

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
@@ -21,6 +22,7 @@ import msgspec
 from app.domain import Record
 from app.errors import StorageUnavailable
 from app.settings import Settings
+from app.startup import StartupError
 from app.storage.pg_schema import migrate
 
 # What the pool hands out; it forwards every call to the real connection.
@@ -102,6 +104,7 @@ async def skip_session_reset(conn: asyncpg.Connection) -> None:
 async def open_pool(settings: Settings) -> asyncpg.Pool:
     """Connect and migrate, retrying for ``pg_startup_timeout`` while the server is unreachable."""
     deadline = time.monotonic() + settings.pg_startup_timeout
+    server, waiting = _server_of(settings.database_url), False
     while True:
         try:
             pool: asyncpg.Pool = await asyncpg.create_pool(
@@ -117,8 +120,19 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
             )
         except UNAVAILABLE as e:
             if time.monotonic() >= deadline:
-                raise RuntimeError(f"PostgreSQL unreachable: {e}") from e
-            logger.warning("PostgreSQL unreachable (%s); retrying", e)
+                raise StartupError(
+                    f"cannot reach PostgreSQL at {server} in {settings.pg_startup_timeout:g} s"
+                    f" ({_reason(e)}); start it, or correct LOCKSTEP_DATABASE_URL"
+                    " (LOCKSTEP_PG_STARTUP_TIMEOUT sets how long to wait)"
+                ) from e
+            if not waiting:  # once: waiting for the database is part of a normal start
+                waiting = True
+                logger.info(
+                    "PostgreSQL at %s unreachable (%s); retrying for up to %g s",
+                    server,
+                    _reason(e),
+                    settings.pg_startup_timeout,
+                )
             await asyncio.sleep(0.5)
             continue
         try:
@@ -128,3 +142,21 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
             await pool.close()
             raise
         return pool
+
+
+def _server_of(url: str) -> str:
+    """``host:port`` of a PostgreSQL URL, never its password; a phrase when it has no host."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or 5432
+    except ValueError:
+        host = None
+    if not host:
+        return "the server LOCKSTEP_DATABASE_URL names"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror  # "Connection refused", without the errno and the address tried
+    return str(e) or type(e).__name__

@@ -13,6 +13,7 @@ import hashlib
 
 import asyncpg
 
+from app.startup import StartupError
 from app.storage import pg_idempotency
 
 # Names sort byte-wise (COLLATE "C"), as in SQLite, so listings page identically on both
@@ -42,7 +43,9 @@ async def migrate(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -
     """Bring the schema up to date; returns the schema version now in force."""
     version = conn.get_server_version()
     if (version.major, version.minor) < MIN_SERVER_VERSION:
-        raise RuntimeError(f"lockstep needs PostgreSQL >= 12; the server runs {version.major}")
+        raise StartupError(
+            f"lockstep needs PostgreSQL >= 12; the server runs {version.major}: upgrade it"
+        )
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         await conn.execute(
@@ -51,9 +54,9 @@ async def migrate(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -
         )
         done: int = await conn.fetchval("SELECT coalesce(max(version), 0) FROM lockstep_migrations")
         if done > len(MIGRATIONS):
-            raise RuntimeError(
-                f"the database schema is at version {done}, newer than this code"
-                f" ({len(MIGRATIONS)}); upgrade lockstep before starting it"
+            raise StartupError(
+                f"the database schema is at version {done}, newer than this lockstep's"
+                f" ({len(MIGRATIONS)}); run the lockstep that wrote it, or restore a backup"
             )
         for number in range(done, len(MIGRATIONS)):
             for statement in MIGRATIONS[number]:

@@ -48,6 +48,7 @@ from app.idempotency import (
     triage,
 )
 from app.settings import Settings
+from app.startup import StartupError
 from app.storage import StorageObserver
 from app.storage.batching import BatchQueue, Outcome
 from app.storage.sqlite_file import DatabaseFile, connect_uri, write_marker
@@ -597,6 +598,8 @@ def _migrate(conn: sqlite3.Connection) -> int:
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise _NewerSchema(version)
         for number in range(version, len(MIGRATIONS)):
             for statement in MIGRATIONS[number]:
                 conn.execute(statement)
@@ -606,6 +609,38 @@ def _migrate(conn: sqlite3.Connection) -> int:
         conn.execute("ROLLBACK")
         raise
     return len(MIGRATIONS)
+
+
+class _NewerSchema(Exception):
+    """The database was migrated by a newer lockstep; ``args[0]`` is its schema version."""
+
+
+def _refusal(settings: Settings, e: BaseException) -> StartupError | None:
+    """What to tell the operator when the database file itself is unusable, or None."""
+    path = settings.sqlite_path.absolute()
+    if isinstance(e, _NewerSchema):
+        return StartupError(
+            f"{path} has schema version {e.args[0]}, newer than this lockstep's"
+            f" ({len(MIGRATIONS)}); run the lockstep that wrote it, or restore a backup"
+        )
+    code = getattr(e, "sqlite_errorcode", None) if isinstance(e, sqlite3.DatabaseError) else None
+    code = None if code is None else code & 0xFF  # the primary code of an extended one
+    if code == sqlite3.SQLITE_NOTADB:
+        elsewhere = (
+            "set LOCKSTEP_DATABASE_URL to lockstep's database"
+            if settings.database_url
+            else "set LOCKSTEP_DATA_DIR to the directory of lockstep's database"
+        )
+        return StartupError(
+            f"{path} is not a SQLite database; restore it from a backup"
+            f" or move it away to start empty, or {elsewhere}"
+        )
+    if code == sqlite3.SQLITE_CORRUPT:
+        return StartupError(
+            f"{path} is damaged ({e}); restore it from a backup"
+            f" (sqlite3 {path} .recover may save what is left)"
+        )
+    return None
 
 
 class SQLiteStorage:
@@ -661,9 +696,9 @@ class SQLiteStorage:
     ) -> SQLiteStorage:
         """Connect, set durability pragmas, migrate; refuse SQLite older than 3.35."""
         if sqlite3.sqlite_version_info < MIN_SQLITE:
-            raise RuntimeError(
-                f"lockstep needs SQLite >= 3.35 (RETURNING, UPSERT); this Python has "
-                f"{sqlite3.sqlite_version}"
+            raise StartupError(
+                f"lockstep needs SQLite >= 3.35 (RETURNING, UPSERT); this Python has"
+                f" {sqlite3.sqlite_version}: run it with a Python built on a newer SQLite"
             )
         path: Path = settings.sqlite_path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -686,9 +721,12 @@ class SQLiteStorage:
             write_marker(path)
             db_file = DatabaseFile(path)
             reader_db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
-        except BaseException:
+        except BaseException as e:
             await writer_db.close()
             os.close(turn_fd)
+            refusal = _refusal(settings, e)
+            if refusal is not None:
+                raise refusal from e
             raise
         try:
             await reader_db.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout_ms)}")

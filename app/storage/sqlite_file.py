@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from app.errors import StorageUnavailable
+from app.startup import StartupError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class DatabaseGone(StorageUnavailable):
     retry_after = 60
 
 
-class DatabaseMissing(RuntimeError):
+class DatabaseMissing(StartupError):
     """A database was created here before, but its file is no longer there (refuses to start)."""
 
 

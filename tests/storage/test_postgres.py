@@ -26,6 +26,7 @@ from app.domain import (
 from app.errors import PreconditionFailed, StorageUnavailable
 from app.idempotency import Claim, KeyReused, Rendered, Replay
 from app.settings import Settings
+from app.startup import StartupError
 from app.storage.pg_schema import MIGRATIONS, lock_key
 from app.storage.postgres import PostgresStorage
 from tests.conftest import backend_settings, settings_for
@@ -81,7 +82,7 @@ async def test_startup_on_a_newer_schema_is_refused_and_changes_nothing(
         )
         before = await conn.fetchrow(snapshot)
         assert before is not None and before[0] == list(range(1, newer + 1))
-        with pytest.raises(RuntimeError, match=f"schema is at version {newer}, newer than this"):
+        with pytest.raises(StartupError, match=f"schema is at version {newer}, newer than this"):
             await PostgresStorage.open(settings)
         assert await conn.fetchrow(snapshot) == before
     finally:
@@ -313,7 +314,7 @@ async def test_unreachable_server_at_startup_fails_after_the_startup_timeout(
     url = f"postgresql://nobody:nothing@127.0.0.1:{free_port()}/none"
     settings = settings_for(tmp_path, database_url=url, pg_startup_timeout=0.6)
     started = time.monotonic()
-    with pytest.raises(RuntimeError, match="PostgreSQL unreachable"):
+    with pytest.raises(StartupError, match=r"cannot reach PostgreSQL at 127\.0\.0\.1:"):
         await PostgresStorage.open(settings)
     assert 0.5 <= time.monotonic() - started < 10
 

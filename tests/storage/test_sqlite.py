@@ -24,6 +24,7 @@ from app.domain import (
 from app.errors import OutOfRange, PreconditionFailed, StorageUnavailable
 from app.idempotency import Claim, Rendered
 from app.settings import Settings
+from app.startup import StartupError
 from app.storage.sqlite import MIGRATIONS, SQLiteStorage, _in_db_thread
 from tests.conftest import settings_for
 
@@ -63,7 +64,35 @@ async def test_writer_thread_does_not_preempt_the_event_loop(storage: SQLiteStor
 async def test_open_refuses_old_sqlite(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Startup stops with a clear message on SQLite older than 3.35."""
     monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
-    with pytest.raises(RuntimeError, match=r"SQLite >= 3\.35"):
+    with pytest.raises(StartupError, match=r"SQLite >= 3\.35"):
+        await SQLiteStorage.open(settings)
+
+
+async def test_open_refuses_schema_newer_than_the_code(settings: Settings) -> None:
+    """A database migrated by a newer lockstep is refused, named, and left as it was."""
+    storage = await SQLiteStorage.open(settings)
+    await storage.close()
+    path = settings.sqlite_path
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(StartupError) as error:
+        await SQLiteStorage.open(settings)
+    assert str(error.value) == (
+        f"{path.absolute()} has schema version {len(MIGRATIONS) + 1}, newer than this"
+        f" lockstep's ({len(MIGRATIONS)}); run the lockstep that wrote it, or restore a backup"
+    )
+    assert pragma(path, "user_version") == len(MIGRATIONS) + 1
+
+
+async def test_open_names_a_damaged_database_and_the_fix(settings: Settings) -> None:
+    """A database whose pages are garbage past the header is refused as damaged, not opened."""
+    storage = await SQLiteStorage.open(settings)
+    await storage.close()
+    path = settings.sqlite_path
+    with path.open("r+b") as f:  # keep the 100-byte header, ruin the schema page behind it
+        f.seek(100)
+        f.write(b"\xff" * 3000)
+    with pytest.raises(StartupError, match=r"is damaged \(.*\); restore it from a backup"):
         await SQLiteStorage.open(settings)
 
 

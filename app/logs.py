@@ -162,6 +162,7 @@ def logging_config(level: str, format: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"lockstep": {"()": "app.logs.LogFormatter", "format": format}},
+        "filters": {"quiet_halt": {"()": "app.worker.QuietHalt"}},
         "handlers": {
             "lockstep": {
                 "class": "app.logs.LineHandler",
@@ -171,7 +172,12 @@ def logging_config(level: str, format: str) -> dict[str, Any]:
         },
         "root": {"level": level.upper(), "handlers": ["lockstep"]},
         "loggers": {
-            "gunicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
+            "gunicorn.error": {
+                "level": level.upper(),
+                "handlers": [],
+                "propagate": True,
+                "filters": ["quiet_halt"],
+            },
             "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
             "aiohttp.access": {"level": "WARNING", "handlers": [], "propagate": False},
         },

@@ -17,7 +17,7 @@ from app.idempotency import InFlight
 from app.limits import parser_limits
 from app.locks import LockRegistry
 from app.metrics import Metrics
-from app.observe import setup_observability
+from app.observe import setup_lock_sampler, setup_observability
 from app.parser_errors import answer_parser_errors
 from app.routes import setup_routes
 from app.settings import Settings
@@ -96,7 +96,11 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     setup_routes(app, app[ENVELOPE])
     # First, before anything is opened: routes can still be added after create_app.
     app.on_startup.insert(0, _check_routes)
+    # Opened in this order, closed in reverse. When one fails to open, aiohttp's gunicorn
+    # worker closes none of those already open, so none before storage (which fails when
+    # the database cannot be opened) may start a task.
     app.cleanup_ctx.append(_storage_ctx)
-    app.cleanup_ctx.append(purge_ctx)  # after storage: stopped before storage closes
+    app.cleanup_ctx.append(purge_ctx)
+    setup_lock_sampler(app)  # it reads the combiners storage made
     app.on_shutdown.append(_mark_shutting_down)
     return app

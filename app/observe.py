@@ -97,7 +97,7 @@ async def _access_log(app: web.Application) -> AsyncIterator[None]:
 def setup_observability(
     app: web.Application, metrics: Metrics, access_log: AccessLog | None
 ) -> None:
-    """Install the metrics object, the access log and the lock sampler.
+    """Install the metrics object and the access log.
 
     The access log comes first, so it is open before anything else starts and closed after
     everything else has stopped.
@@ -105,4 +105,8 @@ def setup_observability(
     app[METRICS] = metrics
     app[ACCESS_LOG] = access_log
     app.cleanup_ctx.append(_access_log)
+
+
+def setup_lock_sampler(app: web.Application) -> None:
+    """Start the lock sampler with the app (after storage, whose combiners it reads)."""
     app.cleanup_ctx.append(_sample_locks)

@@ -5,6 +5,8 @@ and exit. Left to the workers, an unwritable data directory is a traceback from 
 worker and a second one from the master; left to gunicorn, an address in use is ten
 error lines over five seconds of retries. ``config/gunicorn.conf.py`` runs these checks
 in its ``on_starting`` hook and exits non-zero with the ``StartupError``'s line.
+Storage raises ``StartupError`` too, for what only opening the database finds (a file
+that is not a database, a server that stays unreachable); ``app.worker`` reports it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ The slow cases run real gunicorn with config/gunicorn.conf.py, as ``make run`` s
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import re
@@ -18,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from app.startup import StartupError, check_data_dir
+from app.worker import QuietHalt
 from tests.conftest import settings_for
-from tests.support import Service
+from tests.support import Service, free_port
 
 # "<time> <LEVEL> [<pid>] <logger> " in front of a text log line.
 _LOG_PREFIX = re.compile(r"^\S+ [A-Z]+ \[\d+\] \S+ ")
@@ -101,6 +103,43 @@ def test_start_on_address_in_use_names_address_and_setting(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+def test_start_with_file_that_is_not_a_database_names_file_and_fix(tmp_path: Path) -> None:
+    """A lockstep.db that is not SQLite stops gunicorn with one line from one worker."""
+    data = tmp_path / "data"
+    data.mkdir()
+    database = data / "lockstep.db"
+    database.write_bytes(b"not a database, " * 512)
+    service = Service(data)
+    assert_fails_with(
+        service,
+        f"lockstep: {database} is not a SQLite database; restore it from a backup"
+        " or move it away to start empty,"
+        " or set LOCKSTEP_DATA_DIR to the directory of lockstep's database",
+    )
+    assert database.read_bytes() == b"not a database, " * 512
+
+
+@pytest.mark.slow
+def test_start_with_postgres_unreachable_names_server_and_fix(tmp_path: Path) -> None:
+    """PostgreSQL still unreachable after LOCKSTEP_PG_STARTUP_TIMEOUT: one line, then exit."""
+    port = free_port()  # nothing listens there: every connection attempt is refused
+    service = Service(
+        tmp_path / "data",
+        env={
+            "LOCKSTEP_DATABASE_URL": f"postgresql://lockstep:secret@127.0.0.1:{port}/lockstep",
+            "LOCKSTEP_PG_STARTUP_TIMEOUT": "1",
+        },
+    )
+    assert_fails_with(
+        service,
+        f"lockstep: cannot reach PostgreSQL at 127.0.0.1:{port} in 1 s (Connection refused);"
+        " start it, or correct LOCKSTEP_DATABASE_URL"
+        " (LOCKSTEP_PG_STARTUP_TIMEOUT sets how long to wait)",
+    )
+    assert "secret" not in service.log()
+
+
+@pytest.mark.slow
 def test_sigterm_after_serving_logs_no_socket_error(tmp_path: Path) -> None:
     """A clean SIGTERM exits 0 without "Error while closing socket ... Bad file descriptor"."""
     with Service(tmp_path / "data", workers=1) as service:
@@ -158,3 +197,35 @@ def test_check_data_dir_names_directory_it_cannot_create(tmp_path: Path) -> None
         f"cannot create the data directory {tmp_path}/file/data as user {user}: Not a directory;"
         f" create it writable by {user} or set LOCKSTEP_DATA_DIR to a directory {user} can write"
     )
+
+
+def _level_after_quiet_halt(quiet: QuietHalt, msg: str, *args: object) -> str:
+    """The level ``quiet`` gives a gunicorn.error ERROR record, or "dropped"."""
+    record = logging.LogRecord("gunicorn.error", logging.ERROR, __file__, 1, msg, args, None)
+    return record.levelname if quiet.filter(record) else "dropped"
+
+
+@pytest.fixture
+def gunicorn_error_at_info() -> Iterator[logging.Logger]:
+    """gunicorn's error logger at the default log level (info), as gunicorn sets it."""
+    logger = logging.getLogger("gunicorn.error")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield logger
+    logger.setLevel(level)
+
+
+def test_quiet_halt_lowers_only_the_masters_lines_about_a_failed_boot(
+    gunicorn_error_at_info: logging.Logger,
+) -> None:
+    """The master's three lines about a boot failure become INFO; its other errors stay ERROR."""
+    quiet = QuietHalt()
+    assert _level_after_quiet_halt(quiet, "Shutting down: %s", "Master") == "ERROR"
+    assert _level_after_quiet_halt(quiet, "Worker (pid:%s) exited with code %s.", 7, 1) == "ERROR"
+    assert _level_after_quiet_halt(quiet, "Reason: %s", "App failed to load.") == "ERROR"
+    assert _level_after_quiet_halt(quiet, "Worker (pid:%s) exited with code %s.", 7, 3) == "INFO"
+    assert _level_after_quiet_halt(quiet, "Shutting down: %s", "Master") == "INFO"
+    assert _level_after_quiet_halt(quiet, "Reason: %s", "Worker failed to boot.") == "INFO"
+    assert _level_after_quiet_halt(quiet, "lockstep: %s", "cannot reach PostgreSQL") == "ERROR"
+    gunicorn_error_at_info.setLevel(logging.WARNING)  # LOCKSTEP_LOG_LEVEL=warning: dropped
+    assert _level_after_quiet_halt(quiet, "Reason: %s", "Worker failed to boot.") == "dropped"

@@ -115,9 +115,18 @@ class Precondition:
     if_none_match: frozenset[int] | None = None  # None: header absent
     if_none_match_any: bool = False  # If-None-Match: *
     hint: str = ""  # added to an If-Match failure's detail (a tag sent without quotes)
+    # If-None-Match holds a tag without quotes: this hint, and the condition fails. Such a
+    # tag never matches, so RFC 9110 would let the write go ahead, and the client's guard
+    # would silently do nothing; lockstep refuses it as If-Match: 1 is refused.
+    unquoted_none_match: str = ""
 
     def check(self, current: Record | None) -> None:
         """Raise ``PreconditionFailed`` unless the headers hold for ``current``."""
+        if self.unquoted_none_match:
+            raise PreconditionFailed(
+                f"If-None-Match holds a tag without quotes, which matches nothing"
+                f"{self.unquoted_none_match}"
+            )
         if self.if_none_match_any and current is not None:
             raise PreconditionFailed("If-None-Match: * but the record exists")
         if self.if_none_match and current is not None and current.version in self.if_none_match:

@@ -136,3 +136,41 @@ async def test_quoted_if_match_412_has_no_quoting_hint(api: Client) -> None:
     async with api.put("/items/r", json={"value": 2}, headers={"If-Match": '"2", "3"'}) as r:
         body = await assert_problem(r, 412, "precondition-failed", '("1")')
         assert "quoted" not in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body"),
+    [
+        ("PUT", "/items/r", {}, {"value": 2}),
+        ("PUT", "/items/new", {}, {"value": 2}),
+        ("PATCH", "/items/r", MERGE_PATCH, {"a": 2}),
+        ("DELETE", "/items/r", {}, None),
+    ],
+)
+async def test_unquoted_if_none_match_412_says_tags_are_quoted(
+    api: Client, method: str, path: str, headers: dict[str, str], body: Any
+) -> None:
+    """If-None-Match: 1 refuses the write (it never matches, so it would guard nothing)."""
+    before = await stored(api)
+    async with api.request(method, path, json=body, headers={"If-None-Match": "1", **headers}) as r:
+        await assert_problem(
+            r,
+            412,
+            "precondition-failed",
+            "If-None-Match holds a tag without quotes, which matches nothing;"
+            ' entity tags are quoted: If-None-Match: "1"',
+        )
+    assert await stored(api) == before
+    async with api.get("/items/new") as r:
+        assert r.status == 404
+
+
+async def test_weak_if_none_match_compares_weakly(api: Client) -> None:
+    """If-None-Match: W/"1" matches version 1 (RFC 9110's weak comparison); W/"2" does not."""
+    before = await stored(api)
+    async with api.put("/items/r", json={"value": 2}, headers={"If-None-Match": 'W/"1"'}) as r:
+        await assert_problem(r, 412, "precondition-failed", "If-None-Match matched")
+    assert await stored(api) == before
+    async with api.put("/items/r", json={"value": 2}, headers={"If-None-Match": 'W/"2"'}) as r:
+        assert r.status == 200
+        assert (await r.json())["version"] == 2

@@ -146,27 +146,32 @@ def page(items: list[Any], limit: int, key: str) -> dict[str, Any]:
     return {"items": shown, "next": shown[-1][key] if more else None}
 
 
-def _etags(header: str) -> tuple[frozenset[int], bool]:
-    """Parse a list of entity tags; returns the versions named and whether ``*`` was."""
+def _etags(header: str, weak: bool = False) -> tuple[frozenset[int], bool]:
+    """Parse a list of entity tags; returns the versions named and whether ``*`` was.
+
+    ``weak``: compare weakly (If-None-Match, RFC 9110 13.1.2), so ``W/"1"`` names version 1.
+    """
     versions: set[int] = set()
     for part in header.split(","):
         tag = part.strip()
         if tag == "*":
             return frozenset(), True
-        # Only strong tags of our own form ("<version>") can ever match.
+        if weak and tag.startswith("W/"):
+            tag = tag[2:]
+        # Only tags of our own form ("<version>") can ever match.
         ours = _OUR_ETAG.fullmatch(tag)
         if ours and (version := int(ours[1])) <= _MAX_VERSION:
             versions.add(version)
     return frozenset(versions), False
 
 
-def _quoting_hint(header: str) -> str:
-    """What to say when an If-Match fails that holds a tag without its quotes (``1``)."""
+def _quoting_hint(name: str, header: str) -> str:
+    """What to say about header ``name`` when it holds a tag without its quotes (``1``)."""
     for part in header.split(","):
         tag = part.strip()
         if tag and tag != "*" and not tag.startswith(('"', 'W/"')):
             example = tag if _BARE_VERSION.fullmatch(tag) else "1"
-            return f'; entity tags are quoted: If-Match: "{example}"'
+            return f'; entity tags are quoted: {name}: "{example}"'
     return ""
 
 
@@ -177,11 +182,16 @@ def precondition(request: web.Request) -> Precondition:
     if if_match is None and if_none_match is None:
         return Precondition()
     match, match_any = _etags(if_match) if if_match is not None else (None, False)
-    none_match, none_any = _etags(if_none_match) if if_none_match is not None else (None, False)
+    none_match, none_any = (
+        _etags(if_none_match, weak=True) if if_none_match is not None else (None, False)
+    )
     return Precondition(
         if_match=None if match_any else match,
         if_match_any=match_any,
         if_none_match=None if none_any else none_match,
         if_none_match_any=none_any,
-        hint="" if if_match is None else _quoting_hint(if_match),
+        hint="" if if_match is None else _quoting_hint("If-Match", if_match),
+        unquoted_none_match=(
+            "" if if_none_match is None else _quoting_hint("If-None-Match", if_none_match)
+        ),
     )

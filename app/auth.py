@@ -15,6 +15,7 @@ from aiohttp import web
 
 from app.errors import AmbiguousRequest, Forbidden, Unauthenticated, Unavailable
 from app.settings import Settings
+from app.startup import StartupError
 from app.tokens import Scope, TokensFileError, TokenStore
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,13 @@ def setup_auth(app: web.Application, settings: Settings) -> TokenStore | None:
     store = TokenStore(settings.tokens_file, settings.tokens_check_interval)
 
     async def load_tokens(app: web.Application) -> AsyncIterator[None]:
-        store.load()  # a missing or broken file stops the start: never fall back to open
+        try:
+            store.load()  # a missing or broken file stops the start: never fall back to open
+        except TokensFileError as e:
+            raise StartupError(
+                f"{e}; write it with `lockstep token new`, readable by the service's user,"
+                " or correct LOCKSTEP_TOKENS_FILE"
+            ) from e
         logger.info("access control on: tokens from %s", settings.tokens_file)
         yield
 

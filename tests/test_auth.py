@@ -14,7 +14,8 @@ from app.auth import WRITING_GETS, exposure_warning
 from app.main import create_app
 from app.openapi import openapi_document
 from app.settings import Settings
-from app.tokens import GRANTS, Scope, TokensFileError, add_token, revoke_token
+from app.startup import StartupError
+from app.tokens import GRANTS, Scope, add_token, revoke_token
 from tests.conftest import ClientFactory, settings_for
 
 
@@ -170,14 +171,19 @@ async def test_broken_tokens_file_fails_closed(api: TestClient[Any, Any], tokens
 
 
 async def test_missing_tokens_file_stops_start(tmp_path: Path) -> None:
-    """A configured but missing tokens file stops the start rather than running open."""
+    """A configured but missing tokens file stops the start, in one line, rather than run open."""
     app = await create_app(settings_for(tmp_path, tokens_file=tmp_path / "absent.json"))
     runner = web.AppRunner(app)
     try:
-        with pytest.raises(TokensFileError):
+        with pytest.raises(StartupError) as error:
             await runner.setup()
     finally:
         await runner.cleanup()
+    assert str(error.value) == (
+        f"cannot read tokens file {tmp_path}/absent.json: No such file or directory;"
+        " write it with `lockstep token new`, readable by the service's user,"
+        " or correct LOCKSTEP_TOKENS_FILE"
+    )
 
 
 async def test_metrics_needs_its_own_scope(api: TestClient[Any, Any], tokens: Tokens) -> None:

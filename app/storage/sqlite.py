@@ -306,8 +306,9 @@ class _Writer(BatchQueue["Unit | _Later"]):
                 logger.exception("write batch failed")
             return [(False, error)] * len(items)
         self.batches += 1
-        if self._observer is not None:
-            self._observer.committed(time.perf_counter() - started, len(items))
+        writes = sum(item is not _probe for item in items)  # /readyz's probe is no request
+        if self._observer is not None and writes:
+            self._observer.committed(time.perf_counter() - started, writes)
         outcomes: list[Outcome] = []
         for item, (ok, value) in zip(items, results, strict=True):
             if not ok:

@@ -47,11 +47,12 @@ class _Abandoned(Exception):
 class TurnClaim:
     """Who decides a call's fate: its thread, having got the turn, or the loop, out of time."""
 
-    __slots__ = ("_lock", "_state")
+    __slots__ = ("_lock", "_state", "wait")
 
-    def __init__(self) -> None:
+    def __init__(self, wait: bool = True) -> None:
         self._lock = threading.Lock()
         self._state = 0  # 0: waiting for the turn, 1: running, 2: abandoned
+        self.wait = wait  # False: a busy timeout of 0, take the turn only if it is free
 
     def start(self) -> bool:
         """On the database thread, holding the turn: run (True) unless abandoned already."""
@@ -73,7 +74,10 @@ class TurnClaim:
 @contextlib.contextmanager
 def turn(fd: int, claim: TurnClaim) -> Iterator[None]:
     """Hold the turn for the block, on the database thread; nothing runs if ``claim`` lost."""
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if claim.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise TurnTimeout("database: another worker holds the write turn") from None
     try:
         if not claim.start():
             raise _Abandoned
@@ -108,6 +112,8 @@ class TurnKeeper:
         stalled = self.stalled
         if stalled is not None:
             raise TurnTimeout(stalled)
+        if self.timeout <= 0:  # like SQLite's busy_timeout 0: no waiting at all
+            return await call(TurnClaim(wait=False))
         claim = TurnClaim()
         pending = asyncio.ensure_future(call(claim))
         try:

@@ -1,4 +1,10 @@
-"""Shared fixtures: a settings object per test (on each backend) and an in-process client on it."""
+"""Shared fixtures: settings for a fresh database (once per backend), storage and an in-process
+client on it.
+
+A test that uses them runs on every backend in ``BACKENDS``, unless it (or its module) is
+marked ``@pytest.mark.backends("sqlite")``: the mark for tests whose requests never reach
+storage (validation, routing, negotiation) and for tests of one backend's internals.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from app.storage import Storage, open_storage
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -81,11 +88,33 @@ async def backend_settings(
         yield settings_for(tmp_path, database_url=url, **overrides)
 
 
-@pytest.fixture(params=BACKENDS)
-async def settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Settings]:
-    """Settings for a fresh database, once per backend."""
-    async with backend_settings(request.param, tmp_path) as settings:
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Give each test that needs a backend every one in ``BACKENDS``, or those it is marked with."""
+    if "backend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        metafunc.parametrize("backend", marker.args if marker else BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend this run of the test uses ("sqlite" or "postgres")."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+async def settings(backend: str, tmp_path: Path) -> AsyncIterator[Settings]:
+    """Settings for a fresh database on ``backend``."""
+    async with backend_settings(backend, tmp_path) as settings:
         yield settings
+
+
+@pytest.fixture
+async def storage(settings: Settings) -> AsyncIterator[Storage]:
+    """The backend ``settings`` names, opened on its fresh database and closed afterwards."""
+    storage = await open_storage(settings)
+    yield storage
+    await storage.close()
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ import asyncio
 import itertools
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -17,14 +15,8 @@ from app.domain import CounterOp, CounterOutcome, Increment
 from app.errors import LockTimeout
 from app.locks import LockRegistry
 from app.storage.sqlite import SQLiteStorage
-from tests.conftest import settings_for
 
-
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
-    storage = await SQLiteStorage.open(settings_for(tmp_path))
-    yield storage
-    await storage.close()
+pytestmark = pytest.mark.backends("sqlite")
 
 
 class CountingApply:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -13,14 +11,8 @@ from app.domain import CounterOp, CounterOutcome, Increment
 from app.errors import LockTimeout
 from app.locks import LockRegistry
 from app.storage.sqlite import SQLiteStorage
-from tests.conftest import settings_for
 
-
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
-    storage = await SQLiteStorage.open(settings_for(tmp_path))
-    yield storage
-    await storage.close()
+pytestmark = pytest.mark.backends("sqlite")
 
 
 async def test_later_waiter_keeps_its_own_deadline_when_earlier_one_expires(

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from app.domain import (
     CounterOp,
@@ -21,13 +18,6 @@ from app.domain import (
 from app.errors import NotFound, OutOfRange, PreconditionFailed
 from app.settings import Settings
 from app.storage import Storage, open_storage
-
-
-@pytest.fixture
-async def storage(settings: Settings) -> AsyncIterator[Storage]:
-    storage = await open_storage(settings)
-    yield storage
-    await storage.close()
 
 
 async def test_values_survive_reopen(settings: Settings) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +10,8 @@ from app.domain import INT64_MAX, INT64_MIN, CounterOp, DeleteCounter, Increment
 from app.errors import OutOfRange
 from app.storage.pg_increments import Plan, plan
 from app.storage.postgres import PostgresStorage
-from tests.conftest import backend_settings
+
+pytestmark = pytest.mark.backends("postgres")
 
 
 def test_plan_bounds_the_start_so_every_step_fits() -> None:
@@ -29,14 +28,6 @@ def test_plan_bounds_the_start_so_every_step_fits() -> None:
 def test_plan_refuses_units_it_cannot_take(ops: list[CounterOp]) -> None:
     """Anything but a non-empty run of increments whose total fits in 64 bits gets no plan."""
     assert plan(ops) is None
-
-
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[PostgresStorage]:
-    async with backend_settings("postgres", tmp_path) as settings:
-        storage = await PostgresStorage.open(settings)
-        yield storage
-        await storage.close()
 
 
 async def test_increments_near_the_top_fail_alone(storage: PostgresStorage) -> None:

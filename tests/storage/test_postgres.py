@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,18 +32,7 @@ from tests.conftest import backend_settings, settings_for
 from tests.storage.busy import busy_turns
 from tests.support import free_port
 
-
-@pytest.fixture
-async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
-    async with backend_settings("postgres", tmp_path) as settings:
-        yield settings
-
-
-@pytest.fixture
-async def storage(settings: Settings) -> AsyncIterator[PostgresStorage]:
-    storage = await PostgresStorage.open(settings)
-    yield storage
-    await storage.close()
+pytestmark = pytest.mark.backends("postgres")
 
 
 async def test_concurrent_startup_migrates_exactly_once(settings: Settings) -> None:

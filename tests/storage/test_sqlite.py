@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +25,8 @@ from app.idempotency import Claim, Rendered
 from app.settings import Settings
 from app.startup import StartupError
 from app.storage.sqlite import MIGRATIONS, SQLiteStorage, _in_db_thread
-from tests.conftest import settings_for
 
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return settings_for(tmp_path)
-
-
-@pytest.fixture
-async def storage(settings: Settings) -> AsyncIterator[SQLiteStorage]:
-    storage = await SQLiteStorage.open(settings)
-    yield storage
-    await storage.close()
+pytestmark = pytest.mark.backends("sqlite")
 
 
 def pragma(path: Path, name: str) -> object:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,7 @@ from app.domain import Increment
 from app.storage.sqlite import SQLiteStorage
 from tests.conftest import settings_for
 
-
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
-    storage = await SQLiteStorage.open(settings_for(tmp_path))
-    yield storage
-    await storage.close()
+pytestmark = pytest.mark.backends("sqlite")
 
 
 async def test_concurrent_reads_share_thread_hops(storage: SQLiteStorage) -> None:

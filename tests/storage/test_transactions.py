@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +15,9 @@ from app.domain import Increment
 from app.errors import StorageUnavailable
 from app.settings import Settings
 from app.storage.sqlite import SQLiteStorage
-from tests.conftest import settings_for
 from tests.storage.connections import WrappedConnection
 
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return settings_for(tmp_path)
-
-
-@pytest.fixture
-async def storage(settings: Settings) -> AsyncIterator[SQLiteStorage]:
-    storage = await SQLiteStorage.open(settings)
-    yield storage
-    await storage.close()
+pytestmark = pytest.mark.backends("sqlite")
 
 
 def committed(path: Path, name: str) -> int | None:

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from app.main import create_app
 from tests.conftest import ClientFactory, settings_for
+from tests.views.helpers import BAD_NAMES, assert_problem
 
 PROBLEM = "application/problem+json"
 
@@ -92,26 +93,8 @@ async def seeded(client: TestClient[Any, Any]) -> tuple[Any, Any]:
     return await stored(client)
 
 
-async def assert_problem(resp: Any, status: int) -> dict[str, Any]:
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == PROBLEM
-    body: dict[str, Any] = await resp.json()
-    assert body["status"] == status and body["detail"]
-    return body
-
-
-BAD_NAMES = [
-    "a%00b",  # NUL
-    "%FF%FE",  # invalid UTF-8
-    "x" * 201,  # too long
-    "a%2Fb",  # percent-encoded slash
-    "%2E%2E",  # dot segment
-    ".",
-    "caf%C3%A9",  # valid UTF-8, outside the allowed set
-]
-
-
-@pytest.mark.parametrize("name", BAD_NAMES)
+# A plain "." too: HTTP clients resolve it before sending, a raw request line does not.
+@pytest.mark.parametrize("name", [*BAD_NAMES, "."])
 async def test_write_with_bad_name_is_refused(
     client: TestClient[Any, Any], seeded: tuple[Any, Any], name: str
 ) -> None:
@@ -156,52 +139,54 @@ async def test_dot_segment_paths_reach_no_other_resource(
     assert await stored(client) == seeded
 
 
+MALFORMED = (400, "malformed-body")
+INVALID = (422, "invalid-input")
 BAD_COUNTER_BODIES = [
-    (b'{"by": "5"}', 422),  # number as string
-    (b'{"by": 1.5}', 422),  # float
-    (b'{"by": 1.0}', 422),  # integral float
-    (b'{"by": 1e400}', 422),  # overflows a double
-    (b'{"by": 18446744073709551616}', 422),  # 2**64
-    (b'{"by": -9223372036854775809}', 422),  # INT64_MIN - 1
-    (b'{"by": 1, "by": 5}', 400),  # duplicate key
-    (b'{"by": 1, "extra": 2}', 422),  # unknown field
-    (b'{"by": 1}\x00', 400),  # NUL after the document
-    (b'{"by": 1', 400),  # truncated
-    (b"\xff\xfe{}", 400),  # invalid UTF-8
-    (b"[" * 10_000 + b"]" * 10_000, 422),  # deep nesting: not the object expected, at byte 0
+    (b'{"by": "5"}', *INVALID),  # number as string
+    (b'{"by": 1.5}', *INVALID),  # float
+    (b'{"by": 1.0}', *INVALID),  # integral float
+    (b'{"by": 1e400}', *INVALID),  # overflows a double
+    (b'{"by": 18446744073709551616}', *INVALID),  # 2**64
+    (b'{"by": -9223372036854775809}', *INVALID),  # INT64_MIN - 1
+    (b'{"by": 1, "by": 5}', *MALFORMED),  # duplicate key
+    (b'{"by": 1, "extra": 2}', *INVALID),  # unknown field
+    (b'{"by": 1}\x00', *MALFORMED),  # NUL after the document
+    (b'{"by": 1', *MALFORMED),  # truncated
+    (b"\xff\xfe{}", *MALFORMED),  # invalid UTF-8
+    (b"[" * 10_000 + b"]" * 10_000, *INVALID),  # deep nesting: not the object expected, at byte 0
 ]
 
 
-@pytest.mark.parametrize(("body", "status"), BAD_COUNTER_BODIES)
+@pytest.mark.parametrize(("body", "status", "slug"), BAD_COUNTER_BODIES)
 async def test_increment_with_hostile_body_is_refused(
-    client: TestClient[Any, Any], seeded: tuple[Any, Any], body: bytes, status: int
+    client: TestClient[Any, Any], seeded: tuple[Any, Any], body: bytes, status: int, slug: str
 ) -> None:
     """Strings, floats, 1e400, >64-bit integers, duplicates, bad bytes, deep nesting: refused."""
     resp = await client.post("/counters/c/increment", data=body)
-    await assert_problem(resp, status)
+    await assert_problem(resp, status, slug)
     assert await stored(client) == seeded
 
 
 BAD_RECORD_BODIES = [
-    (b'{"value": 1e400}', 422),
-    (b'{"value": [1, ' + b"9" * 5000 + b"]}", 422),  # an integer of 5000 digits
-    (b'{"value": {"a": 1, "a": 2}}', 400),  # duplicate key inside a value
-    (b'{"value": 1, "value": 2}', 400),
-    (b'{"value": "\xff"}', 400),  # invalid UTF-8 in a string
-    (b'{"value": "a\x00b"}', 400),  # raw NUL in a string
-    (b'{"value": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 400),
-    (b'{"value": ' + b'{"k":' * 10_000 + b"1" + b"}" * 10_001, 400),
-    (b'{"value": ' + b"[" * 33 + b"]" * 33 + b"}", 400),  # a value one past the depth of 32
+    (b'{"value": 1e400}', *INVALID),
+    (b'{"value": [1, ' + b"9" * 5000 + b"]}", *INVALID),  # an integer of 5000 digits
+    (b'{"value": {"a": 1, "a": 2}}', *MALFORMED),  # duplicate key inside a value
+    (b'{"value": 1, "value": 2}', *MALFORMED),
+    (b'{"value": "\xff"}', *MALFORMED),  # invalid UTF-8 in a string
+    (b'{"value": "a\x00b"}', *MALFORMED),  # raw NUL in a string
+    (b'{"value": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", *MALFORMED),
+    (b'{"value": ' + b'{"k":' * 10_000 + b"1" + b"}" * 10_001, *MALFORMED),
+    (b'{"value": ' + b"[" * 33 + b"]" * 33 + b"}", *MALFORMED),  # a value one past depth 32
 ]
 
 
-@pytest.mark.parametrize(("body", "status"), BAD_RECORD_BODIES)
+@pytest.mark.parametrize(("body", "status", "slug"), BAD_RECORD_BODIES)
 async def test_put_record_with_hostile_body_is_refused(
-    client: TestClient[Any, Any], seeded: tuple[Any, Any], body: bytes, status: int
+    client: TestClient[Any, Any], seeded: tuple[Any, Any], body: bytes, status: int, slug: str
 ) -> None:
     """Record values that are ambiguous, unportable or too deep are refused whole."""
     resp = await client.put("/items/r", data=body)
-    await assert_problem(resp, status)
+    await assert_problem(resp, status, slug)
     assert await stored(client) == seeded
 
 
@@ -210,9 +195,9 @@ async def test_patch_with_deep_or_duplicate_patch_is_refused(
 ) -> None:
     """A merge patch goes through the same limits as a PUT body."""
     headers = {"Content-Type": "application/merge-patch+json"}
-    for body, status in ((b'{"a": 1, "a": 2}', 400), (b'{"a":' * 5000 + b"1" + b"}" * 5000, 400)):
+    for body in (b'{"a": 1, "a": 2}', b'{"a":' * 5000 + b"1" + b"}" * 5000):
         resp = await client.patch("/items/r", data=body, headers=headers)
-        await assert_problem(resp, status)
+        await assert_problem(resp, *MALFORMED)
     assert await stored(client) == seeded
 
 
@@ -244,7 +229,7 @@ async def test_headers_of_16_kib_are_refused(
     many = {f"X-Pad-{i}": "p" * 160 for i in range(100)}
     for headers in (one, many):
         resp = await client.put("/counters/c", json={"value": 1}, headers=headers)
-        await assert_problem(resp, 431)
+        await assert_problem(resp, 431, "headers-too-large")
     assert await stored(client) == seeded
 
 
@@ -396,6 +381,5 @@ async def test_put_record_over_the_record_cap_is_413(
     resp = await client.put("/items/r", data=b'{"value": "' + b"x" * 80 + b'"}')
     assert resp.status == 201  # 10 + 82 bytes: within the cap
     resp = await client.put("/items/r", data=b'{"value":   "' + b"x" * 89 + b'"}')
-    body = await assert_problem(resp, 413)  # 10 + 91 bytes, whitespace not counted
-    assert body["type"] == "urn:lockstep:problem:record-too-large"
+    await assert_problem(resp, 413, "record-too-large")  # 10 + 91 bytes, whitespace not counted
     assert (await (await client.get("/items/r")).json())["version"] == 1

@@ -1,4 +1,5 @@
-"""Assertions and shortcuts shared by the handler tests."""
+"""Assertions and shortcuts shared by the handler tests (tests/views, and the hostile-input
+and envelope tests beside them)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ BAD_NAMES = [
     "a" * 201,  # one character too long
     "a%20b",  # space
     "a%2Fb",  # percent-encoded slash
-    "caf%C3%A9",  # non-ASCII letter
+    "caf%C3%A9",  # valid UTF-8, outside the allowed set
     "a*b",
-    "a%00b",
+    "a%00b",  # NUL
+    "%FF%FE",  # invalid UTF-8
+    "%2E%2E",  # dot segment, encoded
 ]
 
 

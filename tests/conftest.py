@@ -88,6 +88,11 @@ async def backend_settings(
         yield settings_for(tmp_path, database_url=url, **overrides)
 
 
+# Marks a test whose requests are refused before any storage call (validation, routing,
+# limits): it runs on one backend, since every other would take the same path.
+never_reaches_storage = pytest.mark.backends("sqlite")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Give each test that needs a backend every one in ``BACKENDS``, or those it is marked with."""
     if "backend" in metafunc.fixturenames:

@@ -10,10 +10,11 @@ from aiohttp import web
 
 from app.main import create_app
 from app.state import ENVELOPE
-from tests.conftest import ClientFactory, settings_for
+from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.views.helpers import Client, assert_problem
 
 
+@never_reaches_storage
 async def test_unknown_path_is_404_problem(client: Client) -> None:
     """A URL no route matches is a 404 problem body, not aiohttp's plain text."""
     async with client.get("/nowhere") as r:
@@ -42,6 +43,7 @@ async def test_unexpected_error_is_500_problem_without_internals(
     assert "secret internals" in str(errors[0].exc_info[1])
 
 
+@never_reaches_storage
 async def test_unknown_path_and_method_are_counted_unmatched(client: Client) -> None:
     """404s and 405s land under the (unmatched) route label, not the catch-all's template."""
     async with client.get("/nowhere/at/all") as r:

@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from app.main import create_app
-from tests.conftest import ClientFactory, settings_for
+from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.views.helpers import BAD_NAMES, assert_problem
 
 PROBLEM = "application/problem+json"
@@ -94,6 +94,7 @@ async def seeded(client: TestClient[Any, Any]) -> tuple[Any, Any]:
 
 
 # A plain "." too: HTTP clients resolve it before sending, a raw request line does not.
+@never_reaches_storage
 @pytest.mark.parametrize("name", [*BAD_NAMES, "."])
 async def test_write_with_bad_name_is_refused(
     client: TestClient[Any, Any], seeded: tuple[Any, Any], name: str
@@ -116,6 +117,7 @@ async def test_name_of_200_characters_is_accepted(client: TestClient[Any, Any]) 
     assert resp.status == 200
 
 
+@never_reaches_storage
 async def test_raw_non_ascii_bytes_in_path_are_refused(
     client: TestClient[Any, Any], seeded: tuple[Any, Any]
 ) -> None:
@@ -128,6 +130,7 @@ async def test_raw_non_ascii_bytes_in_path_are_refused(
 DOT_PATHS = ["/counters/../items/r", "/counters/%2e%2e/items/r", "/items/./r", "/items/r/.."]
 
 
+@never_reaches_storage
 @pytest.mark.parametrize("path", DOT_PATHS)
 async def test_dot_segment_paths_reach_no_other_resource(
     client: TestClient[Any, Any], seeded: tuple[Any, Any], path: str
@@ -157,6 +160,7 @@ BAD_COUNTER_BODIES = [
 ]
 
 
+@never_reaches_storage
 @pytest.mark.parametrize(("body", "status", "slug"), BAD_COUNTER_BODIES)
 async def test_increment_with_hostile_body_is_refused(
     client: TestClient[Any, Any], seeded: tuple[Any, Any], body: bytes, status: int, slug: str
@@ -180,6 +184,7 @@ BAD_RECORD_BODIES = [
 ]
 
 
+@never_reaches_storage
 @pytest.mark.parametrize(("body", "status", "slug"), BAD_RECORD_BODIES)
 async def test_put_record_with_hostile_body_is_refused(
     client: TestClient[Any, Any], seeded: tuple[Any, Any], body: bytes, status: int, slug: str
@@ -190,6 +195,7 @@ async def test_put_record_with_hostile_body_is_refused(
     assert await stored(client) == seeded
 
 
+@never_reaches_storage
 async def test_patch_with_deep_or_duplicate_patch_is_refused(
     client: TestClient[Any, Any], seeded: tuple[Any, Any]
 ) -> None:
@@ -210,6 +216,7 @@ async def test_value_at_depth_limit_is_accepted(client: TestClient[Any, Any]) ->
     assert (await resp.json())["value"] == value
 
 
+@never_reaches_storage
 async def test_body_of_2_mib_is_refused(
     client: TestClient[Any, Any], seeded: tuple[Any, Any]
 ) -> None:
@@ -221,6 +228,7 @@ async def test_body_of_2_mib_is_refused(
     assert await stored(client) == seeded
 
 
+@never_reaches_storage
 async def test_headers_of_16_kib_are_refused(
     client: TestClient[Any, Any], seeded: tuple[Any, Any]
 ) -> None:
@@ -233,6 +241,7 @@ async def test_headers_of_16_kib_are_refused(
     assert await stored(client) == seeded
 
 
+@never_reaches_storage
 async def test_header_past_parser_cap_is_refused(
     client: TestClient[Any, Any], seeded: tuple[Any, Any]
 ) -> None:
@@ -246,6 +255,7 @@ async def test_header_past_parser_cap_is_refused(
     assert await stored(client) == seeded
 
 
+@never_reaches_storage
 async def test_body_shorter_than_content_length_is_refused(
     client: TestClient[Any, Any], seeded: tuple[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -265,6 +275,7 @@ async def test_body_shorter_than_content_length_is_refused(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@never_reaches_storage
 async def test_body_longer_than_content_length_is_refused(
     client: TestClient[Any, Any], seeded: tuple[Any, Any]
 ) -> None:
@@ -286,6 +297,7 @@ async def test_body_longer_than_content_length_is_refused(
     assert await stored(client) == seeded
 
 
+@never_reaches_storage
 async def test_request_abandoned_halfway_writes_nothing(
     client: TestClient[Any, Any], seeded: tuple[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -325,6 +337,7 @@ async def test_pipelined_flood_is_answered_in_order(client: TestClient[Any, Any]
     assert (await resp2.json())["value"] == n
 
 
+@never_reaches_storage
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 async def test_body_not_in_its_content_encoding_is_refused(
     client: TestClient[Any, Any],
@@ -341,6 +354,7 @@ async def test_body_not_in_its_content_encoding_is_refused(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@never_reaches_storage
 @pytest.mark.parametrize("encoding", ["br", "zstd"])
 async def test_body_in_an_undecodable_content_encoding_is_415(
     client: TestClient[Any, Any], seeded: tuple[Any, Any], encoding: str
@@ -357,6 +371,7 @@ async def test_body_in_an_undecodable_content_encoding_is_415(
     assert await stored(client) == seeded
 
 
+@never_reaches_storage
 @pytest.mark.parametrize("encoding", ["x-made-up", "gzip, identity", "compress"])
 async def test_body_in_an_unknown_content_encoding_is_415(
     client: TestClient[Any, Any], seeded: tuple[Any, Any], encoding: str

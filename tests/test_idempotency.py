@@ -18,7 +18,7 @@ from app.main import create_app
 from app.settings import Settings
 from app.state import IN_FLIGHT, LOCKS
 from app.storage import pg_idempotency
-from tests.conftest import ClientFactory, settings_for
+from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.views.helpers import MERGE_PATCH, Client, app_of, assert_problem
 
 KEY = {"Idempotency-Key": "a8098c1a-f86e-11da-bd1a-00112444be1e"}
@@ -155,6 +155,7 @@ async def test_delete_with_key_repeated_replays_204(client: Client) -> None:
     assert await counter_value(client, "c") is None
 
 
+@never_reaches_storage
 @pytest.mark.parametrize("key", ["", " ", "x" * 256, "caf\u00e9"])
 async def test_invalid_key_is_422_and_changes_nothing(client: Client, key: str) -> None:
     """An empty, overlong or non-ASCII Idempotency-Key is a 422 and nothing is applied."""

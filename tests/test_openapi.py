@@ -11,9 +11,10 @@ from openapi_spec_validator import validate
 from openapi_spec_validator.validation import OpenAPIV31SpecValidator
 
 from app.main import create_app
-from tests.conftest import ClientFactory, settings_for
+from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 
 
+@never_reaches_storage
 async def test_get_openapi_returns_valid_openapi_31(client: TestClient[Any, Any]) -> None:
     """The served document passes openapi-spec-validator as OpenAPI 3.1."""
     resp = await client.get("/openapi.json")
@@ -23,6 +24,7 @@ async def test_get_openapi_returns_valid_openapi_31(client: TestClient[Any, Any]
     validate(doc, cls=OpenAPIV31SpecValidator)
 
 
+@never_reaches_storage
 async def test_openapi_paths_match_route_table(client: TestClient[Any, Any]) -> None:
     """Every route (method and path) is in the document and the document names no other."""
     doc = await (await client.get("/openapi.json")).json()
@@ -38,6 +40,7 @@ async def test_openapi_paths_match_route_table(client: TestClient[Any, Any]) -> 
     assert routed == documented
 
 
+@never_reaches_storage
 async def test_every_operation_documents_the_431_it_answers(client: TestClient[Any, Any]) -> None:
     """Every documented operation, open ones included, answers 16 KiB of headers with 431 and
     lists 431 among its responses."""
@@ -63,6 +66,7 @@ async def test_openapi_states_configured_limits(
     assert limit["maximum"] == 37
 
 
+@never_reaches_storage
 async def test_get_docs_renders_every_operation_without_remote_assets(
     client: TestClient[Any, Any],
 ) -> None:

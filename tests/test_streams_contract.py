@@ -18,7 +18,7 @@ from app.openapi import EVENT_STREAM, STREAMS_TAG, openapi_document
 from app.settings import Settings
 from app.state import EVENTS
 from app.tokens import add_token
-from tests.conftest import ClientFactory, settings_for
+from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.observability.helpers import next_event
 
 DOC = openapi_document(Settings(data_dir=Path("unused")))
@@ -81,6 +81,7 @@ async def test_stream_first_events_conform_to_document(
     assert seen == expected == set(events)
 
 
+@never_reaches_storage
 @pytest.mark.parametrize(
     ("path", "url"),
     [

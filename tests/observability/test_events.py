@@ -12,7 +12,7 @@ from app.domain import Record
 from app.events import EventHub, Resource
 from app.main import create_app
 from app.state import EVENTS
-from tests.conftest import ClientFactory, settings_for
+from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.observability.helpers import next_event
 
 
@@ -58,6 +58,7 @@ async def test_multi_stream_watches_several_resources(client: TestClient[Any, An
         assert (event, data["name"], data["value"]) == ("counter", "y", 1)
 
 
+@never_reaches_storage
 async def test_streams_refuse_bad_names_and_too_many_resources(
     client: TestClient[Any, Any],
 ) -> None:

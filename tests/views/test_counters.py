@@ -11,7 +11,7 @@ from yarl import URL
 from app.domain import INT64_MAX, INT64_MIN
 from app.main import create_app
 from app.state import COUNTERS, LOCKS
-from tests.conftest import ClientFactory, settings_for
+from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.views.helpers import (
     BAD_NAMES,
     Client,
@@ -52,6 +52,7 @@ async def test_access_answers_json_when_asked(client: Client) -> None:
     assert await stored_counter(client, "access") == 1
 
 
+@never_reaches_storage
 async def test_access_head_is_refused_without_counting(client: Client) -> None:
     """HEAD /access is a 405 and does not increment (it would if HEAD reached the handler)."""
     async with client.head("/access") as r:
@@ -61,6 +62,7 @@ async def test_access_head_is_refused_without_counting(client: Client) -> None:
     assert await stored_counter(client, "access") is None
 
 
+@never_reaches_storage
 @pytest.mark.parametrize("method", ["OPTIONS", "POST", "PUT", "DELETE", "PATCH"])
 async def test_access_other_method_is_405_without_counting(client: Client, method: str) -> None:
     """Any method but GET on /access is a 405 problem naming GET, and nothing is counted."""
@@ -138,6 +140,7 @@ BAD_INCREMENT_BODIES = [
 ]
 
 
+@never_reaches_storage
 @pytest.mark.parametrize(("body", "status", "slug", "detail"), BAD_INCREMENT_BODIES)
 async def test_increment_bad_body_is_rejected_and_changes_nothing(
     client: Client, body: bytes, status: int, slug: str, detail: str
@@ -171,6 +174,7 @@ async def test_increment_over_body_limit_is_413_and_changes_nothing(
     assert await stored_counter(client, "hits") == 7
 
 
+@never_reaches_storage
 @pytest.mark.parametrize("name", BAD_NAMES)
 async def test_increment_bad_name_is_422_and_creates_nothing(client: Client, name: str) -> None:
     """A name outside the allowed alphabet or length is a 422 that states the rule."""
@@ -241,6 +245,7 @@ async def test_head_counter_answers_without_changing_it(client: Client) -> None:
     assert await stored_counter(client, "hits") == 3
 
 
+@never_reaches_storage
 async def test_options_counter_is_405_and_changes_nothing(client: Client) -> None:
     """OPTIONS on a counter or its increment URL is a 405 and creates nothing."""
     for path in ("/counters/hits", "/counters/hits/increment"):
@@ -250,6 +255,7 @@ async def test_options_counter_is_405_and_changes_nothing(client: Client) -> Non
     assert await count_counters(client) == 0
 
 
+@never_reaches_storage
 @pytest.mark.parametrize("name", BAD_NAMES)
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
 async def test_counter_bad_name_is_422(client: Client, method: str, name: str) -> None:
@@ -282,6 +288,7 @@ BAD_SET_BODIES = [
 ]
 
 
+@never_reaches_storage
 @pytest.mark.parametrize(("body", "status", "slug", "detail"), BAD_SET_BODIES)
 async def test_put_counter_bad_body_is_rejected_and_changes_nothing(
     client: Client, body: bytes, status: int, slug: str, detail: str
@@ -309,6 +316,7 @@ async def test_delete_counter_absent_is_404(client: Client) -> None:
     assert await count_counters(client) == 0
 
 
+@never_reaches_storage
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -394,6 +402,7 @@ async def test_list_counters_limit_allows_1000_at_most(client: Client) -> None:
         assert len((await r.json())["items"]) == 100
 
 
+@never_reaches_storage
 @pytest.mark.parametrize(
     ("query", "detail"),
     [

@@ -10,9 +10,11 @@ import pytest
 from app.state import STORAGE
 from app.storage import postgres
 from app.storage.postgres import PostgresStorage
+from tests.conftest import never_reaches_storage
 from tests.views.helpers import Client, app_of, assert_problem
 
 
+@never_reaches_storage
 async def test_healthz_answers_ok(client: Client) -> None:
     """GET /healthz answers 200 {"status": "ok"} while the process runs."""
     async with client.get("/healthz") as r:
@@ -65,6 +67,7 @@ async def test_readyz_database_error_is_503(
         assert r.status == 200
 
 
+@never_reaches_storage
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])
 async def test_health_endpoints_refuse_other_methods(client: Client, path: str) -> None:
     """The operational endpoints answer GET (and HEAD) only; POST is a 405 problem."""

@@ -12,7 +12,7 @@ from yarl import URL
 
 from app.main import create_app
 from app.state import ITEMS, LOCKS
-from tests.conftest import ClientFactory, settings_for
+from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.views.helpers import (
     BAD_NAMES,
     MERGE_PATCH,
@@ -96,6 +96,7 @@ BAD_PUT_BODIES = [
 ]
 
 
+@never_reaches_storage
 @pytest.mark.parametrize(("body", "status", "slug", "detail"), BAD_PUT_BODIES)
 async def test_put_item_bad_body_is_rejected_and_changes_nothing(
     client: Client, body: bytes, status: int, slug: str, detail: str
@@ -256,6 +257,7 @@ async def test_patch_item_absent_is_404_and_creates_nothing(client: Client) -> N
     assert await count_items(client) == 0
 
 
+@never_reaches_storage
 @pytest.mark.parametrize("content_type", ["application/json", "text/plain", None])
 async def test_patch_item_other_content_type_is_415(
     client: Client, content_type: str | None
@@ -277,6 +279,7 @@ BAD_PATCH_BODIES = [
 ]
 
 
+@never_reaches_storage
 @pytest.mark.parametrize(("body", "status", "slug", "detail"), BAD_PATCH_BODIES)
 async def test_patch_item_bad_body_is_rejected_and_changes_nothing(
     client: Client, body: bytes, status: int, slug: str, detail: str
@@ -388,6 +391,7 @@ async def test_delete_item_if_match_mismatch_is_412(client: Client) -> None:
 # --- names and methods --------------------------------------------------------------
 
 
+@never_reaches_storage
 @pytest.mark.parametrize("name", BAD_NAMES)
 @pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
 async def test_item_bad_id_is_422(client: Client, method: str, name: str) -> None:
@@ -398,6 +402,7 @@ async def test_item_bad_id_is_422(client: Client, method: str, name: str) -> Non
     assert await count_items(client) == 0
 
 
+@never_reaches_storage
 @pytest.mark.parametrize(("method", "path"), [("POST", "/items/cfg"), ("POST", "/items")])
 async def test_item_wrong_method_is_405(client: Client, method: str, path: str) -> None:
     """A method a record URL does not take is a 405 problem with Allow, changing nothing."""
@@ -446,6 +451,7 @@ async def test_list_items_filters_by_prefix(client: Client) -> None:
     assert ([i["id"] for i in body["items"]], body["next"]) == (["user:2"], None)
 
 
+@never_reaches_storage
 @pytest.mark.parametrize(
     ("query", "detail"),
     [

@@ -1,8 +1,11 @@
-"""Run the real service: gunicorn with config/gunicorn.conf.py on a free port and a temp dir."""
+"""Run the real service (gunicorn with config/gunicorn.conf.py on a free port and a temp dir),
+and wait for a condition instead of sleeping."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import socket
@@ -11,12 +14,32 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 CONFIG = ROOT / "config" / "gunicorn.conf.py"
+
+
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]], within: float = 10, step: float = 0.005
+) -> None:
+    """Return as soon as ``condition()`` (plain or async) holds, checking every ``step`` s.
+
+    Raises TimeoutError naming the condition if it still does not hold after ``within`` s.
+    """
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"still false after {within} s: {condition.__qualname__}")
+        await asyncio.sleep(step)
 
 
 def worker_of(request_id: str) -> str:

@@ -19,6 +19,7 @@ from app.settings import Settings
 from app.state import IN_FLIGHT, LOCKS
 from app.storage import pg_idempotency
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
+from tests.support import wait_for
 from tests.views.helpers import MERGE_PATCH, Client, app_of, assert_problem
 
 KEY = {"Idempotency-Key": "a8098c1a-f86e-11da-bd1a-00112444be1e"}
@@ -103,8 +104,7 @@ async def test_key_repeated_while_first_in_flight_is_409(
     app = app_of(client)
     async with app[LOCKS].hold("counter:c"):
         first = asyncio.create_task(client.post("/counters/c/increment", headers=KEY))
-        while len(app[IN_FLIGHT]) == 0:  # noqa: ASYNC110 - the handler offers no event
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: len(app[IN_FLIGHT]) > 0)
         async with client.post("/counters/c/increment", headers=KEY) as r:
             await assert_problem(r, 409, "idempotency-key-in-flight")
     async with await first as r:
@@ -199,7 +199,10 @@ async def test_expired_key_executes_again_and_is_purged(
     for i in range(5):
         async with client.post("/counters/c/increment", headers={"Idempotency-Key": f"k{i}"}) as r:
             assert r.status == 200
-    time.sleep(0.25)  # noqa: ASYNC251 - let wall-clock expiry pass; nothing else runs meanwhile
+    with sqlite3.connect(settings.sqlite_path) as db:
+        (expiry,) = db.execute("SELECT max(expires_at) FROM idempotency").fetchone()
+    db.close()
+    await wait_for(lambda: time.time() > expiry)  # every key has expired on the wall clock
     async with client.post("/counters/c/increment", headers={"Idempotency-Key": "k0"}) as r:
         assert r.status == 200
         assert "Idempotent-Replayed" not in r.headers
@@ -226,10 +229,11 @@ async def test_background_purge_deletes_expired_keys_while_serving(
     for i in range(3):
         async with client.post("/counters/c/increment", headers={"Idempotency-Key": f"k{i}"}) as r:
             assert r.status == 200
-    deadline = time.monotonic() + 10
-    while await stored_keys(settings) and time.monotonic() < deadline:
+
+    async def purged() -> bool:
         async with client.post("/counters/other/increment") as r:  # requests go on meanwhile
             assert r.status == 200
-        await asyncio.sleep(0.05)
-    assert await stored_keys(settings) == []
+        return await stored_keys(settings) == []
+
+    await wait_for(purged, step=0.05)
     assert await counter_value(client, "c") == 3

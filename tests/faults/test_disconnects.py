@@ -1,4 +1,5 @@
-"""Clients that vanish and shutdowns that overlap requests, against real gunicorn."""
+"""Clients that vanish and shutdowns that overlap requests, against real gunicorn (and the
+shutdown order in one process, where a request can be held in flight at will)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from app.state import COUNTERS, LOCKS
 from tests.faults.load import integrity, stored
-from tests.support import Service
+from tests.observability.workers import last_heartbeat, listening, read_everything_sent
+from tests.support import Service, wait_for
+from tests.views.helpers import Client, app_of, stored_counter
 
 pytestmark = pytest.mark.slow
 
@@ -82,10 +86,12 @@ async def test_client_disconnects_leave_no_partial_writes_or_stuck_locks(tmp_pat
 
 
 async def test_sigterm_lets_in_flight_request_finish_and_commit(tmp_path: Path) -> None:
-    """A request still uploading its body when SIGTERM arrives is answered 201 and committed.
+    """A request still uploading its body when SIGTERM arrives is answered 201 and committed,
+    and the worker then exits cleanly.
 
-    Protection: the database is closed in cleanup, after in-flight handlers finished within
-    graceful_timeout; closing it in on_shutdown answers this request 503 and loses the write.
+    The rest of the body arrives before the worker begins its graceful shutdown (it notices
+    SIGTERM within a second): from then on aiohttp reads no more request bytes. That
+    shutdown's order is pinned in process by the next test.
     """
     data = tmp_path / "data"
     service = Service(data, workers=1).start()
@@ -96,9 +102,16 @@ async def test_sigterm_lets_in_flight_request_finish_and_commit(tmp_path: Path) 
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:5])
     )
     await writer.drain()
-    await asyncio.sleep(0.3)  # the handler is now waiting for the rest of the body
+    client_port = writer.get_extra_info("sockname")[1]
+    # The worker has read the head and the first bytes: its handler waits for the rest.
+    [worker] = service.worker_pids()
+    await wait_for(lambda: read_everything_sent([worker], service.port, client_port))
+    # Signalled right after a heartbeat, the worker begins its shutdown a second later.
+    beat = last_heartbeat(worker)
+    await wait_for(lambda: last_heartbeat(worker) != beat)
     service.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-    await asyncio.sleep(0.5)  # shutdown has started and waits for this handler
+    await wait_for(lambda: "Handling signal: term" in service.log())
+    assert listening(service.port)  # the worker has not begun its shutdown yet
     writer.write(body[5:])
     await writer.drain()
     status_line = await asyncio.wait_for(reader.readline(), 10)
@@ -109,3 +122,21 @@ async def test_sigterm_lets_in_flight_request_finish_and_commit(tmp_path: Path) 
     assert "ResourceWarning" not in service.log()
     assert "Traceback" not in service.log()
     assert stored(data / "lockstep.db", "SELECT id, value FROM items") == [("late", '"late"')]
+
+
+async def test_request_in_flight_when_shutdown_begins_still_commits(client: Client) -> None:
+    """An increment still waiting for its lock when the app's shutdown begins is answered 200
+    and committed.
+
+    Protection: storage is closed in cleanup, after in-flight handlers finished; closed in
+    on_shutdown, this request answers 503 and writes nothing.
+    """
+    app = app_of(client)
+    async with app[LOCKS].hold("counter:late"):
+        pending = asyncio.ensure_future(client.post("/counters/late/increment"))
+        await wait_for(lambda: app[COUNTERS].waiting() == 1)
+        await app.shutdown()
+    async with await pending as r:
+        assert r.status == 200
+        assert await r.json() == {"name": "late", "value": 1}
+    assert await stored_counter(client, "late") == 1

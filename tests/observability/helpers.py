@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -45,10 +44,3 @@ async def next_event(
                 data += line[len("data: ") :]
             elif line == "" and data:
                 return event, json.loads(data)
-
-
-async def until(condition: Callable[[], bool], within: float = 10, step: float = 0.005) -> None:
-    """Return once ``condition()`` holds (polled every ``step`` s), else time out."""
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - polls state that has no event to wait on
-            await asyncio.sleep(step)

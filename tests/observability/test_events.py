@@ -14,6 +14,7 @@ from app.main import create_app
 from app.state import EVENTS
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.observability.helpers import next_event
+from tests.support import wait_for
 
 
 async def test_counter_stream_sends_current_value_then_changes(
@@ -120,7 +121,8 @@ async def test_slow_subscriber_holds_only_the_newest_state() -> None:
     slow = await hub.subscribe((r,))
     for value in range(1, 201):
         storage.commit(value)
-        await asyncio.sleep(0.002)
+        # The hub has handed this state on before the next commit: none is coalesced away.
+        await wait_for(lambda: slow._pending[r][0]["value"] == value, step=0.001)  # noqa: B023 - awaited here
     assert len(slow._pending) == 1
     changes = await slow.next(1)
     assert changes is not None and [c[1]["value"] for c in changes] == [200]

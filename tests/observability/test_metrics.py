@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import generate_latest
 
+import app.combining
 from app.combining import Batch, Combiner, ops_of
 from app.errors import LockTimeout
 from app.locks import LockRegistry
@@ -20,7 +22,8 @@ from app.state import COUNTERS, LOCKS
 from app.storage import DB_ERROR_KINDS
 from app.storage.sqlite import _error_kind
 from tests.conftest import ClientFactory, settings_for
-from tests.observability.helpers import parse_metrics, total, until
+from tests.observability.helpers import parse_metrics, total
+from tests.support import wait_for
 
 # Methods the HTTP parser accepts but the service does not use.
 ODD_METHODS = ("PROPFIND", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "SEARCH", "PURGE")
@@ -106,11 +109,16 @@ async def test_idempotent_replays_counted_once_per_replayed_answer(
     assert total(samples, "lockstep_idempotent_replays_total") == 3
 
 
-async def test_resource_waits_and_timeouts_are_observed_by_kind() -> None:
+async def test_resource_waits_and_timeouts_are_observed_by_kind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A request queued behind a committing batch is observed with its wait; one that gives up
     is counted as a timeout of its kind."""
     metrics = Metrics()
     gate = asyncio.Event()
+    # The combiner's clock, moved by hand: the wait observed is the time that passed.
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(app.combining, "time", SimpleNamespace(perf_counter=lambda: clock.now))
 
     async def apply(key: str, ops: Batch[int]) -> list[int]:
         await gate.wait()
@@ -120,7 +128,8 @@ async def test_resource_waits_and_timeouts_are_observed_by_kind() -> None:
     first = asyncio.create_task(combiner.submit("x", 1))
     await asyncio.sleep(0)
     second = asyncio.create_task(combiner.submit("x", 2))
-    await asyncio.sleep(0.03)
+    await asyncio.sleep(0)  # queued behind the first one's batch
+    clock.now += 0.03
     gate.set()
     assert list(await asyncio.gather(first, second)) == [1, 2]
 
@@ -136,7 +145,7 @@ async def test_resource_waits_and_timeouts_are_observed_by_kind() -> None:
     metrics.flush()
     samples = parse_metrics(generate_latest(metrics.registry).decode())
     assert total(samples, "lockstep_lock_wait_seconds_count", kind="counter") == 2
-    assert total(samples, "lockstep_lock_wait_seconds_sum", kind="counter") >= 0.025
+    assert total(samples, "lockstep_lock_wait_seconds_sum", kind="counter") == pytest.approx(0.03)
     assert total(samples, "lockstep_lock_wait_seconds_bucket", kind="counter", le="0.0001") == 1
     assert total(samples, "lockstep_lock_timeouts_total", kind="item") == 1
     assert total(samples, "lockstep_lock_timeouts_total", kind="counter") == 0
@@ -183,7 +192,7 @@ async def test_lock_gauges_show_held_locks_and_queued_requests(
     held = await client.app[LOCKS].acquire("counter:busy")
     try:
         calls = [asyncio.create_task(client.post("/counters/busy/increment")) for _ in range(3)]
-        await until(lambda: client.app[COUNTERS].waiting() == 3)
+        await wait_for(lambda: client.app[COUNTERS].waiting() == 3)
         samples = await scrape(client)
         assert total(samples, "lockstep_locks_held") == 1
         assert total(samples, "lockstep_locks_waiting") == 3

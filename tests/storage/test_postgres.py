@@ -30,7 +30,7 @@ from app.storage.pg_schema import MIGRATIONS, lock_key
 from app.storage.postgres import PostgresStorage
 from tests.conftest import backend_settings, settings_for
 from tests.storage.busy import busy_turns
-from tests.support import free_port
+from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.backends("postgres")
 
@@ -316,7 +316,9 @@ def test_database_url_with_unknown_scheme_is_refused(tmp_path: Path, url: str) -
         settings_for(tmp_path, database_url=url)
 
 
-async def test_wait_for_change_wakes_on_another_hosts_commit(settings: Settings) -> None:
+async def test_wait_for_change_wakes_on_another_hosts_commit(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A waiter on one pool returns once another pool commits, via the confirming pass too."""
     watcher = await PostgresStorage.open(settings)
     writer = await PostgresStorage.open(settings)
@@ -325,8 +327,19 @@ async def test_wait_for_change_wakes_on_another_hosts_commit(settings: Settings)
         async with asyncio.timeout(5):
             mark = await watcher.wait_for_change(mark)  # the confirming pass
         assert mark % 2 == 1
+        polls = 0
+        read = watcher._read
+
+        async def counted_read(*args: Any) -> Any:
+            nonlocal polls
+            rows = await read(*args)
+            polls += 1
+            return rows
+
+        monkeypatch.setattr(watcher, "_read", counted_read)
         waiting = asyncio.ensure_future(watcher.wait_for_change(mark))
-        await asyncio.sleep(0.2)
+        # It has polled once (other databases' commits on the server may end it early).
+        await wait_for(lambda: polls >= 1)
         await writer.apply_counter_ops("seen", [Increment(1)])
         async with asyncio.timeout(5):
             new_mark = await waiting

@@ -8,7 +8,7 @@ RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test lint bench fuzz clean
+.PHONY: run test lint bench fuzz soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ bench: $(BENCH_STAMP)
 fuzz: $(TEST_STAMP)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} FUZZ_TIMEOUT=1800 $(BIN)/pytest -q \
 		--timeout 1900 tests/test_fuzz.py
+
+# Minutes-long checks `make test` leaves out (pytest marker `soak`): 1,000,000 distinct counter
+# names against one worker's RSS, and a 1-second round of every benchmark workload (needs wrk).
+soak: $(TEST_STAMP)
+	$(BIN)/pytest -q -m soak --timeout 1800
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

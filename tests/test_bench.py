@@ -1,4 +1,5 @@
-"""The benchmark harness: its exactly-once check, and one short smoke round so it cannot rot."""
+"""The benchmark harness: its exactly-once check, and one short real round of GET /access so it
+cannot rot (``make soak`` runs a round of every workload and peer)."""
 
 from __future__ import annotations
 
@@ -110,6 +111,22 @@ def _rows(report: str, title: str) -> list[str]:
 
 
 @pytest.mark.slow
+def test_bench_access_round_without_peers_holds_exactly_once(tmp_path: Path) -> None:
+    """One short round of GET /access with ``--no-peers`` runs lockstep, its quiet row and
+    hello world, holds exactly-once, and writes the table, the split line and the chart."""
+    out = tmp_path / "benchmarks.md"
+    report = _one_round(out, "--only=access", "--no-peers")
+    [row] = _rows(report, "GET /access")
+    assert float(row.split("|")[2].replace(",", "")) > 0, row
+    for name in (LOCKSTEP, HELLO, QUIET):
+        [row] = _rows(report, VARIANTS[name].title)
+        assert [c.strip() for c in row.split("|")][-2] == ("—" if name == HELLO else "held"), row
+    assert any(x.startswith("- GET /access: ") for x in report.splitlines())
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+@pytest.mark.soak
 def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
     """One short round of every workload runs lockstep, hello world and every peer its
     workload names, holds exactly-once in every write row, and writes the tables, the

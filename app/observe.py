@@ -18,7 +18,7 @@ from aiohttp import web
 from app.access_log import AccessLog
 from app.logs import RequestContext
 from app.metrics import UNMATCHED, Metrics
-from app.state import ACCESS_LOG, COUNTERS, ITEMS, LOCKS, METRICS
+from app.state import ACCESS_LOG, LOCKS, METRICS
 
 LOCK_SAMPLE_INTERVAL = 1.0
 # nginx's convention for "the client went away before the answer".
@@ -54,14 +54,8 @@ def answered(
 
 def sample_locks(app: web.Application) -> None:
     """Set the lock gauges from this worker: locks held, and requests queued behind them."""
-    # Requests wait in the combiners' queues (behind a batch, or behind a lock held
-    # elsewhere); the registry itself never has more than one waiter per resource.
-    waiting = 0
-    for key in (COUNTERS, ITEMS):
-        combiner = app.get(key)
-        if combiner is not None:
-            waiting += combiner.waiting()
-    app[METRICS].sample_locks(app[LOCKS].held(), waiting)
+    locks = app[LOCKS]
+    app[METRICS].sample_locks(locks.held(), locks.waiting())
     app[METRICS].flush()
 
 

@@ -37,13 +37,14 @@ async def test_concurrent_increments_get_distinct_values_in_few_batches(
 ) -> None:
     """200 concurrent increments get exactly 1..200, applied in a handful of storage calls."""
     apply = CountingApply(storage)
-    combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", LockRegistry(5), apply)
+    locks = LockRegistry(5)
+    combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", locks, apply)
     values = await asyncio.gather(*(combiner.submit("hits", Increment(1)) for _ in range(200)))
     assert sorted(v for v in values if isinstance(v, int)) == list(range(1, 201))
     assert sum(apply.batches) == 200
     assert len(apply.batches) <= 3
     assert await storage.get_counter("hits") == 200
-    assert len(combiner) == 0
+    assert len(locks) == 0
 
 
 async def test_requests_queued_before_storage_takes_the_batch_join_it(
@@ -69,7 +70,6 @@ async def test_requests_queued_before_storage_takes_the_batch_join_it(
     assert await asyncio.gather(leader, *others) == [1, 11, 21, 31, 41]
     assert taken == [5]  # one batch, not the leader's alone and then the rest
     assert len(locks) == 0
-    assert len(combiner) == 0
 
 
 async def test_values_follow_arrival_order(storage: SQLiteStorage) -> None:
@@ -155,7 +155,6 @@ async def test_queued_request_times_out_while_batch_is_stuck(storage: SQLiteStor
     assert await leader == 1
     assert await combiner.submit("c", Increment(1)) == 2
     assert len(locks) == 0
-    assert len(combiner) == 0
 
 
 async def test_lock_is_handed_on_between_batches_then_released(storage: SQLiteStorage) -> None:
@@ -175,7 +174,7 @@ async def test_lock_is_handed_on_between_batches_then_released(storage: SQLiteSt
     assert sorted(await asyncio.gather(first, *rest)) == list(range(1, 12))  # type: ignore[type-var]
     assert held_during == [True, True]
     assert len(locks) == 0
-    async with locks.hold("counter:c", timeout=0.1):
+    async with locks.hold("counter:c", max_wait=0.1):
         pass
 
 
@@ -209,7 +208,6 @@ async def test_request_cancelled_before_its_batch_is_taken_is_left_out(
         await cancelled
     assert await storage.get_counter("c") == 101
     assert len(locks) == 0
-    assert len(combiner) == 0
 
 
 async def test_cancellation_storm_applies_exactly_the_claimed_increments(
@@ -304,6 +302,36 @@ async def test_cancellation_storm_applies_exactly_the_claimed_increments(
         final = await storage.get_counter(key)
         assert final == sum(applied[id(op)] for op, k in zip(ops, key_of, strict=True) if k == key)
         assert all(0 < v <= final for v in values)  # type: ignore[operator]
-    assert len(combiner) == 0
-    assert combiner.waiting() == 0
+    assert locks.waiting() == 0
+    assert len(locks) == 0
+
+
+async def test_task_queued_between_requests_keeps_its_turn(storage: SQLiteStorage) -> None:
+    """A task holding the lock by hand, queued between two requests, runs between their batches."""
+    gate = asyncio.Event()
+    order: list[str] = []
+
+    async def gated_apply(name: str, ops: Batch[CounterOp]) -> list[CounterOutcome]:
+        await gate.wait()
+        outcomes = await storage.apply_counter_ops(name, ops_of(ops))
+        order.append(f"batch of {len(outcomes)}")
+        return outcomes
+
+    locks = LockRegistry(timeout=5)
+    combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", locks, gated_apply)
+
+    async def by_hand() -> None:
+        async with locks.hold("counter:c"):
+            order.append("by hand")
+
+    first = asyncio.create_task(combiner.submit("c", Increment(1)))
+    await asyncio.sleep(0)
+    hand = asyncio.create_task(by_hand())
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(combiner.submit("c", Increment(1))) for _ in range(3)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(first, *later) == [1, 2, 3, 4]
+    await hand
+    assert order == ["batch of 1", "by hand", "batch of 3"]
     assert len(locks) == 0

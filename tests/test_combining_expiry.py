@@ -27,9 +27,8 @@ async def test_later_waiter_keeps_its_own_deadline_when_earlier_one_expires(
 
     timeout = 0.3
     loop = asyncio.get_running_loop()
-    combiner: Combiner[CounterOp, CounterOutcome] = Combiner(
-        "counter", LockRegistry(timeout), stuck_apply
-    )
+    locks = LockRegistry(timeout)
+    combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", locks, stuck_apply)
     leaders = [asyncio.create_task(combiner.submit(k, Increment(1))) for k in ("a", "b")]
     await asyncio.sleep(0)
     early = asyncio.create_task(combiner.submit("a", Increment(10)))
@@ -46,7 +45,7 @@ async def test_later_waiter_keeps_its_own_deadline_when_earlier_one_expires(
     assert await asyncio.gather(*leaders) == [1, 1]
     assert await storage.get_counter("a") == 1
     assert await storage.get_counter("b") == 1
-    assert len(combiner) == 0
+    assert len(locks) == 0
 
 
 async def test_waiters_on_many_keys_all_expire(storage: SQLiteStorage) -> None:
@@ -57,9 +56,8 @@ async def test_waiters_on_many_keys_all_expire(storage: SQLiteStorage) -> None:
         await gate.wait()
         return await storage.apply_counter_ops(name, ops_of(ops))
 
-    combiner: Combiner[CounterOp, CounterOutcome] = Combiner(
-        "counter", LockRegistry(0.05), stuck_apply
-    )
+    locks = LockRegistry(0.05)
+    combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", locks, stuck_apply)
     keys = [f"k{i}" for i in range(5)]
     leaders = [asyncio.create_task(combiner.submit(k, Increment(1))) for k in keys]
     await asyncio.sleep(0)
@@ -69,4 +67,4 @@ async def test_waiters_on_many_keys_all_expire(storage: SQLiteStorage) -> None:
     gate.set()
     assert await asyncio.gather(*leaders) == [1] * 5
     assert [await storage.get_counter(k) for k in keys] == [1] * 5
-    assert combiner.waiting() == 0
+    assert locks.waiting() == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from app.state import COUNTERS, LOCKS
+from app.state import LOCKS
 from tests.faults.load import integrity, stored
 from tests.observability.workers import last_heartbeat, listening, read_everything_sent
 from tests.support import Service, wait_for
@@ -134,7 +134,7 @@ async def test_request_in_flight_when_shutdown_begins_still_commits(client: Clie
     app = app_of(client)
     async with app[LOCKS].hold("counter:late"):
         pending = asyncio.ensure_future(client.post("/counters/late/increment"))
-        await wait_for(lambda: app[COUNTERS].waiting() == 1)
+        await wait_for(lambda: app[LOCKS].waiting() == 1)
         await app.shutdown()
     async with await pending as r:
         assert r.status == 200

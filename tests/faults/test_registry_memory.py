@@ -74,8 +74,9 @@ async def rss_growth(tmp_path: Path, names: int) -> int:
 async def test_distinct_names_leave_worker_rss_flat(tmp_path: Path) -> None:
     """Increments of 20,000 distinct counters grow the worker's RSS by less than 1 MB.
 
-    Protection: lock-registry entries and combiner queues are deleted when their last user
-    leaves; keeping one entry per name (a plain dict of locks) costs several MB here. The
+    Protection: a lock-registry entry, with its queue, is deleted when its lock is released
+    with nobody waiting; keeping one entry per name (a plain dict of locks) costs several MB
+    here. The
     million-name version runs under ``make soak``; the in-process twin, tests/test_locks.py,
     asserts the registry is empty.
     """

@@ -18,7 +18,7 @@ from app.errors import LockTimeout
 from app.locks import LockRegistry
 from app.main import create_app
 from app.metrics import LOCK_KINDS, Metrics
-from app.state import COUNTERS, LOCKS
+from app.state import LOCKS
 from app.storage import DB_ERROR_KINDS
 from app.storage.sqlite import _error_kind
 from tests.conftest import ClientFactory, settings_for
@@ -192,7 +192,7 @@ async def test_lock_gauges_show_held_locks_and_queued_requests(
     held = await client.app[LOCKS].acquire("counter:busy")
     try:
         calls = [asyncio.create_task(client.post("/counters/busy/increment")) for _ in range(3)]
-        await wait_for(lambda: client.app[COUNTERS].waiting() == 3)
+        await wait_for(lambda: client.app[LOCKS].waiting() == 3)
         samples = await scrape(client)
         assert total(samples, "lockstep_locks_held") == 1
         assert total(samples, "lockstep_locks_waiting") == 3

@@ -11,7 +11,7 @@ import pytest
 from yarl import URL
 
 from app.main import create_app
-from app.state import ITEMS, LOCKS
+from app.state import LOCKS
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.views.helpers import (
     BAD_NAMES,
@@ -347,7 +347,7 @@ async def test_patch_item_lock_timeout_is_503_and_changes_nothing(
         await assert_problem(r, 503, "lock-timeout", "'item:cfg'")
         assert r.headers["Retry-After"] == "1"
     assert len(app[LOCKS]) == 0
-    assert len(app[ITEMS]) == 0
+    assert app[LOCKS].waiting() == 0
     await assert_unchanged(client, "cfg", 1, {})
     async with client.patch("/items/cfg", json={"b": 2}, headers=MERGE_PATCH) as r:
         assert r.status == 200

@@ -254,3 +254,7 @@ class AccessLog:
     def _timed_flush(self) -> None:
         self._timer = None
         self._sink.flush()
+
+
+# None while the access log is off (LOCKSTEP_LOG_LEVEL above info).
+ACCESS_LOG: web.AppKey[AccessLog | None] = web.AppKey("access_log")

@@ -142,3 +142,7 @@ def exposure_warning(addresses: Iterable[object], settings: Settings) -> str | N
         f"!!! lockstep is OPEN on {', '.join(exposed)}: anyone who can reach it can change "
         "every counter and record. Set LOCKSTEP_TOKENS_FILE (see `lockstep token new`). !!!"
     )
+
+
+# The tokens file in use; only while one is configured.
+TOKENS = web.AppKey("tokens", TokenStore)

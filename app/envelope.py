@@ -23,6 +23,7 @@ import time
 import weakref
 from typing import Any, Protocol
 
+import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -33,7 +34,6 @@ from app.limits import check_header_size
 from app.logs import CURRENT, REQUEST_ID_HEADER, RequestContext, request_id_from
 from app.metrics import Metrics
 from app.observe import CLIENT_CLOSED, answered
-from app.state import REQUEST_ID
 from app.tokens import TokenStore
 
 logger = logging.getLogger(__name__)
@@ -43,12 +43,19 @@ _DROP = {"Content-Type", "Content-Length"}
 
 # Every handler ``envelope_for`` has wrapped, so ``check_enveloped`` can tell.
 _ENVELOPED: weakref.WeakSet[Handler] = weakref.WeakSet()
+_encode = msgspec.json.Encoder().encode
 
 
 class Envelope(Protocol):
     """Wraps one route's handler; ``route`` names it in metrics and logs (default: its template)."""
 
     def __call__(self, handler: Handler, route: str | None = None) -> Handler: ...
+
+
+# The envelope of this app, for routes added after create_app (bench, tests).
+ENVELOPE = web.AppKey("envelope", Envelope)
+# The id the envelope gave the request (also its X-Request-ID).
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def problem_body(
@@ -59,8 +66,6 @@ def problem_body(
     extra: dict[str, Any] | None = None,
 ) -> bytes:
     """The JSON bytes of a problem document."""
-    from app.views.common import _encode
-
     body = {
         "type": f"urn:lockstep:problem:{slug}" if slug else "about:blank",
         "title": title,

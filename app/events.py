@@ -17,6 +17,8 @@ import time
 from functools import partial
 from typing import Any, Literal, NamedTuple
 
+from aiohttp import web
+
 from app.errors import StorageUnavailable, Unavailable
 from app.storage import Storage
 
@@ -185,3 +187,6 @@ class EventHub:
                 # Streams must outlive a bad poll: log it once per failure and carry on.
                 logger.exception("event hub: poll failed, retrying")
                 await asyncio.sleep(1)
+
+
+EVENTS = web.AppKey("events", EventHub)

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from app.errors import StorageUnavailable
-from app.state import SETTINGS, STORAGE
+from app.settings import SETTINGS
+from app.storage import STORAGE
 
 logger = logging.getLogger(__name__)
 

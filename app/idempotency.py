@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from aiohttp import web
+
 from app.errors import LockstepError
 
 
@@ -170,3 +172,6 @@ class InFlight:
 
     def leave(self, key: str) -> None:
         self._keys.discard(key)
+
+
+IN_FLIGHT = web.AppKey("in_flight", InFlight)

@@ -30,6 +30,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from aiohttp import web
+
 from app.errors import LockTimeout
 
 # A stale deadline (its waiter already served) is dropped when it reaches the top of the
@@ -254,3 +256,6 @@ class Held:
         if self._registry is None:
             raise RuntimeError(f"lock {self._key!r} used after its release")
         return self._registry._take_queued(self._key, group)
+
+
+LOCKS = web.AppKey("locks", LockRegistry)

@@ -8,34 +8,24 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from app.access_log import AccessLog
-from app.auth import setup_auth
+from app.auth import TOKENS, setup_auth
 from app.combining import Combiner
-from app.envelope import check_enveloped, envelope_for
-from app.events import EventHub
+from app.envelope import ENVELOPE, check_enveloped, envelope_for
+from app.events import EVENTS, EventHub
 from app.housekeeping import purge_ctx
-from app.idempotency import InFlight
+from app.idempotency import IN_FLIGHT, InFlight
 from app.limits import parser_limits
-from app.locks import LockRegistry
-from app.metrics import Metrics
+from app.locks import LOCKS, LockRegistry
+from app.metrics import METRICS, Metrics
 from app.observe import setup_lock_sampler, setup_observability
 from app.parser_errors import answer_parser_errors
 from app.routes import setup_routes
-from app.settings import Settings
-from app.state import (
-    COUNTERS,
-    ENVELOPE,
-    EVENTS,
-    HEALTH,
-    IN_FLIGHT,
-    ITEMS,
-    LOCKS,
-    METRICS,
-    SETTINGS,
-    STORAGE,
-    TOKENS,
-    Health,
-)
-from app.storage import open_storage
+from app.settings import SETTINGS, Settings
+from app.storage import STORAGE
+from app.storage.backends import open_storage
+from app.views.counters import COUNTERS
+from app.views.health import HEALTH, Health
+from app.views.items import ITEMS
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ import os
 from bisect import bisect_left
 from collections import defaultdict
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -268,3 +269,6 @@ class Metrics:
         if self.multiprocess_dir is None:
             return self._render_sync()
         return await asyncio.to_thread(self._render_sync)
+
+
+METRICS = web.AppKey("metrics", Metrics)

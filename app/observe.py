@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from app.access_log import AccessLog
+from app.access_log import ACCESS_LOG, AccessLog
+from app.locks import LOCKS
 from app.logs import RequestContext
-from app.metrics import UNMATCHED, Metrics
-from app.state import ACCESS_LOG, LOCKS, METRICS
+from app.metrics import METRICS, UNMATCHED, Metrics
 
 LOCK_SAMPLE_INTERVAL = 1.0
 # nginx's convention for "the client went away before the answer".

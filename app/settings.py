@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from aiohttp import web
 from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -285,3 +286,6 @@ def describe_invalid(error: ValidationError) -> str:
         given = os.environ.get(variable, str(problem["input"]))
         problems.append(f"{variable}={shlex.quote(given)}: {reason}")
     return "invalid setting " + "; ".join(problems)
+
+
+SETTINGS = web.AppKey("settings", Settings)

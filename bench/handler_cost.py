@@ -24,9 +24,9 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
+from app.envelope import ENVELOPE
 from app.main import create_app
 from app.settings import Settings
-from app.state import ENVELOPE
 
 PATCH = CIMultiDict({"Content-Type": "application/merge-patch+json"})
 JSON = CIMultiDict({"Content-Type": "application/json"})

@@ -21,7 +21,8 @@ from aiohttp.test_utils import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from app.storage import Storage, open_storage
+from app.storage import Storage
+from app.storage.backends import open_storage
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from app.envelope import ENVELOPE
 from app.main import create_app
-from app.state import ENVELOPE
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.views.helpers import Client, assert_problem
 

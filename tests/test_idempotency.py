@@ -13,10 +13,10 @@ import pytest
 
 import app.storage.sqlite as sqlite_backend
 from app.housekeeping import purge_expired_keys
-from app.idempotency import NewKey
+from app.idempotency import IN_FLIGHT, NewKey
+from app.locks import LOCKS
 from app.main import create_app
 from app.settings import Settings
-from app.state import IN_FLIGHT, LOCKS
 from app.storage import pg_idempotency
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.support import wait_for

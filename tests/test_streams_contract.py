@@ -13,10 +13,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from openapi_schema_validator import OAS31Validator, oas31_format_checker
 
+from app.events import EVENTS
 from app.main import create_app
 from app.openapi import EVENT_STREAM, STREAMS_TAG, openapi_document
 from app.settings import Settings
-from app.state import EVENTS
 from app.tokens import add_token
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.observability.helpers import next_event

@@ -1,4 +1,4 @@
-"""Storage: the narrow interface handlers and the combiner use, and how to open it.
+"""Storage: the narrow interface handlers and the combiner use (``app.storage.backends`` opens one).
 
 A backend applies a batch of operations on one resource inside one write transaction
 (reading the current state and writing the result there, never across two transactions),
@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Protocol, overload
 
-from app.clock import ServiceClock
+from aiohttp import web
+
 from app.combining import Batch, OpenBatch
 from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
-from app.settings import Settings
 
 
 class StorageObserver(Protocol):
@@ -117,19 +117,4 @@ class Storage(Protocol):
         ...
 
 
-async def open_storage(
-    settings: Settings,
-    observer: StorageObserver | None = None,
-    clock: ServiceClock | None = None,
-) -> Storage:
-    """Open the backend ``settings`` name, creating or migrating its schema.
-
-    ``clock`` dates Idempotency-Keys (``app.clock``; tests pass one with their own sources).
-    """
-    if settings.uses_postgres:
-        from app.storage.postgres import PostgresStorage
-
-        return await PostgresStorage.open(settings, observer, clock)
-    from app.storage.sqlite import SQLiteStorage
-
-    return await SQLiteStorage.open(settings, observer, clock)
+STORAGE = web.AppKey("storage", Storage)

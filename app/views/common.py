@@ -20,7 +20,7 @@ from app.errors import (
     UnsupportedEncoding,
 )
 from app.limits import check_json, check_utf8
-from app.state import get_settings
+from app.settings import SETTINGS
 
 T = TypeVar("T")
 
@@ -88,7 +88,7 @@ async def read_body(request: web.Request) -> bytes:
     encoding = request.headers.get("Content-Encoding")
     if encoding is not None and encoding.strip().lower() not in _DECODED:
         raise UnsupportedEncoding()
-    timeout = get_settings(request).body_timeout
+    timeout = request.app[SETTINGS].body_timeout
     try:
         async with asyncio.timeout(timeout):
             return await request.read()
@@ -98,7 +98,7 @@ async def read_body(request: web.Request) -> bytes:
         request.protocol.close()
         raise BodyTimeout(f"the body did not arrive within {timeout:g} s") from e
     except web.HTTPRequestEntityTooLarge as e:
-        raise BodyTooLarge(get_settings(request).max_body_bytes) from e
+        raise BodyTooLarge(request.app[SETTINGS].max_body_bytes) from e
     except (HttpProcessingError, ConnectionError) as e:
         raise MalformedBody("the body ended before its Content-Length or chunking said") from e
     except web.RequestPayloadError as e:
@@ -119,7 +119,7 @@ async def read_json(request: web.Request, type_: type[T], *, optional: bool = Fa
         if optional:
             return None
         raise InvalidInput("a JSON body is required")
-    return decode_json(raw, type_, get_settings(request).max_json_depth)
+    return decode_json(raw, type_, request.app[SETTINGS].max_json_depth)
 
 
 def list_params(request: web.Request) -> tuple[str, str, int]:
@@ -130,7 +130,7 @@ def list_params(request: web.Request) -> tuple[str, str, int]:
     for what, text in (("prefix", prefix), ("after", after)):
         if text:
             check_name(text, what)
-    limit_max = get_settings(request).list_limit_max
+    limit_max = request.app[SETTINGS].list_limit_max
     raw_limit = query.get("limit", "100")
     valid = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 9
     limit = int(raw_limit) if valid else 0

@@ -8,10 +8,20 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import web
 
-from app.domain import INT64_MAX, INT64_MIN, DeleteCounter, Increment, SetValue
+from app.combining import Combiner
+from app.domain import (
+    INT64_MAX,
+    INT64_MIN,
+    CounterOp,
+    CounterOutcome,
+    DeleteCounter,
+    Increment,
+    SetValue,
+)
 from app.errors import InvalidInput, NotFound
 from app.idempotency import Rendered
-from app.state import get_counters, get_settings, get_storage
+from app.settings import SETTINGS
+from app.storage import STORAGE
 from app.views.common import (
     JSON,
     NO_STORE,
@@ -25,6 +35,9 @@ from app.views.common import (
     read_body,
 )
 from app.views.idempotent import KEY_HEADER, claim_for, execute
+
+# The write combiner every counter change goes through.
+COUNTERS = web.AppKey("counters", Combiner[CounterOp, CounterOutcome])
 
 Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 
@@ -80,7 +93,7 @@ def wants_json(accept: str) -> bool:
 
 async def access(request: web.Request) -> web.Response:
     """Count one access and say how many there have been, this one included."""
-    value = raise_if_error(await get_counters(request).submit(ACCESS, _ONE))
+    value = raise_if_error(await request.app[COUNTERS].submit(ACCESS, _ONE))
     assert isinstance(value, int)
     if wants_json(request.headers.get("Accept", "")):
         return json_response({"name": ACCESS, "value": value}, headers=NO_STORE)
@@ -107,13 +120,13 @@ async def increment(request: web.Request) -> web.Response:
         # The common call, ``POST`` with nothing but the URL: the same answer as below,
         # without the body read, the render closure and the JSON encoder. A checked name
         # holds no character JSON escapes, so it goes into the body as it is.
-        value = raise_if_error(await get_counters(request).submit(name, _ONE))
+        value = raise_if_error(await request.app[COUNTERS].submit(name, _ONE))
         assert isinstance(value, int)
         answer = b'{"name":"%s","value":%d}' % (name.encode(), value)
         return web.Response(body=answer, headers=_JSON_ONLY)
     raw = await read_body(request)
     body = (
-        decode_json(raw, IncrementBody, get_settings(request).max_json_depth)
+        decode_json(raw, IncrementBody, request.app[SETTINGS].max_json_depth)
         if raw.strip()
         else None
     )
@@ -121,13 +134,13 @@ async def increment(request: web.Request) -> web.Response:
     render = _render_value(name)
     claim = claim_for(request, raw, render)
     op = _ONE if by == 1 and claim is None else Increment(by, claim)
-    return await execute(request, get_counters(request), name, op, render)
+    return await execute(request, request.app[COUNTERS], name, op, render)
 
 
 async def get_counter(request: web.Request) -> web.Response:
     """A counter's committed value."""
     name = path_name(request, "name")
-    value = await get_storage(request).get_counter(name)
+    value = await request.app[STORAGE].get_counter(name)
     if value is None:
         raise NotFound(f"no counter named {name!r}")
     return json_response({"name": name, "value": value})
@@ -139,21 +152,21 @@ async def set_counter(request: web.Request) -> web.Response:
     raw = await read_body(request)
     if not raw.strip():
         raise InvalidInput("a JSON body is required")
-    body = decode_json(raw, SetBody, get_settings(request).max_json_depth)
+    body = decode_json(raw, SetBody, request.app[SETTINGS].max_json_depth)
     render = _render_value(name)
     op = SetValue(body.value, claim_for(request, raw, render))
-    return await execute(request, get_counters(request), name, op, render)
+    return await execute(request, request.app[COUNTERS], name, op, render)
 
 
 async def delete_counter(request: web.Request) -> web.Response:
     """Delete a counter."""
     name = path_name(request, "name")
     op = DeleteCounter(claim_for(request, await read_body(request), _render_deleted))
-    return await execute(request, get_counters(request), name, op, _render_deleted)
+    return await execute(request, request.app[COUNTERS], name, op, _render_deleted)
 
 
 async def list_counters(request: web.Request) -> web.Response:
     """Counters ordered by name, a page at a time."""
     prefix, after, limit = list_params(request)
-    rows = await get_storage(request).list_counters(prefix, after, limit + 1)
+    rows = await request.app[STORAGE].list_counters(prefix, after, limit + 1)
     return json_response(page([{"name": n, "value": v} for n, v in rows], limit, "name"))

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from app.openapi import openapi_document
-from app.state import get_settings
+from app.settings import SETTINGS
 from app.views.common import json_response
 
 _STYLE = """
@@ -26,13 +26,13 @@ table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.2rem .5rem;t
 
 async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of this service."""
-    return json_response(openapi_document(get_settings(request)))
+    return json_response(openapi_document(request.app[SETTINGS]))
 
 
 async def docs(request: web.Request) -> web.Response:
     """A human-readable API reference rendered from the OpenAPI document."""
     return web.Response(
-        text=render(openapi_document(get_settings(request))), content_type="text/html"
+        text=render(openapi_document(request.app[SETTINGS])), content_type="text/html"
     )
 
 

@@ -8,12 +8,14 @@ from collections.abc import Iterator
 import msgspec
 from aiohttp import web
 
-from app.auth import still_authorized
+from app.auth import TOKENS, still_authorized
 from app.domain import check_name
+from app.envelope import REQUEST_ID
 from app.errors import InvalidInput
-from app.events import Change, Resource
+from app.events import EVENTS, Change, Resource
 from app.logs import REQUEST_ID_HEADER
-from app.state import REQUEST_ID, get_events, get_metrics, get_settings, get_tokens
+from app.metrics import METRICS
+from app.settings import SETTINGS
 from app.views.backpressure import PIECE_BYTES, send
 from app.views.common import path_name
 
@@ -56,8 +58,8 @@ def pieces(changes: list[Change]) -> Iterator[bytes]:
 
 async def stream(request: web.Request, resources: tuple[Resource, ...]) -> web.StreamResponse:
     """Send the resources' current states, then every change, until the client or server leaves."""
-    hub = get_events(request)
-    settings = get_settings(request)
+    hub = request.app[EVENTS]
+    settings = request.app[SETTINGS]
     heartbeat = settings.events_heartbeat
     response = web.StreamResponse(
         headers={
@@ -74,7 +76,7 @@ async def stream(request: web.Request, resources: tuple[Resource, ...]) -> web.S
         await response.prepare(request)
         return response
     sub = await hub.subscribe(resources)
-    gauge = get_metrics(request).event_streams
+    gauge = request.app[METRICS].event_streams
     gauge.inc()
     try:
         await response.prepare(request)
@@ -82,7 +84,7 @@ async def stream(request: web.Request, resources: tuple[Resource, ...]) -> web.S
         await response.write(b"retry: 2000\n\n")
         # With tokens on, the stream's token is checked again at least this often, and ends
         # the stream once it no longer covers it (revoked, or the tokens file unusable).
-        tokens = get_tokens(request)
+        tokens = request.app.get(TOKENS)
         check_every = max(settings.tokens_check_interval, settings.events_poll_interval)
         quiet_until = time.monotonic() + heartbeat
         while True:
@@ -126,7 +128,7 @@ async def item_events(request: web.Request) -> web.StreamResponse:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """Stream several resources at once: ``?counter=a&counter=b&item=c`` (one connection)."""
-    limit = get_settings(request).events_max_resources
+    limit = request.app[SETTINGS].events_max_resources
     counters = request.query.getall("counter", [])
     items = request.query.getall("item", [])
     if not counters and not items:

@@ -1,12 +1,24 @@
-"""Operational endpoints: liveness and readiness."""
+"""Operational endpoints: liveness and readiness, and the flags readiness reports."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from app.errors import Unavailable
-from app.state import get_health, get_storage
+from app.storage import STORAGE
 from app.views.common import json_response
+
+
+@dataclass(slots=True)
+class Health:
+    """Process-level flags /readyz reports."""
+
+    shutting_down: bool = False
+
+
+HEALTH = web.AppKey("health", Health)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -20,9 +32,9 @@ async def readyz(request: web.Request) -> web.Response:
     Writes failing for lack of disk space (or I/O, or a read-only file) keep it 200, since
     reads still work and writes heal by themselves once space returns, but say so.
     """
-    if get_health(request).shutting_down:
+    if request.app[HEALTH].shutting_down:
         raise Unavailable("shutting down")
-    storage = get_storage(request)
+    storage = request.app[STORAGE]
     await storage.ping()
     trouble = storage.write_trouble()
     if trouble is not None:

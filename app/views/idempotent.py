@@ -18,8 +18,8 @@ from aiohttp import web
 from app.combining import Combiner
 from app.envelope import PROBLEM, problem_body
 from app.errors import InvalidInput, LockstepError
-from app.idempotency import Claim, Rendered, Replay, fingerprint
-from app.state import get_in_flight, get_metrics
+from app.idempotency import IN_FLIGHT, Claim, Rendered, Replay, fingerprint
+from app.metrics import METRICS
 
 KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -78,7 +78,7 @@ async def execute(
         if isinstance(outcome, LockstepError):
             raise outcome
         return _response(render(outcome))
-    in_flight = get_in_flight(request)
+    in_flight = request.app[IN_FLIGHT]
     in_flight.enter(claim.key)
     try:
         outcome = await combiner.submit(resource, op)
@@ -87,6 +87,6 @@ async def execute(
     if isinstance(outcome, Replay):
         # Counted here, where it is answered, not where the batch found the stored key: a
         # PostgreSQL transaction that is retried triages its ops again.
-        get_metrics(request).idempotent_replays.inc()
+        request.app[METRICS].idempotent_replays.inc()
         return _response(outcome.response, replayed=True)
     return _response(claim.render(outcome))

@@ -7,10 +7,21 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from app.domain import DeleteItem, PatchItem, PutItem, Record, Written, check_record_size
+from app.combining import Combiner
+from app.domain import (
+    DeleteItem,
+    ItemOp,
+    ItemOutcome,
+    PatchItem,
+    PutItem,
+    Record,
+    Written,
+    check_record_size,
+)
 from app.errors import InvalidInput, NotFound, UnsupportedMediaType
 from app.idempotency import Rendered
-from app.state import get_items, get_settings, get_storage
+from app.settings import SETTINGS
+from app.storage import STORAGE
 from app.views.backpressure import list_in_pieces
 from app.views.common import (
     JSON,
@@ -23,6 +34,9 @@ from app.views.common import (
     read_body,
 )
 from app.views.idempotent import claim_for, execute
+
+# The write combiner every record change goes through.
+ITEMS = web.AppKey("items", Combiner[ItemOp, ItemOutcome])
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -69,13 +83,13 @@ async def put_item(request: web.Request) -> web.Response:
     """Create or replace a record; 201 when created."""
     item_id = path_name(request, "id")
     raw = await _required_body(request)
-    settings = get_settings(request)
+    settings = request.app[SETTINGS]
     # The depth limit is the stored value's: {"value": ...} adds a level that PATCH has not.
     body = decode_json(raw, PutBody, settings.max_json_depth, wrapper=1)
     if len(raw) > settings.record_limit:  # a smaller body cannot hold a larger record
         check_record_size(body.value, settings.record_limit)
     op = PutItem(body.value, precondition(request), claim_for(request, raw, _render_written))
-    return await execute(request, get_items(request), item_id, op, _render_written)
+    return await execute(request, request.app[ITEMS], item_id, op, _render_written)
 
 
 async def patch_item(request: web.Request) -> web.Response:
@@ -87,11 +101,11 @@ async def patch_item(request: web.Request) -> web.Response:
         )
     # An empty body is "a JSON body is required" (422), as on PUT, not a JSON syntax error.
     raw = await _required_body(request)
-    settings = get_settings(request)
+    settings = request.app[SETTINGS]
     patch = decode_json(raw, Any, settings.max_json_depth)
     claim = claim_for(request, raw, _render_written)
     op = PatchItem(patch, precondition(request), claim, settings.record_limit)
-    return await execute(request, get_items(request), item_id, op, _render_written)
+    return await execute(request, request.app[ITEMS], item_id, op, _render_written)
 
 
 async def delete_item(request: web.Request) -> web.Response:
@@ -99,13 +113,13 @@ async def delete_item(request: web.Request) -> web.Response:
     item_id = path_name(request, "id")
     claim = claim_for(request, await read_body(request), _render_deleted)
     op = DeleteItem(precondition(request), claim)
-    return await execute(request, get_items(request), item_id, op, _render_deleted)
+    return await execute(request, request.app[ITEMS], item_id, op, _render_deleted)
 
 
 async def get_item(request: web.Request) -> web.Response:
     """A record as committed, with its ETag."""
     item_id = path_name(request, "id")
-    record = await get_storage(request).get_item(item_id)
+    record = await request.app[STORAGE].get_item(item_id)
     if record is None:
         raise NotFound(f"no record with id {item_id!r}")
     return record_response(record)
@@ -114,11 +128,11 @@ async def get_item(request: web.Request) -> web.Response:
 async def list_items(request: web.Request) -> web.StreamResponse:
     """Records ordered by id, a page at a time."""
     prefix, after, limit = list_params(request)
-    storage = get_storage(request)
+    storage = request.app[STORAGE]
 
     async def fetch(last: str, n: int) -> list[Record]:
         return await storage.list_items(prefix, last, n)
 
     # Records can be large: read and written a piece at a time (app.views.backpressure).
-    timeout = get_settings(request).send_timeout
+    timeout = request.app[SETTINGS].send_timeout
     return await list_in_pieces(request, fetch, after, limit, record_body, "id", timeout)

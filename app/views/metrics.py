@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from app.metrics import CONTENT_TYPE
+from app.metrics import CONTENT_TYPE, METRICS
 from app.observe import sample_locks
-from app.state import get_metrics
 from app.views.common import NO_STORE, json_response
 
 
@@ -14,7 +13,7 @@ async def metrics(request: web.Request) -> web.Response:
     """Every worker's metrics, added up, in the Prometheus text format."""
     # This worker's gauges are fresh; the others' are at most one sampling interval old.
     sample_locks(request.app)
-    body = await get_metrics(request).render()
+    body = await request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -25,4 +24,4 @@ async def stats(request: web.Request) -> web.Response:
     ``/metrics`` itself stays behind the ``metrics`` scope.
     """
     sample_locks(request.app)
-    return json_response(await get_metrics(request).summary(), headers=NO_STORE)
+    return json_response(await request.app[METRICS].summary(), headers=NO_STORE)

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from app.state import LOCKS
+from app.locks import LOCKS
 from tests.faults.load import integrity, stored
 from tests.observability.workers import last_heartbeat, listening, read_everything_sent
 from tests.support import Service, wait_for

@@ -9,9 +9,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from app.domain import Record
-from app.events import EventHub, Resource
+from app.events import EVENTS, EventHub, Resource
 from app.main import create_app
-from app.state import EVENTS
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.observability.helpers import next_event
 from tests.support import wait_for

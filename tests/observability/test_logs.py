@@ -15,10 +15,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
-from app.access_log import FLUSH_BYTES, AccessLog, client_address
+from app.access_log import ACCESS_LOG, FLUSH_BYTES, AccessLog, client_address
+from app.envelope import ENVELOPE
 from app.logs import ACCESS_LOGGER, LogFormatter, request_id_from
 from app.main import create_app
-from app.state import ACCESS_LOG, ENVELOPE
 from tests.conftest import ClientFactory, settings_for
 from tests.support import ROOT
 

@@ -15,10 +15,9 @@ from prometheus_client import generate_latest
 import app.combining
 from app.combining import Batch, Combiner, ops_of
 from app.errors import LockTimeout
-from app.locks import LockRegistry
+from app.locks import LOCKS, LockRegistry
 from app.main import create_app
 from app.metrics import LOCK_KINDS, Metrics
-from app.state import LOCKS
 from app.storage import DB_ERROR_KINDS
 from app.storage.sqlite import _error_kind
 from tests.conftest import ClientFactory, settings_for

@@ -17,7 +17,8 @@ from app.domain import (
 )
 from app.errors import NotFound, OutOfRange, PreconditionFailed
 from app.settings import Settings
-from app.storage import Storage, open_storage
+from app.storage import Storage
+from app.storage.backends import open_storage
 
 
 async def test_values_survive_reopen(settings: Settings) -> None:

@@ -9,7 +9,7 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
 from app.domain import NAME_RULE, Record
-from app.state import STORAGE
+from app.storage import STORAGE
 
 Client = TestClient[Any, Any]
 

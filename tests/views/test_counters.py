@@ -9,8 +9,8 @@ import pytest
 from yarl import URL
 
 from app.domain import INT64_MAX, INT64_MIN
+from app.locks import LOCKS
 from app.main import create_app
-from app.state import LOCKS
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.views.helpers import (
     BAD_NAMES,

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from app.state import STORAGE
-from app.storage import postgres
+from app.storage import STORAGE, postgres
 from app.storage.postgres import PostgresStorage
 from tests.conftest import never_reaches_storage
 from tests.views.helpers import Client, app_of, assert_problem

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from yarl import URL
 
+from app.locks import LOCKS
 from app.main import create_app
-from app.state import LOCKS
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.views.helpers import (
     BAD_NAMES,

@@ -1,7 +1,8 @@
-"""Access control: which scope each request needs, and the check of its token.
+"""Access control: the check of a request's token against its route's scope.
 
-The envelope (``app.envelope``) runs ``authorize`` before every handler when a tokens file
-is configured; with none, the service is open and pays nothing.
+Each route's scope is declared in the route table (``app.routes``); the envelope
+(``app.envelope``) runs ``authorize`` with it before every handler when a tokens file is
+configured. With none, the service is open and pays nothing.
 The token itself is never logged or stored; only its SHA-256 is compared (app/tokens.py).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Iterable
+from typing import Final, Literal
 
 from aiohttp import web
 
@@ -20,28 +22,13 @@ from app.tokens import Scope, TokensFileError, TokenStore
 
 logger = logging.getLogger(__name__)
 
-# Liveness and readiness probes must work without credentials. The dashboard's page and
-# its static assets hold no data (everything it shows comes from token-protected calls),
-# and a browser must load them before anyone can type a token in.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/static/{filename}"})
-# Endpoints with a scope of their own rather than read/write.
-OWN_SCOPE: dict[str, Scope] = {"/metrics": "metrics"}
-# GET endpoints that change state, so they need write.
-WRITING_GETS = frozenset({"/access"})
+# The scope of a route declared without one (the catch-all answering 404/405, routes added
+# after create_app): read for safe methods, write for the rest.
+BY_METHOD: Final = "by-method"
+RouteScope = Scope | Literal["by-method"] | None
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def required_scope(request: web.Request) -> Scope | None:
-    """The scope a request needs, from its route (None: open). Unknown routes need read."""
-    resource = request.match_info.route.resource
-    path = resource.canonical if resource is not None else ""
-    if path in OPEN_PATHS:
-        return None
-    if path in OWN_SCOPE:
-        return OWN_SCOPE[path]
-    if request.method in SAFE_METHODS and path not in WRITING_GETS:
-        return "read"
-    return "write"
+# The scope a request's token was checked for, so a long-lived stream can check it again.
+AUTHORIZED_SCOPE: web.RequestKey[Scope] = web.RequestKey("authorized_scope")
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -54,9 +41,13 @@ def bearer_token(request: web.Request) -> str | None:
     return token
 
 
-def authorize(request: web.Request, store: TokenStore) -> None:
-    """401 without a known token, 403 when its scope does not cover the request."""
-    needed = required_scope(request)
+def authorize(request: web.Request, store: TokenStore, scope: RouteScope) -> None:
+    """401 without a known token, 403 when its scope does not cover the route's ``scope``."""
+    needed: Scope | None
+    if scope == BY_METHOD:
+        needed = "read" if request.method in SAFE_METHODS else "write"
+    else:
+        needed = scope
     if needed is None:
         return
     if len(request.headers.getall("Authorization", ())) > 1:
@@ -73,12 +64,13 @@ def authorize(request: web.Request, store: TokenStore) -> None:
         raise Unauthenticated("the bearer token is unknown or revoked", invalid=True)
     if needed not in scopes:
         raise Forbidden(needed)
+    request[AUTHORIZED_SCOPE] = needed
 
 
 def still_authorized(request: web.Request, store: TokenStore) -> tuple[int, str] | None:
     """Why the token an authorized request came with no longer covers it: a status and a
     detail, as its answer would be now; None while it still does (long-lived streams ask)."""
-    needed = required_scope(request)
+    needed = request.get(AUTHORIZED_SCOPE)
     token = bearer_token(request)
     if needed is None or token is None:
         return None

@@ -28,7 +28,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from app.access_log import AccessLog
-from app.auth import authorize
+from app.auth import BY_METHOD, RouteScope, authorize
 from app.errors import LockstepError
 from app.limits import check_header_size
 from app.logs import CURRENT, REQUEST_ID_HEADER, RequestContext, request_id_from
@@ -47,9 +47,14 @@ _encode = msgspec.json.Encoder().encode
 
 
 class Envelope(Protocol):
-    """Wraps one route's handler; ``route`` names it in metrics and logs (default: its template)."""
+    """Wraps one route's handler; ``route`` names it in metrics and logs (default: its template).
 
-    def __call__(self, handler: Handler, route: str | None = None) -> Handler: ...
+    ``scope`` is the token scope the route needs (``app.routes`` declares it per route).
+    """
+
+    def __call__(
+        self, handler: Handler, route: str | None = None, scope: RouteScope = BY_METHOD
+    ) -> Handler: ...
 
 
 # The envelope of this app, for routes added after create_app (bench, tests).
@@ -98,7 +103,9 @@ def envelope_for(
 ) -> Envelope:
     """The function that wraps each route's handler in this app's envelope."""
 
-    def envelope(handler: Handler, route: str | None = None) -> Handler:
+    def envelope(
+        handler: Handler, route: str | None = None, scope: RouteScope = BY_METHOD
+    ) -> Handler:
         async def enveloped(request: web.Request) -> web.StreamResponse:
             started = time.perf_counter()
             context = RequestContext(request_id_from(request.headers.get(REQUEST_ID_HEADER)))
@@ -109,7 +116,7 @@ def envelope_for(
                 try:
                     check_header_size(request, max_header_bytes)
                     if tokens is not None:
-                        authorize(request, tokens)
+                        authorize(request, tokens, scope)
                     response = await handler(request)
                 except LockstepError as e:
                     response = problem_response(e.status, e.title, e.detail, e.slug, e.headers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 
 from aiohttp import web
 
@@ -18,12 +19,14 @@ from app.limits import parser_limits
 from app.locks import LOCKS, LockRegistry
 from app.metrics import METRICS, Metrics
 from app.observe import setup_lock_sampler, setup_observability
+from app.openapi import openapi_document
 from app.parser_errors import answer_parser_errors
 from app.routes import setup_routes
 from app.settings import SETTINGS, Settings
 from app.storage import STORAGE
 from app.storage.backends import open_storage
 from app.views.counters import COUNTERS
+from app.views.docs import API_DOCS, ApiDocs
 from app.views.health import HEALTH, Health
 from app.views.items import ITEMS
 
@@ -84,6 +87,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
         app[TOKENS] = tokens
     app[ENVELOPE] = envelope_for(settings.max_header_bytes, metrics, tokens, access_log)
     setup_routes(app, app[ENVELOPE])
+    app[API_DOCS] = ApiDocs(partial(openapi_document, settings))
     # First, before anything is opened: routes can still be added after create_app.
     app.on_startup.insert(0, _check_routes)
     # Opened in this order, closed in reverse. When one fails to open, aiohttp's gunicorn

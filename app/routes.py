@@ -1,50 +1,221 @@
-"""The route table: every URL the service answers and the handler behind it.
+"""The route table: every operation the service answers, declared once.
 
-Every handler is registered in the envelope (``app.envelope``: request id, limits, tokens,
-problem bodies, metrics). The last route catches every URL the others do not match and
-answers 404, or 405 with ``Allow`` when the path exists for other methods, as aiohttp's
-router would, but as a problem body.
+Each ``Route`` names its method, path, handler, token scope, request and answer bodies
+(msgspec structs, ``app.views.bodies``), documented errors, and whether it takes an
+``Idempotency-Key``. ``setup_routes`` registers the table in the envelope, which checks
+each route's scope; ``app.openapi`` builds the OpenAPI document from the same table.
+
+A last catch-all route answers 404, or 405 with ``Allow`` when the path exists for other
+methods, as aiohttp's router would, but as a problem body.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from app.envelope import Envelope
 from app.errors import MethodNotAllowed, NoSuchPath
 from app.metrics import UNMATCHED
+from app.tokens import Scope
 from app.views import counters, dashboard, docs, events, health, items, metrics
+from app.views.bodies import (
+    Counter,
+    CounterEvent,
+    CounterPage,
+    IncrementBody,
+    ItemEvent,
+    MergePatch,
+    PutBody,
+    Record,
+    RecordPage,
+    SetBody,
+    Stats,
+    Status,
+)
+
+JSON = "application/json"
+HTML = "text/html"
+EVENT_STREAM = "text/event-stream"
+# prometheus-client's exposition format, as GET /metrics labels it.
+METRICS_MEDIA = "text/plain; version=0.0.4"
+# Operations answering a never-ending event stream; fuzzing leaves them out (tests/test_fuzz.py).
+STREAMS_TAG = "streams"
+_BAD_BODY = (400, 408, 413, 415, 422)
+# The operations' groups, in the order the reference shows them.
+TAGS = {
+    "counters": "Signed 64-bit counters, created at 0 by their first increment.",
+    "records": "JSON documents with a version; the ETag is the version in quotes.",
+    STREAMS_TAG: "Server-Sent Events on every committed change.",
+    "operations": "Probes, metrics and figures for operators.",
+    "reference": "This document and its page.",
+    "dashboard": "The built-in dashboard.",
+}
+# The response headers answers document, by name.
+HEADERS: dict[str, dict[str, Any]] = {
+    name: {"schema": schema, "description": description}
+    for name, schema, description in (
+        ("ETag", {"type": "string"}, 'The version in quotes, e.g. "3".'),
+        ("Retry-After", {"type": "string"}, "Seconds to wait."),
+        ("WWW-Authenticate", {"type": "string"}, "The bearer challenge."),
+        ("Accept-Encoding", {"const": "gzip, deflate"}, "The codings a body may have."),
+        ("Accept-Patch", {"const": "application/merge-patch+json"}, "What PATCH takes."),
+        ("Cache-Control", {"const": "no-store"}, "Never cached."),
+        ("Idempotent-Replayed", {"const": "true"}, "The stored answer for an Idempotency-Key."),
+    )
+}
 
 
-def setup_routes(app: web.Application, e: Envelope) -> None:
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One documented success answer: its media types and their body types."""
+
+    status: int
+    description: str
+    content: Mapping[str, Any] = field(default_factory=dict)
+    headers: tuple[str, ...] = ()  # names of the document's header components
+    events: tuple[type, ...] = ()  # an event stream's data types, one per event name
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One operation; ``scope`` None means open even when tokens are required."""
+
+    method: str
+    path: str
+    handler: Handler
+    tag: str
+    summary: str
+    scope: Scope | None
+    answers: tuple[Answer, ...]
+    errors: tuple[int, ...] = ()
+    description: str = ""
+    body: Any = None  # the request body's type; None: the operation takes no body
+    body_media: str = JSON
+    body_required: bool = True
+    params: tuple[str, ...] = ()  # query and header parameters (path ones come from the path)
+    idempotent: bool = False  # takes an Idempotency-Key
+    head: bool = True  # a GET answers HEAD too
+
+
+def _json(status: int, body: Any, description: str, *headers: str) -> Answer:
+    return Answer(status, description, {JSON: body}, headers)
+
+
+def _deleted() -> Answer:
+    return Answer(204, "Deleted.")
+
+
+def _stream(*kinds: type) -> Answer:
+    named = ", ".join(f"`event: {k.__name__.removesuffix('Event').lower()}`" for k in kinds)
+    return Answer(
+        200,
+        "Server-Sent Events, never ending on their own: first the current state, then one "
+        f"event per committed change ({named}); `: keep-alive` comments when quiet; "
+        "`event: shutdown` when the service stops; with tokens on, `event: unauthorized` "
+        "(data: status and detail, as a request would get now) once the stream's token is "
+        "revoked or the tokens file becomes unusable.",
+        {EVENT_STREAM: str},
+        ("Cache-Control",),
+        kinds,
+    )
+
+
+_CONDITIONAL = ("If-Match", "If-None-Match")
+_PAGE = ("prefix", "after", "limit")
+
+# aiohttp tries the resources under one prefix (/counters, /items) in the order they are
+# added: the busiest come first, so a write matches at the first try.
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/access", counters.access, "counters", "Count one access", "write",
+          (Answer(200, "The value after this request's increment.",
+                  {"text/plain": str, JSON: Counter}, ("Cache-Control",)),),
+          (409,), "Increments counter `access` and answers `Resource accessed N times.`, or "
+          "JSON when `Accept` weighs `application/json` above zero and not below `text/plain`. "
+          "It changes state, so it needs the write scope and HEAD is refused.", head=False),
+    Route("POST", "/counters/{name}/increment", counters.increment, "counters",
+          "Add to a counter", "write", (_json(200, Counter, "The value after this increment."),),
+          (*_BAD_BODY, 409), "Adds `by` (default 1), creating the counter at 0 first.",
+          body=IncrementBody, body_required=False, idempotent=True),
+    Route("GET", "/counters/{name}", counters.get_counter, "counters", "Get a counter", "read",
+          (_json(200, Counter, "The committed value."),), (404, 422)),
+    Route("PUT", "/counters/{name}", counters.set_counter, "counters", "Set a counter", "write",
+          (_json(200, Counter, "The new value."),), _BAD_BODY,
+          "Sets the value, creating the counter if needed.", body=SetBody, idempotent=True),
+    Route("DELETE", "/counters/{name}", counters.delete_counter, "counters", "Delete a counter",
+          "write", (_deleted(),), (404, 422), idempotent=True),
+    Route("GET", "/counters", counters.list_counters, "counters", "List counters by name",
+          "read", (_json(200, CounterPage, "A page."),), (422,), params=_PAGE),
+    Route("GET", "/items/{id}", items.get_item, "records", "Get a record", "read",
+          (_json(200, Record, "The record.", "ETag"),), (404, 422)),
+    Route("PUT", "/items/{id}", items.put_item, "records", "Create or replace a record", "write",
+          (_json(200, Record, "Replaced.", "ETag"), _json(201, Record, "Created.", "ETag")),
+          (*_BAD_BODY, 412), "`If-None-Match: *` creates only; `If-Match` replaces only that "
+          "version.", body=PutBody, params=_CONDITIONAL, idempotent=True),
+    Route("PATCH", "/items/{id}", items.patch_item, "records", "Merge-patch a record", "write",
+          (_json(200, Record, "Patched.", "ETag"),), (*_BAD_BODY, 404, 412),
+          "Applies an RFC 7396 JSON Merge Patch: `null` deletes a member, arrays are replaced "
+          "whole.", body=MergePatch, body_media="application/merge-patch+json",
+          params=_CONDITIONAL, idempotent=True),
+    Route("DELETE", "/items/{id}", items.delete_item, "records", "Delete a record", "write",
+          (_deleted(),), (404, 412, 422), params=_CONDITIONAL, idempotent=True),
+    Route("GET", "/items", items.list_items, "records", "List records by id", "read",
+          (_json(200, RecordPage, "A page."),), (422,), params=_PAGE),
+    Route("GET", "/healthz", health.healthz, "operations", "Liveness", None,
+          (_json(200, Status, "The process is alive."),)),
+    Route("GET", "/readyz", health.readyz, "operations", "Readiness", None,
+          (_json(200, Status, "Ready."),), (503,),
+          "The database answers, is the file this worker opened, and a write transaction can "
+          "start; 503 otherwise and from the start of a graceful shutdown. Writes failing for "
+          "a full disk are reported in `writes`."),
+    Route("GET", "/openapi.json", docs.openapi_json, "reference", "This API as OpenAPI 3.1",
+          "read", (_json(200, dict[str, Any], "The OpenAPI document."),)),
+    Route("GET", "/docs", docs.docs, "reference", "This reference page", "read",
+          (Answer(200, "The page.", {HTML: str}),)),
+    Route("GET", "/metrics", metrics.metrics, "operations", "Prometheus metrics", "metrics",
+          (Answer(200, "Every worker's metrics, summed.", {METRICS_MEDIA: str}),),
+          description="For a scraper: needs a token of its own scope, `metrics` (read and "
+          "write tokens get 403)."),
+    Route("GET", "/stats", metrics.stats, "operations", "Service figures for the dashboard",
+          "read", (_json(200, Stats, "Totals over every worker.", "Cache-Control"),),
+          description="A few totals from the same figures as /metrics, readable with a read "
+          "token; the dashboard polls it for its rates."),
+    Route("GET", "/events", events.events, STREAMS_TAG, "Stream several resources", "read",
+          (_stream(CounterEvent, ItemEvent),), (422,),
+          "One stream for up to LOCKSTEP_EVENTS_MAX_RESOURCES counters and records: "
+          "`?counter=a&counter=b&item=c`; at least one is needed.", params=("counter", "item")),
+    Route("GET", "/counters/{name}/events", events.counter_events, STREAMS_TAG,
+          "Stream a counter", "read", (_stream(CounterEvent),), (422,),
+          "The counter's value now (null if absent), then on every change any worker commits."),
+    Route("GET", "/items/{id}/events", events.item_events, STREAMS_TAG, "Stream a record",
+          "read", (_stream(ItemEvent),), (422,),
+          "The record now (nulls if absent), then on every change any worker commits."),
+    Route("GET", "/", dashboard.dashboard, "dashboard", "The dashboard page", None,
+          (Answer(200, "HTML; holds no data.", {HTML: str}),),
+          description="Open even with tokens on: it holds no data, and the token typed into "
+          "it is sent on its own calls."),
+    Route("GET", "/static/{filename}", dashboard.asset, "dashboard", "The dashboard's assets",
+          None, (Answer(200, "The file.", dict.fromkeys(sorted(set(dashboard.ASSETS.values())),
+                                                     str)),),
+          (404,), "The packaged script and stylesheet, by exact name; they hold no data."),
+)  # fmt: skip
+
+
+def setup_routes(app: web.Application, envelope: Envelope) -> None:
+    """Register every route of the table, each in the envelope with its scope."""
     router = app.router
-    # GET /access changes state, so HEAD must not run it (405 instead).
-    router.add_get("/access", e(counters.access), allow_head=False)
-    # aiohttp tries the resources under one prefix (/counters, /items) in the order they
-    # are added here: the busiest come first, so a write matches at the first try.
-    router.add_post("/counters/{name}/increment", e(counters.increment))
-    router.add_get("/counters/{name}", e(counters.get_counter))
-    router.add_put("/counters/{name}", e(counters.set_counter))
-    router.add_delete("/counters/{name}", e(counters.delete_counter))
-    router.add_get("/counters", e(counters.list_counters))
-    router.add_get("/items/{id}", e(items.get_item))
-    router.add_put("/items/{id}", e(items.put_item))
-    router.add_patch("/items/{id}", e(items.patch_item))
-    router.add_delete("/items/{id}", e(items.delete_item))
-    router.add_get("/items", e(items.list_items))
-    router.add_get("/healthz", e(health.healthz))
-    router.add_get("/readyz", e(health.readyz))
-    router.add_get("/openapi.json", e(docs.openapi_json))
-    router.add_get("/docs", e(docs.docs))
-    router.add_get("/metrics", e(metrics.metrics))
-    router.add_get("/stats", e(metrics.stats))
-    router.add_get("/events", e(events.events))
-    router.add_get("/counters/{name}/events", e(events.counter_events))
-    router.add_get("/items/{id}/events", e(events.item_events))
-    router.add_get("/", e(dashboard.dashboard))
-    router.add_get("/static/{filename}", e(dashboard.asset))
+    for route in ROUTES:
+        handler = envelope(route.handler, scope=route.scope)
+        if route.method == "GET":
+            router.add_get(route.path, handler, allow_head=route.head)
+        else:
+            router.add_route(route.method, route.path, handler)
     # Last: aiohttp tries it after every other resource, whatever the path.
-    router.add_route("*", "/{tail:.*}", e(unmatched, route=UNMATCHED))
+    router.add_route("*", "/{tail:.*}", envelope(unmatched, route=UNMATCHED))
 
 
 async def unmatched(request: web.Request) -> web.StreamResponse:

@@ -10,9 +10,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from app.auth import WRITING_GETS, exposure_warning
+from app.auth import exposure_warning
 from app.main import create_app
 from app.openapi import openapi_document
+from app.routes import ROUTES
 from app.settings import Settings
 from app.startup import StartupError
 from app.tokens import GRANTS, Scope, add_token, revoke_token
@@ -112,6 +113,10 @@ async def test_unknown_path_needs_token(api: TestClient[Any, Any]) -> None:
     """An unknown path answers 401, not 404, so the route table cannot be probed anonymously."""
     resp = await api.get("/nothing-here")
     assert resp.status == 401
+
+
+# GET routes that change state, so they need the write scope (GET /access).
+WRITING_GETS = {r.path for r in ROUTES if r.method == "GET" and r.scope == "write"}
 
 
 def _concrete(path: str) -> str:

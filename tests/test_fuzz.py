@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from app.openapi import STREAMS_TAG, openapi_document
+from app.openapi import openapi_document
+from app.routes import STREAMS_TAG
 from app.tokens import add_token
 from tests.conftest import settings_for
 from tests.support import Service

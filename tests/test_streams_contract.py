@@ -15,7 +15,8 @@ from openapi_schema_validator import OAS31Validator, oas31_format_checker
 
 from app.events import EVENTS
 from app.main import create_app
-from app.openapi import EVENT_STREAM, STREAMS_TAG, openapi_document
+from app.openapi import openapi_document
+from app.routes import EVENT_STREAM, STREAMS_TAG
 from app.settings import Settings
 from app.tokens import add_token
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for

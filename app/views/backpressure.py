@@ -64,8 +64,8 @@ async def list_in_pieces(
     fetch: Callable[[str, int], Awaitable[list[T]]],
     after: str,
     limit: int,
-    body: Callable[[T], dict[str, Any]],
-    key: str,
+    body: Callable[[T], Any],
+    cursor: Callable[[T], str],
     send_timeout: float,
 ) -> web.StreamResponse:
     """A list page (``{"items": [...], "next": ...}``) read and written a piece at a time.
@@ -93,7 +93,7 @@ async def list_in_pieces(
                 entries = entries[: limit - shown]
             encoded = [_encode(body(e)) for e in entries]
             if entries:
-                last = body(entries[-1])[key]
+                last = cursor(entries[-1])
                 shown += len(entries)
                 size = sum(map(len, encoded))
                 rows = max(1, PIECE_BYTES * len(entries) // max(size, 1))

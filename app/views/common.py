@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -139,11 +140,10 @@ def list_params(request: web.Request) -> tuple[str, str, int]:
     return prefix, after, limit
 
 
-def page(items: list[Any], limit: int, key: str) -> dict[str, Any]:
-    """A list page: the first ``limit`` items and the cursor for the next page, if any."""
-    more = len(items) > limit
+def page(items: list[T], limit: int, cursor: Callable[[T], str]) -> tuple[list[T], str | None]:
+    """The first ``limit`` of ``limit + 1`` items, and the ``after`` of the next page if any."""
     shown = items[:limit]
-    return {"items": shown, "next": shown[-1][key] if more else None}
+    return shown, cursor(shown[-1]) if len(items) > limit else None
 
 
 def _etags(header: str, weak: bool = False) -> tuple[frozenset[int], bool]:

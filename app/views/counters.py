@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from app.combining import Combiner
-from app.domain import (
-    INT64_MAX,
-    INT64_MIN,
-    CounterOp,
-    CounterOutcome,
-    DeleteCounter,
-    Increment,
-    SetValue,
-)
+from app.domain import CounterOp, CounterOutcome, DeleteCounter, Increment, SetValue
 from app.errors import InvalidInput, NotFound
 from app.idempotency import Rendered
 from app.settings import SETTINGS
 from app.storage import STORAGE
+from app.views.bodies import Counter, CounterPage, IncrementBody, SetBody
 from app.views.common import (
     JSON,
     NO_STORE,
@@ -38,17 +30,6 @@ from app.views.idempotent import KEY_HEADER, claim_for, execute
 
 # The write combiner every counter change goes through.
 COUNTERS = web.AppKey("counters", Combiner[CounterOp, CounterOutcome])
-
-Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
-
-
-class IncrementBody(msgspec.Struct, forbid_unknown_fields=True):
-    by: Int64 = 1
-
-
-class SetBody(msgspec.Struct, forbid_unknown_fields=True):
-    value: Int64
-
 
 ACCESS = "access"
 ENCODING = "Content-Encoding"
@@ -96,14 +77,14 @@ async def access(request: web.Request) -> web.Response:
     value = raise_if_error(await request.app[COUNTERS].submit(ACCESS, _ONE))
     assert isinstance(value, int)
     if wants_json(request.headers.get("Accept", "")):
-        return json_response({"name": ACCESS, "value": value}, headers=NO_STORE)
+        return json_response(Counter(ACCESS, value), headers=NO_STORE)
     # The finished header set, so aiohttp need not build the content type each time.
     return web.Response(body=b"Resource accessed %d times." % value, headers=_ACCESS_TEXT)
 
 
 def _render_value(name: str) -> Callable[[Any], Rendered]:
     def render(value: Any) -> Rendered:
-        return Rendered(200, {"Content-Type": JSON}, _encode({"name": name, "value": value}))
+        return Rendered(200, {"Content-Type": JSON}, _encode(Counter(name, value)))
 
     return render
 
@@ -143,7 +124,7 @@ async def get_counter(request: web.Request) -> web.Response:
     value = await request.app[STORAGE].get_counter(name)
     if value is None:
         raise NotFound(f"no counter named {name!r}")
-    return json_response({"name": name, "value": value})
+    return json_response(Counter(name, value))
 
 
 async def set_counter(request: web.Request) -> web.Response:
@@ -169,4 +150,5 @@ async def list_counters(request: web.Request) -> web.Response:
     """Counters ordered by name, a page at a time."""
     prefix, after, limit = list_params(request)
     rows = await request.app[STORAGE].list_counters(prefix, after, limit + 1)
-    return json_response(page([{"name": n, "value": v} for n, v in rows], limit, "name"))
+    shown, after_last = page(rows, limit, lambda row: row[0])
+    return json_response(CounterPage([Counter(n, v) for n, v in shown], after_last))

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from app.errors import Unavailable
 from app.storage import STORAGE
+from app.views.bodies import Status
 from app.views.common import json_response
 
 
@@ -23,7 +24,7 @@ HEALTH = web.AppKey("health", Health)
 
 async def healthz(request: web.Request) -> web.Response:
     """The process is alive and its event loop answers."""
-    return json_response({"status": "ok"})
+    return json_response(Status("ok"))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -36,7 +37,4 @@ async def readyz(request: web.Request) -> web.Response:
         raise Unavailable("shutting down")
     storage = request.app[STORAGE]
     await storage.ping()
-    trouble = storage.write_trouble()
-    if trouble is not None:
-        return json_response({"status": "ready", "writes": trouble})
-    return json_response({"status": "ready"})
+    return json_response(Status("ready", storage.write_trouble()))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from app.combining import Combiner
@@ -22,7 +21,9 @@ from app.errors import InvalidInput, NotFound, UnsupportedMediaType
 from app.idempotency import Rendered
 from app.settings import SETTINGS
 from app.storage import STORAGE
+from app.views import bodies
 from app.views.backpressure import list_in_pieces
+from app.views.bodies import PutBody
 from app.views.common import (
     JSON,
     _encode,
@@ -41,17 +42,8 @@ ITEMS = web.AppKey("items", Combiner[ItemOp, ItemOutcome])
 MERGE_PATCH = "application/merge-patch+json"
 
 
-class PutBody(msgspec.Struct, forbid_unknown_fields=True):
-    value: Any
-
-
-def record_body(record: Record) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "value": record.value,
-        "version": record.version,
-        "updated_at": record.updated_at,
-    }
+def record_body(record: Record) -> bodies.Record:
+    return bodies.Record(record.id, record.value, record.version, record.updated_at)
 
 
 def record_response(record: Record, status: int = 200) -> web.Response:
@@ -135,4 +127,4 @@ async def list_items(request: web.Request) -> web.StreamResponse:
 
     # Records can be large: read and written a piece at a time (app.views.backpressure).
     timeout = request.app[SETTINGS].send_timeout
-    return await list_in_pieces(request, fetch, after, limit, record_body, "id", timeout)
+    return await list_in_pieces(request, fetch, after, limit, record_body, lambda r: r.id, timeout)

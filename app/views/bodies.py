@@ -1,0 +1,128 @@
+"""The API's JSON bodies as msgspec structs.
+
+Handlers decode request bodies and encode answers with these; the OpenAPI document takes
+its schemas from the same structs (``msgspec.json.schema_components``), so the two cannot
+differ. Event and statistics bodies are built elsewhere as dictionaries; their structs
+describe them, and tests check the live answers against the document.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from app.domain import INT64_MAX, INT64_MIN, NAME_RE
+
+Name = Annotated[str, Meta(pattern=f"^{NAME_RE.pattern}$")]
+Int64 = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
+Version = Annotated[int, Meta(ge=1)]
+Time = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
+AnyJson = Annotated[Any, Meta(description="Any JSON value.")]
+MergePatch = Annotated[Any, Meta(description="An RFC 7396 JSON Merge Patch.")]
+Count = Annotated[int, Meta(ge=0)]
+
+
+class IncrementBody(msgspec.Struct, forbid_unknown_fields=True):
+    """How much to add; the body may be left out (then 1)."""
+
+    by: Int64 = 1
+
+
+class SetBody(msgspec.Struct, forbid_unknown_fields=True):
+    """The counter's new value."""
+
+    value: Int64
+
+
+class PutBody(msgspec.Struct, forbid_unknown_fields=True):
+    """The record's new value."""
+
+    value: AnyJson
+
+
+class Counter(msgspec.Struct):
+    """A counter and its committed value."""
+
+    name: Name
+    value: Int64
+
+
+class Record(msgspec.Struct):
+    """A record as committed; its ETag is its version in quotes."""
+
+    id: Name
+    value: AnyJson
+    version: Version
+    updated_at: Time
+
+
+class CounterPage(msgspec.Struct):
+    """Counters by name; ``next`` is the ``after`` of the following page (null: the last)."""
+
+    items: list[Counter]
+    next: str | None
+
+
+class RecordPage(msgspec.Struct):
+    """Records by id; ``next`` is the ``after`` of the following page (null: the last)."""
+
+    items: list[Record]
+    next: str | None
+
+
+class Status(msgspec.Struct, omit_defaults=True):
+    """A probe's answer; ``writes`` says why writes have been failing lately (a full disk)."""
+
+    status: str
+    writes: Annotated[
+        str | None,
+        Meta(description="/readyz only: why writes have been failing lately (a full disk)."),
+    ] = None
+
+
+class Problem(msgspec.Struct):
+    """RFC 9457 problem details; ``type`` is ``urn:lockstep:problem:<slug>`` or about:blank."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+class CounterEvent(msgspec.Struct):
+    """The data of an ``event: counter``; ``value`` is null once the counter is deleted."""
+
+    name: Name
+    value: Int64 | None
+    time: Time
+
+
+class ItemEvent(msgspec.Struct):
+    """The data of an ``event: item``; all but ``id`` and ``time`` are null once deleted."""
+
+    id: Name
+    value: AnyJson
+    version: Version | None
+    updated_at: Time | None
+    time: Time
+
+
+class Stats(msgspec.Struct):
+    """Totals since start over every worker; rates come from two samples."""
+
+    requests: Annotated[Count, Meta(description="HTTP requests answered.")]
+    lock_waits: Annotated[Count, Meta(description="Requests that waited for a resource.")]
+    lock_waits_uncontended: Annotated[
+        Count, Meta(description="Of those, waits under 0.1 ms (nobody was ahead).")
+    ]
+    lock_wait_seconds: Annotated[float, Meta(ge=0, description="Total time spent in those waits.")]
+    lock_timeouts: Annotated[Count, Meta(description="Requests that gave up waiting (503).")]
+    locks_held: Annotated[Count, Meta(description="Resource locks held now.")]
+    locks_waiting: Annotated[Count, Meta(description="Requests queued for a lock now.")]
+    commits: Annotated[Count, Meta(description="Write transactions committed.")]
+    committed_resources: Annotated[
+        Count, Meta(description="Resources written by those transactions.")
+    ]
+    event_streams: Annotated[Count, Meta(description="Event streams open now.")]

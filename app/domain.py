@@ -44,66 +44,20 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
-# --- counters -----------------------------------------------------------------------
+# --- commits --------------------------------------------------------------------
 
 
 @dataclass(slots=True, frozen=True)
-class Increment:
-    by: int
-    claim: Claim | None = None
+class Commit:
+    """The write transaction an operation runs in: its revision and its time (RFC 3339).
 
+    Storage reads ``revision`` (the last committed one + 1) once it holds the database's
+    write lock, so every outcome can name the commit that applied it; the number is used
+    only if something changed (``docs/design.md``).
+    """
 
-@dataclass(slots=True, frozen=True)
-class SetValue:
-    value: int
-    claim: Claim | None = None
-
-
-@dataclass(slots=True, frozen=True)
-class DeleteCounter:
-    claim: Claim | None = None
-
-
-CounterOp = Increment | SetValue | DeleteCounter
-# An int is the counter's value after the operation; None means "deleted"; a Replay is
-# the stored response of an op whose Idempotency-Key was already used (see app.idempotency).
-CounterOutcome = int | None | LockstepError | Replay
-
-
-def apply_counter_ops(
-    current: int | None, ops: list[CounterOp]
-) -> tuple[int | None, list[CounterOutcome]]:
-    """Apply ``ops`` in order to a counter whose stored value is ``current`` (None: absent)."""
-    outcomes: list[CounterOutcome] = []
-    value = current
-    for op in ops:
-        if isinstance(op, Increment):
-            new = (value or 0) + op.by
-            if INT64_MIN <= new <= INT64_MAX:
-                value = new
-                outcomes.append(value)
-            else:
-                outcomes.append(OutOfRange(f"incrementing by {op.by} would leave the 64-bit range"))
-        elif isinstance(op, SetValue):
-            value = op.value
-            outcomes.append(value)
-        elif value is None:
-            outcomes.append(NotFound("no such counter"))
-        else:
-            value = None
-            outcomes.append(None)
-    return value, outcomes
-
-
-# --- records ------------------------------------------------------------------------
-
-
-@dataclass(slots=True, frozen=True)
-class Record:
-    id: str
-    value: Any
-    version: int
-    updated_at: str
+    revision: int
+    time: str
 
 
 @dataclass(slots=True, frozen=True)
@@ -120,27 +74,132 @@ class Precondition:
     # would silently do nothing; lockstep refuses it as If-Match: 1 is refused.
     unquoted_none_match: str = ""
 
-    def check(self, current: Record | None) -> None:
-        """Raise ``PreconditionFailed`` unless the headers hold for ``current``."""
+    def check(self, version: int | None, what: str = "record") -> None:
+        """Raise ``PreconditionFailed`` unless the headers hold for the current ``version``.
+
+        ``version`` is None when the counter or record (``what``) does not exist.
+        """
         if self.unquoted_none_match:
             raise PreconditionFailed(
                 f"If-None-Match holds a tag without quotes, which matches nothing"
                 f"{self.unquoted_none_match}"
             )
-        if self.if_none_match_any and current is not None:
-            raise PreconditionFailed("If-None-Match: * but the record exists")
-        if self.if_none_match and current is not None and current.version in self.if_none_match:
+        if self.if_none_match_any and version is not None:
+            raise PreconditionFailed(f"If-None-Match: * but the {what} exists")
+        if self.if_none_match and version is not None and version in self.if_none_match:
             raise PreconditionFailed("If-None-Match matched the current version")
-        if self.if_match_any and current is None:
-            raise PreconditionFailed("If-Match: * but the record does not exist")
-        if self.if_match is not None and (current is None or current.version not in self.if_match):
-            have = "absent" if current is None else f'"{current.version}"'
+        if self.if_match_any and version is None:
+            raise PreconditionFailed(f"If-Match: * but the {what} does not exist")
+        if self.if_match is not None and (version is None or version not in self.if_match):
+            have = "absent" if version is None else f'"{version}"'
             raise PreconditionFailed(
                 f"If-Match did not match the current version ({have}){self.hint}"
             )
 
 
 NO_PRECONDITION = Precondition()
+
+
+# --- counters -----------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Counter:
+    """A counter as stored: its value and how many operations have been applied to it."""
+
+    name: str
+    value: int
+    version: int
+
+
+@dataclass(slots=True, frozen=True)
+class Increment:
+    by: int
+    claim: Claim | None = None
+    precondition: Precondition | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class SetValue:
+    value: int
+    claim: Claim | None = None
+    precondition: Precondition | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class DeleteCounter:
+    claim: Claim | None = None
+    precondition: Precondition | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Counted:
+    """A successful increment or set: the counter after it, and the commit that applied it."""
+
+    counter: Counter
+    revision: int
+
+
+@dataclass(slots=True, frozen=True)
+class Deleted:
+    """A successful delete, and the commit that applied it."""
+
+    revision: int
+
+
+CounterOp = Increment | SetValue | DeleteCounter
+# A Replay is the stored response of an op whose Idempotency-Key was already used
+# (see app.idempotency).
+CounterOutcome = Counted | Deleted | LockstepError | Replay
+
+
+def apply_counter_ops(
+    name: str, current: Counter | None, ops: list[CounterOp], commit: Commit
+) -> tuple[Counter | None, list[CounterOutcome]]:
+    """Apply ``ops`` in order to counter ``name`` whose stored state is ``current``.
+
+    Every applied operation adds 1 to the version; a failed one changes nothing.
+    """
+    outcomes: list[CounterOutcome] = []
+    counter = current
+    revision = commit.revision
+    for op in ops:
+        if op.precondition is not None:
+            try:
+                op.precondition.check(None if counter is None else counter.version, "counter")
+            except PreconditionFailed as e:
+                outcomes.append(e)
+                continue
+        if isinstance(op, Increment):
+            if counter is None:
+                value, version = op.by, 1
+            else:
+                value, version = counter.value + op.by, counter.version + 1
+            if INT64_MIN <= value <= INT64_MAX:
+                counter = Counter(name, value, version)
+                outcomes.append(Counted(counter, revision))
+            else:
+                outcomes.append(OutOfRange(f"incrementing by {op.by} would leave the 64-bit range"))
+        elif isinstance(op, SetValue):
+            counter = Counter(name, op.value, 1 if counter is None else counter.version + 1)
+            outcomes.append(Counted(counter, revision))
+        elif counter is None:
+            outcomes.append(NotFound("no such counter"))
+        else:
+            counter = None
+            outcomes.append(Deleted(revision))
+    return counter, outcomes
+
+
+# --- records ------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Record:
+    id: str
+    value: Any
+    version: int
+    updated_at: str
 
 
 @dataclass(slots=True, frozen=True)
@@ -169,14 +228,15 @@ ItemOp = PutItem | PatchItem | DeleteItem
 
 @dataclass(slots=True, frozen=True)
 class Written:
-    """A successful PUT/PATCH: the record as stored, and whether the PUT created it."""
+    """A successful PUT/PATCH: the record as stored, the commit, and whether a PUT created it."""
 
     record: Record
+    revision: int
     created: bool = False
 
 
-# None means "deleted"; Replay as for counters.
-ItemOutcome = Written | None | LockstepError | Replay
+# Replay as for counters.
+ItemOutcome = Written | Deleted | LockstepError | Replay
 
 
 # A record's size is that of the smallest PUT body that writes it back: {"value":<value>}.
@@ -218,15 +278,15 @@ def now_iso() -> str:
 
 
 def apply_item_ops(
-    item_id: str, current: Record | None, ops: list[ItemOp]
+    item_id: str, current: Record | None, ops: list[ItemOp], commit: Commit
 ) -> tuple[Record | None, list[ItemOutcome]]:
     """Apply ``ops`` in order to a record whose stored state is ``current`` (None: absent)."""
     outcomes: list[ItemOutcome] = []
     record = current
-    stamp = now_iso()
+    stamp, revision = commit.time, commit.revision
     for op in ops:
         try:
-            op.precondition.check(record)
+            op.precondition.check(None if record is None else record.version)
         except PreconditionFailed as e:
             outcomes.append(e)
             continue
@@ -234,7 +294,7 @@ def apply_item_ops(
             version = 1 if record is None else record.version + 1
             created = record is None
             record = Record(item_id, op.value, version, stamp)
-            outcomes.append(Written(record, created))
+            outcomes.append(Written(record, revision, created))
         elif record is None:
             outcomes.append(NotFound("no such record"))
         elif isinstance(op, PatchItem):
@@ -246,8 +306,8 @@ def apply_item_ops(
                     outcomes.append(e)
                     continue
             record = Record(item_id, value, record.version + 1, stamp)
-            outcomes.append(Written(record))
+            outcomes.append(Written(record, revision))
         else:
             record = None
-            outcomes.append(None)
+            outcomes.append(Deleted(revision))
     return record, outcomes

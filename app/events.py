@@ -152,7 +152,8 @@ class EventHub:
 
     async def _read(self, r: Resource) -> dict[str, Any]:
         if r.kind == "counter":
-            return {"name": r.key, "value": await self._storage.get_counter(r.key)}
+            counter = await self._storage.get_counter(r.key)
+            return {"name": r.key, "value": None if counter is None else counter.value}
         record = await self._storage.get_item(r.key)
         if record is None:
             return {"id": r.key, "value": None, "version": None, "updated_at": None}

@@ -11,10 +11,11 @@ import pytest
 
 import app.storage.sqlite as sqlite_backend
 from app.combining import Batch, Combiner, OpenBatch, ops_of
-from app.domain import CounterOp, CounterOutcome, Increment
+from app.domain import Counted, CounterOp, CounterOutcome, Increment
 from app.errors import LockTimeout
 from app.locks import LockRegistry
 from app.storage.sqlite import SQLiteStorage
+from tests.outcomes import value, values
 
 pytestmark = pytest.mark.backends("sqlite")
 
@@ -40,10 +41,10 @@ async def test_concurrent_increments_get_distinct_values_in_few_batches(
     locks = LockRegistry(5)
     combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", locks, apply)
     values = await asyncio.gather(*(combiner.submit("hits", Increment(1)) for _ in range(200)))
-    assert sorted(v for v in values if isinstance(v, int)) == list(range(1, 201))
+    assert sorted(map(value, values)) == list(range(1, 201))
     assert sum(apply.batches) == 200
     assert len(apply.batches) <= 3
-    assert await storage.get_counter("hits") == 200
+    assert value(await storage.get_counter("hits")) == 200
     assert len(locks) == 0
 
 
@@ -67,7 +68,7 @@ async def test_requests_queued_before_storage_takes_the_batch_join_it(
     others = [asyncio.create_task(combiner.submit("c", Increment(10))) for _ in range(4)]
     await asyncio.sleep(0)
     gate.set()
-    assert await asyncio.gather(leader, *others) == [1, 11, 21, 31, 41]
+    assert values(await asyncio.gather(leader, *others)) == [1, 11, 21, 31, 41]
     assert taken == [5]  # one batch, not the leader's alone and then the rest
     assert len(locks) == 0
 
@@ -78,8 +79,8 @@ async def test_values_follow_arrival_order(storage: SQLiteStorage) -> None:
         "counter", LockRegistry(5), storage.apply_counter_ops
     )
     steps = [1, 10, 100, -5, 1000]
-    values = await asyncio.gather(*(combiner.submit("c", Increment(s)) for s in steps))
-    assert values == [1, 11, 111, 106, 1106]
+    outcomes = await asyncio.gather(*(combiner.submit("c", Increment(s)) for s in steps))
+    assert values(outcomes) == [1, 11, 111, 106, 1106]
 
 
 async def test_lock_timeout_withdraws_the_operation(storage: SQLiteStorage) -> None:
@@ -92,8 +93,8 @@ async def test_lock_timeout_withdraws_the_operation(storage: SQLiteStorage) -> N
         with pytest.raises(LockTimeout):
             await combiner.submit("c", Increment(5))
     # The next holder flushes whatever is queued; the timed-out +5 must not be there.
-    assert await combiner.submit("c", Increment(1)) == 1
-    assert await storage.get_counter("c") == 1
+    assert value(await combiner.submit("c", Increment(1))) == 1
+    assert value(await storage.get_counter("c")) == 1
     assert len(locks) == 0
 
 
@@ -109,7 +110,7 @@ async def test_cancelled_request_is_never_applied(storage: SQLiteStorage) -> Non
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert await combiner.submit("c", Increment(1)) == 1
+    assert value(await combiner.submit("c", Increment(1))) == 1
     assert len(locks) == 0
 
 
@@ -131,9 +132,9 @@ async def test_cancelled_holder_still_settles_its_batch(storage: SQLiteStorage) 
     gate.set()
     with pytest.raises(asyncio.CancelledError):
         await holder
-    values = await asyncio.wait_for(asyncio.gather(*others), 5)
-    assert sorted(v for v in values if isinstance(v, int)) == [2, 3, 4, 5, 6]
-    assert await storage.get_counter("c") == 6
+    outcomes = await asyncio.wait_for(asyncio.gather(*others), 5)
+    assert sorted(map(value, outcomes)) == [2, 3, 4, 5, 6]
+    assert value(await storage.get_counter("c")) == 6
 
 
 async def test_queued_request_times_out_while_batch_is_stuck(storage: SQLiteStorage) -> None:
@@ -152,8 +153,8 @@ async def test_queued_request_times_out_while_batch_is_stuck(storage: SQLiteStor
         await combiner.submit("c", Increment(1000))
     assert caught.value.resource == "counter:c"
     gate.set()
-    assert await leader == 1
-    assert await combiner.submit("c", Increment(1)) == 2
+    assert value(await leader) == 1
+    assert value(await combiner.submit("c", Increment(1))) == 2
     assert len(locks) == 0
 
 
@@ -171,7 +172,7 @@ async def test_lock_is_handed_on_between_batches_then_released(storage: SQLiteSt
     first = asyncio.create_task(combiner.submit("c", Increment(1)))
     await asyncio.sleep(0)
     rest = [asyncio.create_task(combiner.submit("c", Increment(1))) for _ in range(10)]
-    assert sorted(await asyncio.gather(first, *rest)) == list(range(1, 12))  # type: ignore[type-var]
+    assert sorted(map(value, await asyncio.gather(first, *rest))) == list(range(1, 12))
     assert held_during == [True, True]
     assert len(locks) == 0
     async with locks.hold("counter:c", max_wait=0.1):
@@ -202,11 +203,11 @@ async def test_request_cancelled_before_its_batch_is_taken_is_left_out(
     taken = batch.take()
     assert [op.by for op in taken if isinstance(op, Increment)] == [1, 100]
     done.set_result(await storage.apply_counter_ops("c", taken))
-    assert await first == 1
-    assert await third == 101
+    assert value(await first) == 1
+    assert value(await third) == 101
     with pytest.raises(asyncio.CancelledError):
         await cancelled
-    assert await storage.get_counter("c") == 101
+    assert value(await storage.get_counter("c")) == 101
     assert len(locks) == 0
 
 
@@ -286,7 +287,7 @@ async def test_cancellation_storm_applies_exactly_the_claimed_increments(
 
     survivors = [i for i in range(len(ops)) if i not in cancelled_at]
     for i in survivors:
-        assert isinstance(results[i], int), results[i]
+        assert isinstance(results[i], Counted), results[i]
         assert applied[id(ops[i])] == 1
     for i, when in cancelled_at.items():
         assert isinstance(results[i], asyncio.CancelledError), results[i]
@@ -297,11 +298,11 @@ async def test_cancellation_storm_applies_exactly_the_claimed_increments(
     assert len(cancelled_at) > len(doomed) // 2
     assert 0 < late < len(cancelled_at)  # the storm hit ops in batches and ops still waiting
     for key in keys:
-        values = [results[i] for i in survivors if key_of[i] == key]
-        assert len(values) == len(set(values))
-        final = await storage.get_counter(key)
+        seen = [value(results[i]) for i in survivors if key_of[i] == key]
+        assert len(seen) == len(set(seen))
+        final = value(await storage.get_counter(key))
         assert final == sum(applied[id(op)] for op, k in zip(ops, key_of, strict=True) if k == key)
-        assert all(0 < v <= final for v in values)  # type: ignore[operator]
+        assert all(0 < v <= final for v in seen)
     assert locks.waiting() == 0
     assert len(locks) == 0
 
@@ -331,7 +332,7 @@ async def test_task_queued_between_requests_keeps_its_turn(storage: SQLiteStorag
     later = [asyncio.create_task(combiner.submit("c", Increment(1))) for _ in range(3)]
     await asyncio.sleep(0)
     gate.set()
-    assert await asyncio.gather(first, *later) == [1, 2, 3, 4]
+    assert values(await asyncio.gather(first, *later)) == [1, 2, 3, 4]
     await hand
     assert order == ["batch of 1", "by hand", "batch of 3"]
     assert len(locks) == 0

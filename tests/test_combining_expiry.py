@@ -11,6 +11,7 @@ from app.domain import CounterOp, CounterOutcome, Increment
 from app.errors import LockTimeout
 from app.locks import LockRegistry
 from app.storage.sqlite import SQLiteStorage
+from tests.outcomes import value, values
 
 pytestmark = pytest.mark.backends("sqlite")
 
@@ -42,9 +43,9 @@ async def test_later_waiter_keeps_its_own_deadline_when_earlier_one_expires(
         await late
     assert loop.time() - started >= timeout * 0.9
     gate.set()
-    assert await asyncio.gather(*leaders) == [1, 1]
-    assert await storage.get_counter("a") == 1
-    assert await storage.get_counter("b") == 1
+    assert values(await asyncio.gather(*leaders)) == [1, 1]
+    assert value(await storage.get_counter("a")) == 1
+    assert value(await storage.get_counter("b")) == 1
     assert len(locks) == 0
 
 
@@ -65,6 +66,6 @@ async def test_waiters_on_many_keys_all_expire(storage: SQLiteStorage) -> None:
     results = await asyncio.gather(*waiters, return_exceptions=True)
     assert all(isinstance(r, LockTimeout) for r in results)
     gate.set()
-    assert await asyncio.gather(*leaders) == [1] * 5
-    assert [await storage.get_counter(k) for k in keys] == [1] * 5
+    assert values(await asyncio.gather(*leaders)) == [1] * 5
+    assert [value(await storage.get_counter(k)) for k in keys] == [1] * 5
     assert locks.waiting() == 0

@@ -13,7 +13,12 @@ from app.domain import (
     INT64_MAX,
     INT64_MIN,
     NO_PRECONDITION,
+    Commit,
+    Counted,
+    Counter,
+    CounterOp,
     DeleteCounter,
+    Deleted,
     DeleteItem,
     Increment,
     PatchItem,
@@ -29,6 +34,7 @@ from app.domain import (
     now_iso,
 )
 from app.errors import InvalidInput, NotFound, OutOfRange, PreconditionFailed
+from tests.outcomes import values
 
 # --- RFC 7396 JSON Merge Patch ------------------------------------------------------
 
@@ -92,52 +98,87 @@ def test_merge_patch_leaves_target_untouched() -> None:
 # --- counters -----------------------------------------------------------------------
 
 
+C = Commit(7, "2024-01-01T00:00:00.000Z")
+
+
+def counter(value: int, version: int = 1) -> Counter:
+    return Counter("c", value, version)
+
+
 def test_apply_counter_ops_increments_from_absent_at_zero() -> None:
-    """Increments on an absent counter start at 0; each op gets the value after it."""
-    final, outcomes = apply_counter_ops(None, [Increment(1), Increment(5), Increment(-10)])
-    assert final == -4
-    assert outcomes == [1, 6, -4]
+    """Increments on an absent counter start at 0; each op gets the value and version after it."""
+    final, outcomes = apply_counter_ops("c", None, [Increment(1), Increment(5), Increment(-10)], C)
+    assert final == counter(-4, 3)
+    assert outcomes == [
+        Counted(counter(1, 1), 7),
+        Counted(counter(6, 2), 7),
+        Counted(counter(-4, 3), 7),
+    ]
 
 
 def test_apply_counter_ops_out_of_range_fails_only_that_op() -> None:
-    """An increment leaving int64 fails with OutOfRange and leaves the value for the next op."""
-    final, outcomes = apply_counter_ops(INT64_MAX - 1, [Increment(2), Increment(1), Increment(1)])
-    assert final == INT64_MAX
+    """An increment leaving int64 fails with OutOfRange, changes no version, and the next runs."""
+    ops: list[CounterOp] = [Increment(2), Increment(1), Increment(1)]
+    final, outcomes = apply_counter_ops("c", counter(INT64_MAX - 1, 4), ops, C)
+    assert final == counter(INT64_MAX, 5)
     assert isinstance(outcomes[0], OutOfRange)
-    assert outcomes[1] == INT64_MAX
+    assert outcomes[1] == Counted(counter(INT64_MAX, 5), 7)
     assert isinstance(outcomes[2], OutOfRange)
 
 
 def test_apply_counter_ops_below_int64_min_is_out_of_range() -> None:
     """An increment below INT64_MIN fails and keeps the stored value."""
-    final, outcomes = apply_counter_ops(INT64_MIN, [Increment(-1)])
-    assert final == INT64_MIN
+    final, outcomes = apply_counter_ops("c", counter(INT64_MIN), [Increment(-1)], C)
+    assert final == counter(INT64_MIN)
     assert isinstance(outcomes[0], OutOfRange)
     assert "64-bit range" in outcomes[0].detail
 
 
 def test_apply_counter_ops_set_then_increment() -> None:
-    """A set replaces the value, and later increments build on it."""
-    final, outcomes = apply_counter_ops(7, [SetValue(100), Increment(1)])
-    assert (final, outcomes) == (101, [100, 101])
+    """A set replaces the value, and later increments build on it; each adds one version."""
+    final, outcomes = apply_counter_ops("c", counter(7, 2), [SetValue(100), Increment(1)], C)
+    assert final == counter(101, 4)
+    assert values(outcomes) == [100, 101]
 
 
 def test_apply_counter_ops_delete_then_increment_recreates() -> None:
-    """A delete removes the counter; a later increment recreates it from 0."""
-    final, outcomes = apply_counter_ops(9, [DeleteCounter(), Increment(3)])
-    assert (final, outcomes) == (3, [None, 3])
+    """A delete removes the counter; a later increment recreates it from 0 at version 1."""
+    final, outcomes = apply_counter_ops("c", counter(9, 5), [DeleteCounter(), Increment(3)], C)
+    assert final == counter(3, 1)
+    assert outcomes == [Deleted(7), Counted(counter(3, 1), 7)]
 
 
 def test_apply_counter_ops_delete_absent_is_not_found() -> None:
     """Deleting an absent counter fails with NotFound and leaves it absent."""
-    final, outcomes = apply_counter_ops(None, [DeleteCounter()])
+    final, outcomes = apply_counter_ops("c", None, [DeleteCounter()], C)
     assert final is None
     assert isinstance(outcomes[0], NotFound)
 
 
 def test_apply_counter_ops_no_ops_keeps_value() -> None:
-    """An empty batch leaves the value as it was."""
-    assert apply_counter_ops(5, []) == (5, [])
+    """An empty batch leaves the counter as it was."""
+    assert apply_counter_ops("c", counter(5), [], C) == (counter(5), [])
+
+
+def test_apply_counter_ops_if_match_applies_only_on_the_current_version() -> None:
+    """Two sets with the same If-Match in one batch: the first applies, the second is 412."""
+    same = Precondition(if_match=frozenset({3}))
+    ops: list[CounterOp] = [SetValue(1, precondition=same), SetValue(2, precondition=same)]
+    final, outcomes = apply_counter_ops("c", counter(0, 3), ops, C)
+    assert final == counter(1, 4)
+    assert outcomes[0] == Counted(counter(1, 4), 7)
+    assert isinstance(outcomes[1], PreconditionFailed)
+    assert 'current version ("4")' in outcomes[1].detail
+
+
+def test_apply_counter_ops_if_none_match_any_creates_only() -> None:
+    """If-None-Match: * sets an absent counter and refuses an existing one."""
+    create = Precondition(if_none_match_any=True)
+    ops: list[CounterOp] = [SetValue(5, precondition=create), SetValue(6, precondition=create)]
+    final, outcomes = apply_counter_ops("c", None, ops, C)
+    assert final == counter(5, 1)
+    assert isinstance(outcomes[1], PreconditionFailed)
+    assert "the counter exists" in outcomes[1].detail
 
 
 # --- records ------------------------------------------------------------------------
@@ -149,7 +190,7 @@ def rec(version: int, value: Any = None) -> Record:
 
 def test_apply_item_ops_put_creates_then_replaces() -> None:
     """A PUT on an absent record creates version 1; the next PUT replaces it as version 2."""
-    final, outcomes = apply_item_ops("r", None, [PutItem({"a": 1}), PutItem([2])])
+    final, outcomes = apply_item_ops("r", None, [PutItem({"a": 1}), PutItem([2])], C)
     assert final is not None
     assert (final.id, final.value, final.version) == ("r", [2], 2)
     first, second = outcomes
@@ -160,24 +201,25 @@ def test_apply_item_ops_put_creates_then_replaces() -> None:
 
 def test_apply_item_ops_patch_merges_and_bumps_version() -> None:
     """A PATCH merges into the value and adds one to the version."""
-    final, outcomes = apply_item_ops("r", rec(4, {"a": 1, "b": 2}), [PatchItem({"b": None})])
+    final, outcomes = apply_item_ops("r", rec(4, {"a": 1, "b": 2}), [PatchItem({"b": None})], C)
     assert final is not None
     assert (final.value, final.version) == ({"a": 1}, 5)
-    assert outcomes == [Written(final)]
+    assert outcomes == [Written(final, 7)]
+    assert final.updated_at == C.time
 
 
 def test_apply_item_ops_patch_absent_is_not_found() -> None:
     """A PATCH on an absent record fails with NotFound and creates nothing."""
-    final, outcomes = apply_item_ops("r", None, [PatchItem({"a": 1})])
+    final, outcomes = apply_item_ops("r", None, [PatchItem({"a": 1})], C)
     assert final is None
     assert isinstance(outcomes[0], NotFound)
 
 
 def test_apply_item_ops_delete_then_delete_again() -> None:
     """A DELETE removes the record; a second DELETE in the batch finds nothing."""
-    final, outcomes = apply_item_ops("r", rec(1), [DeleteItem(), DeleteItem()])
+    final, outcomes = apply_item_ops("r", rec(1), [DeleteItem(), DeleteItem()], C)
     assert final is None
-    assert outcomes[0] is None
+    assert outcomes[0] == Deleted(7)
     assert isinstance(outcomes[1], NotFound)
 
 
@@ -187,7 +229,7 @@ def test_apply_item_ops_failed_precondition_writes_nothing() -> None:
     stale = Precondition(if_match=frozenset({2}))
     fresh = Precondition(if_match=frozenset({3}))
     final, outcomes = apply_item_ops(
-        "r", current, [PatchItem({"a": 2}, stale), PatchItem({"a": 3}, fresh)]
+        "r", current, [PatchItem({"a": 2}, stale), PatchItem({"a": 3}, fresh)], C
     )
     assert isinstance(outcomes[0], PreconditionFailed)
     assert final is not None
@@ -203,6 +245,7 @@ def test_apply_item_ops_preconditions_see_earlier_ops_in_batch() -> None:
             PutItem(1, Precondition(if_none_match_any=True)),
             PutItem(2, Precondition(if_none_match_any=True)),
         ],
+        C,
     )
     assert isinstance(outcomes[0], Written)
     assert isinstance(outcomes[1], PreconditionFailed)
@@ -233,11 +276,12 @@ def test_precondition_check_matches_http_rules(
     precondition: Precondition, current: Record | None, holds: bool
 ) -> None:
     """If-Match / If-None-Match hold or fail as RFC 9110 section 13.1 says for strong tags."""
+    version = None if current is None else current.version
     if holds:
-        precondition.check(current)
+        precondition.check(version)
     else:
         with pytest.raises(PreconditionFailed):
-            precondition.check(current)
+            precondition.check(version)
 
 
 # --- names and time -----------------------------------------------------------------

@@ -109,7 +109,7 @@ async def test_key_repeated_while_first_in_flight_is_409(
             await assert_problem(r, 409, "idempotency-key-in-flight")
     async with await first as r:
         assert r.status == 200
-        assert await r.json() == {"name": "c", "value": 1}
+        assert await r.json() == {"name": "c", "value": 1, "version": 1}
     assert len(app[IN_FLIGHT]) == 0
     assert await counter_value(client, "c") == 1
 

@@ -12,8 +12,9 @@ from typing import Protocol, overload
 
 from aiohttp import web
 
+from app.changes import FeedPage
 from app.combining import Batch, OpenBatch
-from app.domain import CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
+from app.domain import Counter, CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
 
 
 class StorageObserver(Protocol):
@@ -78,11 +79,18 @@ class Storage(Protocol):
         """Delete up to ``limit`` expired idempotency keys in one write; returns how many."""
         ...
 
-    async def get_counter(self, name: str) -> int | None:
-        """The counter's committed value, or None if it does not exist."""
+    async def purge_changes(self, cutoff: str, limit: int) -> int:
+        """Delete the oldest whole revisions committed before ``cutoff`` (RFC 3339 time).
+
+        At most about ``limit`` entries in one write; returns how many were deleted.
+        """
         ...
 
-    async def list_counters(self, prefix: str, after: str, limit: int) -> list[tuple[str, int]]:
+    async def get_counter(self, name: str) -> Counter | None:
+        """The counter as committed, or None if it does not exist."""
+        ...
+
+    async def list_counters(self, prefix: str, after: str, limit: int) -> list[Counter]:
         """Up to ``limit`` counters whose names start with ``prefix`` and sort after ``after``."""
         ...
 
@@ -92,6 +100,26 @@ class Storage(Protocol):
 
     async def list_items(self, prefix: str, after: str, limit: int) -> list[Record]:
         """Up to ``limit`` records whose ids start with ``prefix`` and sort after ``after``."""
+        ...
+
+    async def feed(self) -> tuple[int, int]:
+        """The last revision committed and the last one purged from the change log."""
+        ...
+
+    async def read_changes(
+        self,
+        since: int,
+        limit: int,
+        kind: str | None = None,
+        prefix: str = "",
+        resources: list[tuple[str, str]] | None = None,
+    ) -> FeedPage:
+        """Change-log entries after revision ``since``, in revision order, whole commits only.
+
+        The page ends with the commit of the ``limit``-th entry (all of it); it is filtered
+        by ``kind``, key ``prefix`` and a list of ``(kind, key)`` ``resources``, and carries
+        the feed's bounds as of the same snapshot.
+        """
         ...
 
     async def wait_for_change(self, mark: int) -> int:

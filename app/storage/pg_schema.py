@@ -14,7 +14,7 @@ import hashlib
 import asyncpg
 
 from app.startup import StartupError
-from app.storage import pg_idempotency
+from app.storage import pg_changes, pg_idempotency
 
 # Names sort byte-wise (COLLATE "C"), as in SQLite, so listings page identically on both
 # backends and a prefix range stays on the primary-key index whatever the server locale.
@@ -25,6 +25,7 @@ MIGRATIONS: list[list[str]] = [
         " version BIGINT NOT NULL, updated_at TEXT NOT NULL)",
     ],
     pg_idempotency.MIGRATION,
+    pg_changes.MIGRATION,
 ]
 
 MIN_SERVER_VERSION = (12, 0)  # unnest of several arrays, ON CONFLICT, stable since long before

@@ -21,13 +21,14 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from app.changes import counter_changes, item_changes
 from app.clock import KeyTimes, ServiceClock
 from app.combining import Batch, ops_of
-from app.domain import Record, apply_counter_ops, apply_item_ops
+from app.domain import Commit, Counter, Record, apply_counter_ops, apply_item_ops, now_iso
 from app.errors import StorageUnavailable
 from app.idempotency import NewKey, Stored, claimed_keys, merge, to_store, triage
 from app.settings import Settings
-from app.storage import StorageObserver, pg_idempotency
+from app.storage import StorageObserver, pg_changes, pg_idempotency
 from app.storage.batching import Gatherer
 from app.storage.pg_increments import Plan, increment_existing, plan
 from app.storage.pg_pool import (
@@ -97,14 +98,14 @@ async def _apply_batch(
     )
     # unnest yields the sorted keys in order, so locks are always taken in key order.
     await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", locks)
-    counters: dict[str, int | None] = dict.fromkeys(names)
+    counters: dict[str, Counter | None] = dict.fromkeys(names)
     if names:
         rows = await conn.fetch(
-            "SELECT name, value FROM counters WHERE name = ANY($1::text[])"
+            "SELECT name, value, version FROM counters WHERE name = ANY($1::text[])"
             " ORDER BY name FOR UPDATE",
             names,
         )
-        counters.update((r[0], r[1]) for r in rows)
+        counters.update((r[0], Counter(r[0], r[1], r[2])) for r in rows)
     items: dict[str, Record | None] = dict.fromkeys(ids)
     if ids:
         rows = await conn.fetch(
@@ -116,6 +117,8 @@ async def _apply_batch(
     stored_counters, stored_items = dict(counters), dict(items)
     keys = await pg_idempotency.load_keys(conn, claims, times.now) if claims else {}
     new_keys: list[NewKey] = []
+    # Last of the locks: from here to COMMIT, write transactions take turns.
+    commit = await pg_changes.take_revision(conn)
 
     results: list[tuple[bool, Any]] = []
     for unit in batch:
@@ -126,9 +129,11 @@ async def _apply_batch(
             run, settled = triage(ops, keys)
             todo = [ops[i] for i in run]
             if unit.kind == "counter":
-                counters[unit.key], outcomes = apply_counter_ops(counters[unit.key], todo)
+                counters[unit.key], outcomes = apply_counter_ops(
+                    unit.key, counters[unit.key], todo, commit
+                )
             else:
-                final, outcomes = apply_item_ops(unit.key, items[unit.key], todo)
+                final, outcomes = apply_item_ops(unit.key, items[unit.key], todo, commit)
                 if final is not None:
                     msgspec.json.encode(final.value)  # fail this unit alone if unencodable
                 items[unit.key] = final
@@ -141,23 +146,29 @@ async def _apply_batch(
         new_keys.extend(fresh)
         results.append((True, merge(len(ops), run, outcomes, settled)))
 
+    encoded = await _write_items(conn, stored_items, items)
+    changes = counter_changes(stored_counters, counters, commit)
+    changes += item_changes(stored_items, items, encoded, commit)
     await _write_counters(conn, stored_counters, counters)
-    await _write_items(conn, stored_items, items)
     await pg_idempotency.store_keys(conn, new_keys, times.expires_at)
+    # The entries commit with the changes they describe, or not at all.
+    await pg_changes.write(conn, commit, changes)
     return results
 
 
 async def _write_counters(
-    conn: Connection, before: dict[str, int | None], after: dict[str, int | None]
+    conn: Connection, before: dict[str, Counter | None], after: dict[str, Counter | None]
 ) -> None:
-    upserts = [(k, v) for k, v in after.items() if v is not None and v != before[k]]
-    deletes = [k for k, v in after.items() if v is None and before[k] is not None]
+    upserts = [c for k, c in after.items() if c is not None and c != before[k]]
+    deletes = [k for k, c in after.items() if c is None and before[k] is not None]
     if upserts:
         await conn.execute(
-            "INSERT INTO counters (name, value) SELECT * FROM unnest($1::text[], $2::bigint[])"
-            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            [k for k, _ in upserts],
-            [v for _, v in upserts],
+            "INSERT INTO counters (name, value, version)"
+            " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value, version = excluded.version",
+            [c.name for c in upserts],
+            [c.value for c in upserts],
+            [c.version for c in upserts],
         )
     if deletes:
         await conn.execute("DELETE FROM counters WHERE name = ANY($1::text[])", deletes)
@@ -165,9 +176,11 @@ async def _write_counters(
 
 async def _write_items(
     conn: Connection, before: dict[str, Record | None], after: dict[str, Record | None]
-) -> None:
+) -> dict[str, str]:
+    """Write the records that changed; returns their values as JSON text, by id."""
     upserts = [r for k, r in after.items() if r is not None and r is not before[k]]
     deletes = [k for k, r in after.items() if r is None and before[k] is not None]
+    encoded = {r.id: msgspec.json.encode(r.value).decode() for r in upserts}
     if upserts:
         await conn.execute(
             "INSERT INTO items (id, value, version, updated_at) SELECT * FROM"
@@ -175,12 +188,13 @@ async def _write_items(
             " ON CONFLICT (id) DO UPDATE SET value = excluded.value,"
             " version = excluded.version, updated_at = excluded.updated_at",
             [r.id for r in upserts],
-            [msgspec.json.encode(r.value).decode() for r in upserts],
+            [encoded[r.id] for r in upserts],
             [r.version for r in upserts],
             [r.updated_at for r in upserts],
         )
     if deletes:
         await conn.execute("DELETE FROM items WHERE id = ANY($1::text[])", deletes)
+    return encoded
 
 
 def _fail(units: list[_Unit], e: BaseException, observer: StorageObserver | None) -> None:
@@ -318,31 +332,35 @@ class Writer:
         if not plans:
             return batch
         started = time.perf_counter()
+        stamp = now_iso()
         try:
-            new_values = await self._run_fast({k: p for k, (_, p) in plans.items()})
+            new_values = await self._run_fast({k: p for k, (_, p) in plans.items()}, stamp)
         except BaseException as e:
             _fail([unit for unit, _ in plans.values()], e, self._observer)
             if isinstance(e, asyncio.CancelledError):
                 raise
             return [u for u in batch if u.key not in plans or u.kind != "counter"]
         self._committed(started, len(plans))
-        for key, value in new_values.items():
+        for key, (stored, revision) in new_values.items():
             unit, p = plans[key]
-            final, outcomes = apply_counter_ops(value - p.delta, list(unit.ops))
+            before = Counter(key, stored.value - p.delta, stored.version - p.count)
+            final, outcomes = apply_counter_ops(
+                key, before, list(unit.ops), Commit(revision, stamp)
+            )
             if unit.future.done():
                 continue
-            if final != value:  # cannot happen while the WHERE clause guards the range
-                logger.error("increment of %r stored %d, expected %s", key, value, final)
+            if final != stored:  # cannot happen while the WHERE clause guards the range
+                logger.error("increment of %r stored %s, expected %s", key, stored, final)
                 unit.future.set_exception(RuntimeError("increment outcome mismatch"))
             else:
                 unit.future.set_result(outcomes)
         return [u for u in batch if not (u.kind == "counter" and u.key in new_values)]
 
-    async def _run_fast(self, plans: dict[str, Plan]) -> dict[str, int]:
+    async def _run_fast(self, plans: dict[str, Plan], stamp: str) -> dict[str, tuple[Counter, int]]:
         for attempt in range(1, RETRIES + 1):
             async with connection(self._pool, self._timeout) as conn:
                 try:
-                    return await increment_existing(conn, plans)
+                    return await increment_existing(conn, plans, stamp)
                 except asyncpg.TransactionRollbackError as e:
                     # The server aborted the statement: nothing was applied.
                     if attempt == RETRIES:

@@ -30,10 +30,12 @@ from typing import Any
 
 import asyncpg
 
+from app.changes import FeedPage
 from app.clock import ServiceClock
 from app.combining import Batch
 from app.domain import (
     NAME_CEILING,
+    Counter,
     CounterOp,
     CounterOutcome,
     ItemOp,
@@ -42,7 +44,7 @@ from app.domain import (
 )
 from app.errors import StorageUnavailable
 from app.settings import Settings
-from app.storage import StorageObserver, pg_idempotency
+from app.storage import StorageObserver, pg_changes, pg_idempotency
 from app.storage.pg_pool import UNAVAILABLE, connection, decode_record, open_pool
 from app.storage.pg_writer import Writer
 
@@ -107,20 +109,27 @@ class PostgresStorage:
         except UNAVAILABLE as e:
             raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
 
-    async def get_counter(self, name: str) -> int | None:
-        rows = await self._read("SELECT value FROM counters WHERE name = $1", name)
-        return rows[0][0] if rows else None
+    async def purge_changes(self, cutoff: str, limit: int) -> int:
+        try:
+            async with connection(self._pool, self._timeout) as conn:
+                return await pg_changes.purge(conn, cutoff, limit)
+        except UNAVAILABLE as e:
+            raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
 
-    async def list_counters(self, prefix: str, after: str, limit: int) -> list[tuple[str, int]]:
+    async def get_counter(self, name: str) -> Counter | None:
+        rows = await self._read("SELECT value, version FROM counters WHERE name = $1", name)
+        return Counter(name, rows[0][0], rows[0][1]) if rows else None
+
+    async def list_counters(self, prefix: str, after: str, limit: int) -> list[Counter]:
         rows = await self._read(
-            "SELECT name, value FROM counters WHERE name >= $1 AND name < $2 AND name > $3"
-            " ORDER BY name LIMIT $4",
+            "SELECT name, value, version FROM counters WHERE name >= $1 AND name < $2"
+            " AND name > $3 ORDER BY name LIMIT $4",
             prefix,
             prefix + NAME_CEILING,
             after,
             limit,
         )
-        return [(r[0], r[1]) for r in rows]
+        return [Counter(r[0], r[1], r[2]) for r in rows]
 
     async def get_item(self, item_id: str) -> Record | None:
         rows = await self._read(
@@ -138,6 +147,21 @@ class PostgresStorage:
             limit,
         )
         return [decode_record(r) for r in rows]
+
+    async def feed(self) -> tuple[int, int]:
+        rows = await self._read("SELECT revision, purged_through FROM change_feed")
+        return rows[0][0], rows[0][1]
+
+    async def read_changes(
+        self,
+        since: int,
+        limit: int,
+        kind: str | None = None,
+        prefix: str = "",
+        resources: list[tuple[str, str]] | None = None,
+    ) -> FeedPage:
+        sql, params = pg_changes.changes_query(since, limit, kind, prefix, resources)
+        return pg_changes.to_page(await self._read(sql, *params))
 
     async def wait_for_change(self, mark: int) -> int:
         # Every commit writes a WAL record, so the flushed WAL position moves past each one

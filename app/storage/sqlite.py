@@ -25,10 +25,12 @@ from typing import Any, Generic, TypeVar, overload
 import aiosqlite
 import msgspec
 
+from app.changes import FeedPage, counter_changes, item_changes
 from app.clock import KeyTimes, ServiceClock
 from app.combining import Batch, OpenBatch, ops_of
 from app.domain import (
     NAME_CEILING,
+    Counter,
     CounterOp,
     CounterOutcome,
     ItemOp,
@@ -49,8 +51,9 @@ from app.idempotency import (
 )
 from app.settings import Settings
 from app.startup import StartupError
-from app.storage import StorageObserver
+from app.storage import StorageObserver, sqlite_changes
 from app.storage.batching import BatchQueue, Outcome
+from app.storage.sqlite_changes import Pending
 from app.storage.sqlite_file import DatabaseFile, connect_uri, write_marker
 from app.storage.sqlite_reads import BatchedReader
 from app.storage.sqlite_turn import TurnClaim, TurnKeeper, turn
@@ -81,12 +84,16 @@ class _Writes(Generic[Op]):
         self.ops = ops
 
     @classmethod
-    def write_all(cls: type[W], conn: sqlite3.Connection, writes: list[W]) -> list[list[Any]]:
+    def write_all(
+        cls: type[W], conn: sqlite3.Connection, writes: list[W], pending: Pending
+    ) -> list[list[Any]]:
         raise NotImplementedError
 
 
-# A unit of work: runs inside the batch's write transaction on the writer thread.
-Unit = Callable[[sqlite3.Connection], Any] | _Writes[Any]
+# A unit of work: runs inside the batch's write transaction on the writer thread, and adds
+# the change-log entries of what it changed to ``pending``.
+UnitFn = Callable[[sqlite3.Connection, Pending], Any]
+Unit = UnitFn | _Writes[Any]
 
 
 class _Later:
@@ -124,6 +131,7 @@ MIGRATIONS: list[list[str]] = [
         " expires_at REAL NOT NULL)",
         "CREATE INDEX idempotency_expiry ON idempotency (expires_at)",
     ],
+    sqlite_changes.MIGRATION,
 ]
 
 
@@ -202,16 +210,20 @@ def _run_transaction(conn: sqlite3.Connection, units: list[Unit]) -> list[tuple[
     groups: dict[type[_Writes[Any]], list[tuple[int, _Writes[Any]]]] = {}
     conn.execute("BEGIN IMMEDIATE")
     try:
+        pending = Pending.open(conn)
         for i, unit in enumerate(units):
             if isinstance(unit, _Writes):
                 groups.setdefault(type(unit), []).append((i, unit))
             else:
-                results[i] = _in_savepoint(conn, unit)
+                results[i] = _in_savepoint(conn, pending, unit)
         for kind, group in groups.items():
             writes = [w for _, w in group]
-            ok, value = _in_savepoint(conn, partial(kind.write_all, writes=writes))
+            write_group = partial(_write_group, kind, writes)
+            ok, value = _in_savepoint(conn, pending, write_group)
             for n, (i, _) in enumerate(group):
                 results[i] = (True, value[n]) if ok else (False, value)
+        # The change-log entries commit with the changes they describe, or not at all.
+        pending.write(conn)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -223,14 +235,22 @@ def _run_transaction(conn: sqlite3.Connection, units: list[Unit]) -> list[tuple[
     return results
 
 
-def _in_savepoint(conn: sqlite3.Connection, unit: Callable[[sqlite3.Connection], Any]) -> Any:
-    """``(True, result)``, or ``(False, error)`` with the unit's statements rolled back."""
+def _write_group(
+    kind: type[_Writes[Any]], writes: list[_Writes[Any]], conn: sqlite3.Connection, pending: Pending
+) -> list[list[Any]]:
+    return kind.write_all(conn, writes, pending)
+
+
+def _in_savepoint(conn: sqlite3.Connection, pending: Pending, unit: UnitFn) -> Any:
+    """``(True, result)``, or ``(False, error)`` with the unit's statements and entries undone."""
     conn.execute("SAVEPOINT unit")
+    produced = len(pending.entries)
     try:
-        result = unit(conn)
+        result = unit(conn, pending)
     except Exception as e:
         conn.execute("ROLLBACK TO unit")
         conn.execute("RELEASE unit")
+        del pending.entries[produced:]
         return False, e
     conn.execute("RELEASE unit")
     return True, result
@@ -358,7 +378,7 @@ class _Writer(BatchQueue["Unit | _Later"]):
             self._observer.failed(kind)
 
 
-def _probe(conn: sqlite3.Connection) -> None:
+def _probe(conn: sqlite3.Connection, pending: Pending) -> None:
     """A unit that writes nothing: its batch still takes the turn, the lock and commits."""
 
 
@@ -366,6 +386,10 @@ def _read_record(item_id: str, row: tuple[str, int, str] | None) -> Record | Non
     if row is None:
         return None
     return Record(item_id, msgspec.json.decode(row[0]), row[1], row[2])
+
+
+def _encode_value(record: Record) -> str:
+    return msgspec.json.encode(record.value).decode()
 
 
 def _load_keys(conn: sqlite3.Connection, keys: list[str], now: float) -> dict[str, Stored]:
@@ -414,38 +438,48 @@ def _with_claims(
     return merge(len(ops), run, outcomes, settled)
 
 
-def _write_counter(conn: sqlite3.Connection, name: str, ops: list[CounterOp]) -> list[Any]:
-    row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
-    current = None if row is None else row[0]
-    final, outcomes = apply_counter_ops(current, ops)
+_UPSERT_COUNTER = (
+    "INSERT INTO counters (name, value, version) VALUES (?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET value = excluded.value, version = excluded.version"
+)
+_UPSERT_ITEM = (
+    "INSERT INTO items (id, value, version, updated_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET value = excluded.value,"
+    " version = excluded.version, updated_at = excluded.updated_at"
+)
+
+
+def _write_counter(
+    conn: sqlite3.Connection, pending: Pending, name: str, ops: list[CounterOp]
+) -> list[Any]:
+    row = conn.execute("SELECT value, version FROM counters WHERE name = ?", (name,)).fetchone()
+    current = None if row is None else Counter(name, row[0], row[1])
+    final, outcomes = apply_counter_ops(name, current, ops, pending.commit)
     if final is None:
         if current is not None:
             conn.execute("DELETE FROM counters WHERE name = ?", (name,))
     elif final != current:
-        conn.execute(
-            "INSERT INTO counters (name, value) VALUES (?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            (name, final),
-        )
+        conn.execute(_UPSERT_COUNTER, (name, final.value, final.version))
+    pending.entries += counter_changes({name: current}, {name: final}, pending.commit)
     return list(outcomes)
 
 
-def _write_item(conn: sqlite3.Connection, item_id: str, ops: list[ItemOp]) -> list[Any]:
+def _write_item(
+    conn: sqlite3.Connection, pending: Pending, item_id: str, ops: list[ItemOp]
+) -> list[Any]:
     row = conn.execute(
         "SELECT value, version, updated_at FROM items WHERE id = ?", (item_id,)
     ).fetchone()
     current = _read_record(item_id, row)
-    final, outcomes = apply_item_ops(item_id, current, ops)
+    final, outcomes = apply_item_ops(item_id, current, ops, pending.commit)
+    encoded: dict[str, str] = {}
     if final is None:
         if current is not None:
             conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
     elif final is not current:
-        conn.execute(
-            "INSERT INTO items (id, value, version, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (id) DO UPDATE SET value = excluded.value,"
-            " version = excluded.version, updated_at = excluded.updated_at",
-            (item_id, msgspec.json.encode(final.value).decode(), final.version, final.updated_at),
-        )
+        encoded[item_id] = _encode_value(final)
+        conn.execute(_UPSERT_ITEM, (item_id, encoded[item_id], final.version, final.updated_at))
+    pending.entries += item_changes({item_id: current}, {item_id: final}, encoded, pending.commit)
     return list(outcomes)
 
 
@@ -456,82 +490,97 @@ def _keys_json(writes: list[Any]) -> str:
 class _CounterWrites(_Writes[CounterOp]):
     @classmethod
     def write_all(
-        cls, conn: sqlite3.Connection, writes: list[_CounterWrites]
+        cls, conn: sqlite3.Connection, writes: list[_CounterWrites], pending: Pending
     ) -> list[list[CounterOutcome]]:
-        before: dict[str, int] = dict(
-            conn.execute(
-                "SELECT name, value FROM counters WHERE name IN (SELECT value FROM json_each(?))",
+        before: dict[str, Counter | None] = {
+            n: Counter(n, v, version)
+            for n, v, version in conn.execute(
+                "SELECT name, value, version FROM counters"
+                " WHERE name IN (SELECT value FROM json_each(?))",
                 (_keys_json(writes),),
             ).fetchall()
-        )
-        values: dict[str, int | None] = dict(before)
+        }
+        counters: dict[str, Counter | None] = dict(before)
         outcomes = []
         for w in writes:
-            values[w.key], done = apply_counter_ops(values.get(w.key), w.ops)
-            outcomes.append(list(done))
-        upserts = [(n, v) for n, v in values.items() if v is not None and v != before.get(n)]
-        deletes = [(n,) for n, v in values.items() if v is None and n in before]
-        if upserts:
-            conn.executemany(
-                "INSERT INTO counters (name, value) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                upserts,
+            counters[w.key], done = apply_counter_ops(
+                w.key, counters.get(w.key), w.ops, pending.commit
             )
+            outcomes.append(list(done))
+        changes = counter_changes(before, counters, pending.commit)
+        upserts = [
+            (c.key, counter.value, counter.version)
+            for c in changes
+            if (counter := counters[c.key]) is not None
+        ]
+        deletes = [(c.key,) for c in changes if c.value is None]
+        if upserts:
+            conn.executemany(_UPSERT_COUNTER, upserts)
         if deletes:
             conn.executemany("DELETE FROM counters WHERE name = ?", deletes)
+        pending.entries += changes
         return outcomes
 
 
 class _ItemWrites(_Writes[ItemOp]):
     @classmethod
     def write_all(
-        cls, conn: sqlite3.Connection, writes: list[_ItemWrites]
+        cls, conn: sqlite3.Connection, writes: list[_ItemWrites], pending: Pending
     ) -> list[list[ItemOutcome]]:
         rows = conn.execute(
             "SELECT id, value, version, updated_at FROM items"
             " WHERE id IN (SELECT value FROM json_each(?))",
             (_keys_json(writes),),
         ).fetchall()
-        before = {r[0]: Record(r[0], msgspec.json.decode(r[1]), r[2], r[3]) for r in rows}
+        before: dict[str, Record | None] = {
+            r[0]: Record(r[0], msgspec.json.decode(r[1]), r[2], r[3]) for r in rows
+        }
         records: dict[str, Record | None] = dict(before)
         outcomes = []
         for w in writes:
-            records[w.key], done = apply_item_ops(w.key, records.get(w.key), w.ops)
+            records[w.key], done = apply_item_ops(w.key, records.get(w.key), w.ops, pending.commit)
             outcomes.append(list(done))
+        changed = {i: r for i, r in records.items() if r is not before.get(i)}
+        encoded = {i: _encode_value(r) for i, r in changed.items() if r is not None}
         upserts = [
-            (i, msgspec.json.encode(r.value).decode(), r.version, r.updated_at)
-            for i, r in records.items()
-            if r is not None and r is not before.get(i)
+            (i, encoded[i], r.version, r.updated_at) for i, r in changed.items() if r is not None
         ]
-        deletes = [(i,) for i, r in records.items() if r is None and i in before]
+        deletes = [(i,) for i, r in changed.items() if r is None and before.get(i) is not None]
         if upserts:
-            conn.executemany(
-                "INSERT INTO items (id, value, version, updated_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET value = excluded.value,"
-                " version = excluded.version, updated_at = excluded.updated_at",
-                upserts,
-            )
+            conn.executemany(_UPSERT_ITEM, upserts)
         if deletes:
             conn.executemany("DELETE FROM items WHERE id = ?", deletes)
+        pending.entries += item_changes(before, records, encoded, pending.commit)
         return outcomes
 
 
 def _counter_unit(name: str, ops: list[CounterOp], times: KeyTimes) -> Unit:
-    def unit(conn: sqlite3.Connection) -> list[Any]:
-        return _with_claims(conn, ops, lambda todo: _write_counter(conn, name, todo), times)
+    def unit(conn: sqlite3.Connection, pending: Pending) -> list[Any]:
+        return _with_claims(
+            conn, ops, lambda todo: _write_counter(conn, pending, name, todo), times
+        )
 
     return unit
 
 
 def _item_unit(item_id: str, ops: list[ItemOp], times: KeyTimes) -> Unit:
-    def unit(conn: sqlite3.Connection) -> list[Any]:
-        return _with_claims(conn, ops, lambda todo: _write_item(conn, item_id, todo), times)
+    def unit(conn: sqlite3.Connection, pending: Pending) -> list[Any]:
+        return _with_claims(
+            conn, ops, lambda todo: _write_item(conn, pending, item_id, todo), times
+        )
+
+    return unit
+
+
+def _purge_changes_unit(cutoff: str, limit: int) -> Unit:
+    def unit(conn: sqlite3.Connection, pending: Pending) -> int:
+        return sqlite_changes.purge(conn, cutoff, limit)
 
     return unit
 
 
 def _purge_unit(now: float, limit: int) -> Unit:
-    def unit(conn: sqlite3.Connection) -> int:
+    def unit(conn: sqlite3.Connection, pending: Pending) -> int:
         cursor = conn.execute(
             "DELETE FROM idempotency WHERE key IN"
             " (SELECT key FROM idempotency WHERE expires_at <= ? LIMIT ?)",
@@ -803,17 +852,17 @@ class SQLiteStorage:
             raise StorageUnavailable(f"database: {e}") from e
         return list(rows)
 
-    async def get_counter(self, name: str) -> int | None:
-        rows = await self._read("SELECT value FROM counters WHERE name = ?", (name,))
-        return rows[0][0] if rows else None
+    async def get_counter(self, name: str) -> Counter | None:
+        rows = await self._read("SELECT value, version FROM counters WHERE name = ?", (name,))
+        return Counter(name, rows[0][0], rows[0][1]) if rows else None
 
-    async def list_counters(self, prefix: str, after: str, limit: int) -> list[tuple[str, int]]:
+    async def list_counters(self, prefix: str, after: str, limit: int) -> list[Counter]:
         rows = await self._read(
-            "SELECT name, value FROM counters WHERE name >= ? AND name < ? AND name > ?"
-            " ORDER BY name LIMIT ?",
+            "SELECT name, value, version FROM counters WHERE name >= ? AND name < ?"
+            " AND name > ? ORDER BY name LIMIT ?",
             (prefix, prefix + NAME_CEILING, after, limit),
         )
-        return [(r[0], r[1]) for r in rows]
+        return [Counter(r[0], r[1], r[2]) for r in rows]
 
     async def get_item(self, item_id: str) -> Record | None:
         rows = await self._read(
@@ -828,6 +877,25 @@ class SQLiteStorage:
             (prefix, prefix + NAME_CEILING, after, limit),
         )
         return [Record(r[0], msgspec.json.decode(r[1]), r[2], r[3]) for r in rows]
+
+    async def feed(self) -> tuple[int, int]:
+        rows = await self._read("SELECT revision, purged_through FROM change_feed", ())
+        return rows[0][0], rows[0][1]
+
+    async def read_changes(
+        self,
+        since: int,
+        limit: int,
+        kind: str | None = None,
+        prefix: str = "",
+        resources: list[tuple[str, str]] | None = None,
+    ) -> FeedPage:
+        query = sqlite_changes.changes_query(since, limit, kind, prefix, resources)
+        return sqlite_changes.to_page(await self._read(*query))
+
+    async def purge_changes(self, cutoff: str, limit: int) -> int:
+        deleted: int = await self._write(_purge_changes_unit(cutoff, limit))
+        return deleted
 
     async def wait_for_change(self, mark: int) -> int:
         # PRAGMA data_version on the reader changes whenever any connection other than the

@@ -43,10 +43,11 @@ class PutBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Counter(msgspec.Struct):
-    """A counter and its committed value."""
+    """A counter, its committed value, and its version (operations applied; the ETag)."""
 
     name: Name
     value: Int64
+    version: Version
 
 
 class Record(msgspec.Struct):

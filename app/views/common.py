@@ -27,6 +27,8 @@ T = TypeVar("T")
 
 JSON = "application/json"
 NO_STORE = {"Cache-Control": "no-store"}
+# On every answer that changed state: the revision of the commit that applied it.
+REVISION_HEADER = "Lockstep-Revision"
 
 # The entity tags this service hands out: a version, 1 to 2**63 - 1, in ASCII digits with no
 # leading zero. Only a tag spelled exactly so can match; ``str.isdigit`` would also let
@@ -173,6 +175,14 @@ def _quoting_hint(name: str, header: str) -> str:
             example = tag if _BARE_VERSION.fullmatch(tag) else "1"
             return f'; entity tags are quoted: {name}: "{example}"'
     return ""
+
+
+def conditions(request: web.Request) -> Precondition | None:
+    """The If-Match / If-None-Match headers of a request, or None when it has neither."""
+    headers = request.headers
+    if "If-Match" not in headers and "If-None-Match" not in headers:
+        return None
+    return precondition(request)
 
 
 def precondition(request: web.Request) -> Precondition:

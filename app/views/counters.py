@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from app.combining import Combiner
-from app.domain import CounterOp, CounterOutcome, DeleteCounter, Increment, SetValue
+from app.domain import (
+    Counted,
+    CounterOp,
+    CounterOutcome,
+    DeleteCounter,
+    Deleted,
+    Increment,
+    SetValue,
+)
+from app.domain import Counter as StoredCounter
 from app.errors import InvalidInput, NotFound
 from app.idempotency import Rendered
 from app.settings import SETTINGS
@@ -17,7 +25,9 @@ from app.views.bodies import Counter, CounterPage, IncrementBody, SetBody
 from app.views.common import (
     JSON,
     NO_STORE,
+    REVISION_HEADER,
     _encode,
+    conditions,
     decode_json,
     json_response,
     list_params,
@@ -34,8 +44,22 @@ COUNTERS = web.AppKey("counters", Combiner[CounterOp, CounterOutcome])
 ACCESS = "access"
 ENCODING = "Content-Encoding"
 _ONE = Increment(1)
-_ACCESS_TEXT = {"Content-Type": "text/plain; charset=utf-8", **NO_STORE}
-_JSON_ONLY = {"Content-Type": JSON}
+_TEXT = "text/plain; charset=utf-8"
+# Headers that make the bare increment take the general path.
+_NOT_BARE = (KEY_HEADER, ENCODING, "If-Match", "If-None-Match")
+
+
+def counter_body(counter: StoredCounter) -> Counter:
+    return Counter(counter.name, counter.value, counter.version)
+
+
+def counted_headers(counted: Counted) -> dict[str, str]:
+    """The ETag of the counter's new version and the revision that committed it."""
+    return {
+        "Content-Type": JSON,
+        "ETag": f'"{counted.counter.version}"',
+        REVISION_HEADER: str(counted.revision),
+    }
 
 
 def wants_json(accept: str) -> bool:
@@ -74,37 +98,44 @@ def wants_json(accept: str) -> bool:
 
 async def access(request: web.Request) -> web.Response:
     """Count one access and say how many there have been, this one included."""
-    value = raise_if_error(await request.app[COUNTERS].submit(ACCESS, _ONE))
-    assert isinstance(value, int)
+    counted = raise_if_error(await request.app[COUNTERS].submit(ACCESS, _ONE))
+    assert isinstance(counted, Counted)
+    headers = counted_headers(counted)
+    headers.update(NO_STORE)
     if wants_json(request.headers.get("Accept", "")):
-        return json_response(Counter(ACCESS, value), headers=NO_STORE)
-    # The finished header set, so aiohttp need not build the content type each time.
-    return web.Response(body=b"Resource accessed %d times." % value, headers=_ACCESS_TEXT)
+        return web.Response(body=_encode(counter_body(counted.counter)), headers=headers)
+    headers["Content-Type"] = _TEXT
+    body = b"Resource accessed %d times." % counted.counter.value
+    return web.Response(body=body, headers=headers)
 
 
-def _render_value(name: str) -> Callable[[Any], Rendered]:
-    def render(value: Any) -> Rendered:
-        return Rendered(200, {"Content-Type": JSON}, _encode(Counter(name, value)))
-
-    return render
+def _render_counted(counted: Any) -> Rendered:
+    assert isinstance(counted, Counted)
+    return Rendered(200, counted_headers(counted), _encode(counter_body(counted.counter)))
 
 
-def _render_deleted(_: Any) -> Rendered:
-    return Rendered(204, {}, b"")
+def _render_deleted(deleted: Any) -> Rendered:
+    assert isinstance(deleted, Deleted)
+    return Rendered(204, {REVISION_HEADER: str(deleted.revision)}, b"")
 
 
 async def increment(request: web.Request) -> web.Response:
     """Add ``by`` (default 1) to a counter, creating it at 0 first if needed."""
     name = path_name(request, "name")
     headers = request.headers
-    if not request.body_exists and KEY_HEADER not in headers and ENCODING not in headers:
+    if not request.body_exists and not any(h in headers for h in _NOT_BARE):
         # The common call, ``POST`` with nothing but the URL: the same answer as below,
-        # without the body read, the render closure and the JSON encoder. A checked name
-        # holds no character JSON escapes, so it goes into the body as it is.
-        value = raise_if_error(await request.app[COUNTERS].submit(name, _ONE))
-        assert isinstance(value, int)
-        answer = b'{"name":"%s","value":%d}' % (name.encode(), value)
-        return web.Response(body=answer, headers=_JSON_ONLY)
+        # without the body read and the JSON encoder. A checked name holds no character
+        # JSON escapes, so it goes into the body as it is.
+        counted = raise_if_error(await request.app[COUNTERS].submit(name, _ONE))
+        assert isinstance(counted, Counted)
+        counter = counted.counter
+        answer = b'{"name":"%s","value":%d,"version":%d}' % (
+            name.encode(),
+            counter.value,
+            counter.version,
+        )
+        return web.Response(body=answer, headers=counted_headers(counted))
     raw = await read_body(request)
     body = (
         decode_json(raw, IncrementBody, request.app[SETTINGS].max_json_depth)
@@ -112,19 +143,22 @@ async def increment(request: web.Request) -> web.Response:
         else None
     )
     by = 1 if body is None else body.by
-    render = _render_value(name)
-    claim = claim_for(request, raw, render)
-    op = _ONE if by == 1 and claim is None else Increment(by, claim)
-    return await execute(request, request.app[COUNTERS], name, op, render)
+    claim = claim_for(request, raw, _render_counted)
+    condition = conditions(request)
+    if by == 1 and claim is None and condition is None:
+        op = _ONE
+    else:
+        op = Increment(by, claim, condition)
+    return await execute(request, request.app[COUNTERS], name, op, _render_counted)
 
 
 async def get_counter(request: web.Request) -> web.Response:
     """A counter's committed value."""
     name = path_name(request, "name")
-    value = await request.app[STORAGE].get_counter(name)
-    if value is None:
+    counter = await request.app[STORAGE].get_counter(name)
+    if counter is None:
         raise NotFound(f"no counter named {name!r}")
-    return json_response(Counter(name, value))
+    return json_response(counter_body(counter), headers={"ETag": f'"{counter.version}"'})
 
 
 async def set_counter(request: web.Request) -> web.Response:
@@ -134,15 +168,15 @@ async def set_counter(request: web.Request) -> web.Response:
     if not raw.strip():
         raise InvalidInput("a JSON body is required")
     body = decode_json(raw, SetBody, request.app[SETTINGS].max_json_depth)
-    render = _render_value(name)
-    op = SetValue(body.value, claim_for(request, raw, render))
-    return await execute(request, request.app[COUNTERS], name, op, render)
+    op = SetValue(body.value, claim_for(request, raw, _render_counted), conditions(request))
+    return await execute(request, request.app[COUNTERS], name, op, _render_counted)
 
 
 async def delete_counter(request: web.Request) -> web.Response:
     """Delete a counter."""
     name = path_name(request, "name")
-    op = DeleteCounter(claim_for(request, await read_body(request), _render_deleted))
+    claim = claim_for(request, await read_body(request), _render_deleted)
+    op = DeleteCounter(claim, conditions(request))
     return await execute(request, request.app[COUNTERS], name, op, _render_deleted)
 
 
@@ -150,5 +184,5 @@ async def list_counters(request: web.Request) -> web.Response:
     """Counters ordered by name, a page at a time."""
     prefix, after, limit = list_params(request)
     rows = await request.app[STORAGE].list_counters(prefix, after, limit + 1)
-    shown, after_last = page(rows, limit, lambda row: row[0])
-    return json_response(CounterPage([Counter(n, v) for n, v in shown], after_last))
+    shown, after_last = page(rows, limit, lambda row: row.name)
+    return json_response(CounterPage([counter_body(c) for c in shown], after_last))

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from app.combining import Combiner
 from app.domain import (
+    Deleted,
     DeleteItem,
     ItemOp,
     ItemOutcome,
@@ -26,6 +27,7 @@ from app.views.backpressure import list_in_pieces
 from app.views.bodies import PutBody
 from app.views.common import (
     JSON,
+    REVISION_HEADER,
     _encode,
     decode_json,
     json_response,
@@ -55,13 +57,18 @@ def _render_written(written: Any) -> Rendered:
     record = written.record
     return Rendered(
         201 if written.created else 200,
-        {"Content-Type": JSON, "ETag": f'"{record.version}"'},
+        {
+            "Content-Type": JSON,
+            "ETag": f'"{record.version}"',
+            REVISION_HEADER: str(written.revision),
+        },
         _encode(record_body(record)),
     )
 
 
-def _render_deleted(_: Any) -> Rendered:
-    return Rendered(204, {}, b"")
+def _render_deleted(deleted: Any) -> Rendered:
+    assert isinstance(deleted, Deleted)
+    return Rendered(204, {REVISION_HEADER: str(deleted.revision)}, b"")
 
 
 async def _required_body(request: web.Request) -> bytes:

@@ -42,8 +42,8 @@ async def test_idempotent_retry_across_workers_and_restart_increments_once(
     assert set(statuses) <= {200, 409}, statuses
     fresh = [body for replayed, body in tally.ok() if not replayed]
     replays = [body for replayed, body in tally.ok() if replayed]
-    assert fresh == [{"name": "once", "value": 5}]
-    assert all(body == {"name": "once", "value": 5} for body in replays)
+    assert fresh == [{"name": "once", "value": 5, "version": 1}]
+    assert all(body == {"name": "once", "value": 5, "version": 1} for body in replays)
     assert all(
         body["type"].endswith("idempotency-key-in-flight")
         for status, (_, body) in tally.answers.values()
@@ -55,7 +55,7 @@ async def test_idempotent_retry_across_workers_and_restart_increments_once(
             status, (replayed, body) = await send(http, 0)
             assert status == 200
             assert replayed
-            assert body == {"name": "once", "value": 5}
+            assert body == {"name": "once", "value": 5, "version": 1}
             async with http.get(again.url + "/counters/once") as r:
                 assert r.status == 200
                 assert (await r.json())["value"] == 5

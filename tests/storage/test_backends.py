@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from app.domain import (
+    Counter,
     CounterOp,
     DeleteCounter,
     Increment,
@@ -19,19 +20,20 @@ from app.errors import NotFound, OutOfRange, PreconditionFailed
 from app.settings import Settings
 from app.storage import Storage
 from app.storage.backends import open_storage
+from tests.outcomes import value, values
 
 
 async def test_values_survive_reopen(settings: Settings) -> None:
     """What was committed is there after the storage is closed and opened again."""
     first = await open_storage(settings)
     try:
-        assert await first.apply_counter_ops("c", [Increment(41), Increment(1)]) == [41, 42]
+        assert values(await first.apply_counter_ops("c", [Increment(41), Increment(1)])) == [41, 42]
         await first.apply_item_ops("doc", [PutItem({"k": [1, "two", None, 3.5]})])
     finally:
         await first.close()
     second = await open_storage(settings)
     try:
-        assert await second.get_counter("c") == 42
+        assert await second.get_counter("c") == Counter("c", 42, 2)
         record = await second.get_item("doc")
         assert record is not None
         assert (record.value, record.version) == ({"k": [1, "two", None, 3.5]}, 1)
@@ -45,9 +47,11 @@ async def test_concurrent_writes_share_few_transactions(storage: Any) -> None:
     results = await asyncio.gather(
         *(storage.apply_counter_ops(f"c{i}", [Increment(i)]) for i in range(50))
     )
-    assert results == [[i] for i in range(50)]
+    assert [values(r) for r in results] == [[i] for i in range(50)]
     assert storage.batches - before <= 3
-    assert await storage.list_counters("c", "", 100) == sorted((f"c{i}", i) for i in range(50))
+    assert await storage.list_counters("c", "", 100) == [
+        Counter(f"c{i}", i, 1) for i in sorted(range(50), key=str)
+    ]
 
 
 async def test_counter_ops_keep_their_own_outcomes(storage: Storage) -> None:
@@ -59,7 +63,7 @@ async def test_counter_ops_keep_their_own_outcomes(storage: Storage) -> None:
         Increment(-5),
         DeleteCounter(),
     ]
-    outcomes = await storage.apply_counter_ops("c", ops)
+    outcomes = values(await storage.apply_counter_ops("c", ops))
     assert outcomes[:2] == [2**63 - 2, 2**63 - 1]
     assert isinstance(outcomes[2], OutOfRange)
     assert outcomes[3] == 2**63 - 6
@@ -70,10 +74,10 @@ async def test_counter_ops_keep_their_own_outcomes(storage: Storage) -> None:
 
 async def test_extreme_values_are_stored_exactly(storage: Storage) -> None:
     """The signed 64-bit limits round-trip through the database unchanged."""
-    assert await storage.apply_counter_ops("max", [SetValue(2**63 - 1)]) == [2**63 - 1]
-    assert await storage.apply_counter_ops("min", [SetValue(-(2**63))]) == [-(2**63)]
-    assert await storage.get_counter("max") == 2**63 - 1
-    assert await storage.get_counter("min") == -(2**63)
+    assert values(await storage.apply_counter_ops("max", [SetValue(2**63 - 1)])) == [2**63 - 1]
+    assert values(await storage.apply_counter_ops("min", [SetValue(-(2**63))])) == [-(2**63)]
+    assert await storage.get_counter("max") == Counter("max", 2**63 - 1, 1)
+    assert await storage.get_counter("min") == Counter("min", -(2**63), 1)
 
 
 async def test_item_ops_bump_versions_and_merge(storage: Storage) -> None:
@@ -106,9 +110,9 @@ async def test_listings_sort_byte_wise_and_page_by_prefix(storage: Storage) -> N
         await storage.apply_counter_ops(name, [Increment(1)])
         await storage.apply_item_ops(name, [PutItem(name)])
     expected = sorted(n for n in names if n.startswith("a"))
-    assert [n for n, _ in await storage.list_counters("a", "", 100)] == expected
+    assert [c.name for c in await storage.list_counters("a", "", 100)] == expected
     assert [r.id for r in await storage.list_items("a", "", 100)] == expected
-    assert [n for n, _ in await storage.list_counters("a", "a.a", 2)] == expected[3:5]
+    assert [c.name for c in await storage.list_counters("a", "a.a", 2)] == expected[3:5]
 
 
 async def test_two_storages_on_one_database_never_lose_increments(settings: Settings) -> None:
@@ -119,9 +123,9 @@ async def test_two_storages_on_one_database_never_lose_increments(settings: Sett
         results = await asyncio.gather(
             *(s.apply_counter_ops("shared", [Increment(1)]) for _ in range(100) for s in (a, b))
         )
-        values = sorted(r[0] for r in results if isinstance(r[0], int))
-        assert values == list(range(1, 201))
-        assert await a.get_counter("shared") == 200
+        seen = sorted(value(r[0]) for r in results)
+        assert seen == list(range(1, 201))
+        assert await a.get_counter("shared") == Counter("shared", 200, 200)
     finally:
         await a.close()
         await b.close()

@@ -12,6 +12,7 @@ import pytest
 
 from app.domain import (
     INT64_MAX,
+    Counter,
     DeleteCounter,
     Increment,
     PatchItem,
@@ -25,6 +26,8 @@ from app.idempotency import Claim, Rendered
 from app.settings import Settings
 from app.startup import StartupError
 from app.storage.sqlite import MIGRATIONS, SQLiteStorage, _in_db_thread
+from app.storage.sqlite_changes import Pending
+from tests.outcomes import value, values
 
 pytestmark = pytest.mark.backends("sqlite")
 
@@ -90,24 +93,25 @@ async def test_concurrent_writes_share_one_transaction(storage: SQLiteStorage) -
     results = await asyncio.gather(
         *(storage.apply_counter_ops(f"c{i}", [Increment(i)]) for i in range(50))
     )
-    assert results == [[i] for i in range(50)]
+    assert [values(r) for r in results] == [[i] for i in range(50)]
     assert storage.batches - before <= 2
-    assert await storage.list_counters("c", "", 100) == sorted((f"c{i}", i) for i in range(50))
+    listed = await storage.list_counters("c", "", 100)
+    assert [(c.name, c.value) for c in listed] == sorted((f"c{i}", i) for i in range(50))
 
 
 async def test_failing_unit_rolls_back_only_itself(storage: SQLiteStorage) -> None:
     """A unit that fails after writing is rolled back to its savepoint; its batch-mates commit."""
 
-    def broken(conn: sqlite3.Connection) -> None:
+    def broken(conn: sqlite3.Connection, pending: Pending) -> None:
         conn.execute("INSERT INTO counters (name, value) VALUES ('half', 1)")
         raise ValueError("boom")
 
     good = storage.apply_counter_ops("good", [Increment(1)])
     bad = storage._writer.submit(broken)
     results = await asyncio.gather(good, bad, return_exceptions=True)
-    assert results[0] == [1]
+    assert values(results[0]) == [1]
     assert isinstance(results[1], ValueError)
-    assert await storage.get_counter("good") == 1
+    assert await storage.get_counter("good") == Counter("good", 1, 1)
     assert await storage.get_counter("half") is None
 
 
@@ -116,12 +120,12 @@ async def test_readonly_database_answers_storage_unavailable(
 ) -> None:
     """A write the database refuses maps to StorageUnavailable (503), not a crash."""
 
-    def refuse(conn: sqlite3.Connection) -> None:
+    def refuse(conn: sqlite3.Connection, pending: Pending) -> None:
         raise sqlite3.OperationalError("attempt to write a readonly database")
 
     with pytest.raises(StorageUnavailable):
         await storage._writer.submit(refuse)
-    assert await storage.apply_counter_ops("after", [Increment(1)]) == [1]
+    assert values(await storage.apply_counter_ops("after", [Increment(1)])) == [1]
 
 
 async def test_ping_fails_cleanly_once_closed(settings: Settings) -> None:
@@ -143,7 +147,7 @@ async def test_plain_writes_of_a_batch_share_one_group(storage: SQLiteStorage) -
     await storage.apply_counter_ops("big", [SetValue(INT64_MAX)])
     await storage.apply_counter_ops("gone", [SetValue(5)])
     await storage.apply_item_ops("doc", [PutItem({"a": 1})])
-    claim = Claim("key-1", "fp", lambda value: Rendered(200, {}, b"%d" % value))
+    claim = Claim("key-1", "fp", lambda o: Rendered(200, {}, b"%d" % o.counter.value))
     before = storage.batches
     results: list[list[Any]] = await asyncio.gather(
         storage.apply_counter_ops("new", [Increment(2), Increment(3)]),
@@ -158,20 +162,21 @@ async def test_plain_writes_of_a_batch_share_one_group(storage: SQLiteStorage) -
     )
     assert storage.batches - before == 1
     new, big, gone, same, claimed, doc, fresh = results
-    assert new == [2, 5]
-    assert isinstance(big[0], OutOfRange) and big[1] == INT64_MAX - 1
-    assert gone == [None]
-    assert same == [1, 0]
-    assert claimed == [7]
+    assert values(new) == [2, 5]
+    assert isinstance(big[0], OutOfRange) and value(big[1]) == INT64_MAX - 1
+    assert values(gone) == [None]
+    assert values(same) == [1, 0]
+    assert values(claimed) == [7]
     assert isinstance(doc[0], Written) and doc[0].record.value == {"a": 1, "b": 2}
     assert doc[0].record.version == 2
     assert isinstance(doc[1], PreconditionFailed)
     assert isinstance(fresh[0], Written) and fresh[0].created
-    assert await storage.get_counter("new") == 5
-    assert await storage.get_counter("big") == INT64_MAX - 1
+    assert await storage.get_counter("new") == Counter("new", 5, 2)
+    assert await storage.get_counter("big") == Counter("big", INT64_MAX - 1, 2)
     assert await storage.get_counter("gone") is None
-    assert await storage.get_counter("same") == 0  # created at 0, like one increment at a time
-    assert await storage.get_counter("claimed") == 7
+    # Created at 0, like one increment at a time.
+    assert await storage.get_counter("same") == Counter("same", 0, 2)
+    assert await storage.get_counter("claimed") == Counter("claimed", 7, 1)
     record = await storage.get_item("doc")
     assert record is not None and record.value == {"a": 1, "b": 2} and record.version == 2
 
@@ -202,4 +207,4 @@ async def test_failed_group_write_rolls_back_the_group_only(
     assert isinstance(results[2], list) and isinstance(results[2][0], Written)
     assert await storage.get_counter("a1") is None
     assert await storage.get_item("other-table") is not None
-    assert await storage.apply_counter_ops("a1", [Increment(1)]) == [1]
+    assert values(await storage.apply_counter_ops("a1", [Increment(1)])) == [1]

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from app.domain import Increment
+from app.domain import Counter, Increment
 from app.storage.sqlite import SQLiteStorage
 from tests.conftest import settings_for
+from tests.outcomes import values
 
 pytestmark = pytest.mark.backends("sqlite")
 
@@ -19,8 +20,8 @@ async def test_concurrent_reads_share_thread_hops(storage: SQLiteStorage) -> Non
     """100 concurrent reads of different counters each get their own value in a few hops."""
     await asyncio.gather(*(storage.apply_counter_ops(f"c{i}", [Increment(i)]) for i in range(100)))
     before = storage._reader.hops
-    values = await asyncio.gather(*(storage.get_counter(f"c{i}") for i in range(100)))
-    assert values == list(range(100))
+    counters = await asyncio.gather(*(storage.get_counter(f"c{i}") for i in range(100)))
+    assert [c.value if c else None for c in counters] == list(range(100))
     assert storage._reader.hops - before <= 3
 
 
@@ -43,8 +44,8 @@ async def test_failing_read_fails_only_itself(storage: SQLiteStorage) -> None:
 async def test_read_after_commit_sees_the_write(storage: SQLiteStorage) -> None:
     """A read sent after a write has been acknowledged returns the committed value."""
     for expected in range(1, 20):
-        assert await storage.apply_counter_ops("c", [Increment(1)]) == [expected]
-        assert await storage.get_counter("c") == expected
+        assert values(await storage.apply_counter_ops("c", [Increment(1)])) == [expected]
+        assert await storage.get_counter("c") == Counter("c", expected, expected)
 
 
 async def test_close_answers_queued_reads(tmp_path: Path) -> None:
@@ -54,4 +55,4 @@ async def test_close_answers_queued_reads(tmp_path: Path) -> None:
     pending = [asyncio.ensure_future(storage.get_counter("c")) for _ in range(10)]
     await asyncio.sleep(0)
     await storage.close()
-    assert await asyncio.gather(*pending) == [3] * 10
+    assert await asyncio.gather(*pending) == [Counter("c", 3, 1)] * 10

@@ -15,6 +15,8 @@ from app.domain import Increment
 from app.errors import StorageUnavailable
 from app.settings import Settings
 from app.storage.sqlite import SQLiteStorage
+from app.storage.sqlite_changes import Pending
+from tests.outcomes import values
 from tests.storage.connections import WrappedConnection
 
 pytestmark = pytest.mark.backends("sqlite")
@@ -41,7 +43,7 @@ async def test_cancelled_requests_cannot_interrupt_their_batch(
     inside = threading.Event()
     release = threading.Event()
 
-    def hold(conn: sqlite3.Connection) -> None:
+    def hold(conn: sqlite3.Connection, pending: Pending) -> None:
         inside.set()
         release.wait(10)
 
@@ -58,10 +60,10 @@ async def test_cancelled_requests_cannot_interrupt_their_batch(
     assert all(r.cancelled() for r in requests)
     assert [committed(settings.sqlite_path, f"c{i}") for i in range(5)] == [1] * 5
     assert not storage._writer_db._conn.in_transaction
-    assert await storage.apply_counter_ops("c0", [Increment(1)]) == [2]
+    assert values(await storage.apply_counter_ops("c0", [Increment(1)])) == [2]
     other = await SQLiteStorage.open(settings)  # another worker can still write
     try:
-        assert await other.apply_counter_ops("c0", [Increment(1)]) == [3]
+        assert values(await other.apply_counter_ops("c0", [Increment(1)])) == [3]
     finally:
         await other.close()
 
@@ -93,6 +95,6 @@ async def test_failed_commit_rolls_back_and_no_later_commit_carries_it(
         await storage.apply_counter_ops("lost", [Increment(7)])
     monkeypatch.undo()
     assert not storage._writer_db._conn.in_transaction
-    assert await storage.apply_counter_ops("kept", [Increment(1)]) == [1]
+    assert values(await storage.apply_counter_ops("kept", [Increment(1)])) == [1]
     assert committed(settings.sqlite_path, "lost") is None
     assert committed(settings.sqlite_path, "kept") == 1

@@ -23,6 +23,7 @@ from app.errors import PreconditionFailed, StorageUnavailable
 from app.settings import Settings
 from app.storage.sqlite import SQLiteStorage
 from tests.conftest import settings_for
+from tests.outcomes import value
 from tests.storage.connections import WrappedConnection
 
 WRITERS = 4
@@ -94,8 +95,8 @@ async def test_increments_without_writer_turn_each_get_their_own_value(
     answers = [a for batch in await asyncio.gather(*map(run, writers)) for a in batch]
     errors = [a for a in answers if isinstance(a, BaseException)]
     assert errors == [], f"{len(errors)} of {len(answers)} failed, first: {errors[0]!r}"
-    values = sorted(value for (value,) in answers)
-    assert values == list(range(1, WRITERS * per_writer + 1))
+    seen = sorted(value(answer) for (answer,) in answers)
+    assert seen == list(range(1, WRITERS * per_writer + 1))
     with sqlite3.connect(settings.sqlite_path) as db:
         assert db.execute("SELECT value FROM counters WHERE name = 'hits'").fetchone() == (
             WRITERS * per_writer,

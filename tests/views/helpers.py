@@ -59,7 +59,8 @@ async def assert_bad_name(response: ClientResponse) -> None:
 
 async def stored_counter(client: Client, name: str) -> int | None:
     """The counter's committed value, read straight from storage."""
-    return await app_of(client)[STORAGE].get_counter(name)
+    counter = await app_of(client)[STORAGE].get_counter(name)
+    return None if counter is None else counter.value
 
 
 async def stored_item(client: Client, item_id: str) -> Record | None:

@@ -43,12 +43,12 @@ async def test_access_counts_each_request_in_text(client: Client) -> None:
 
 
 async def test_access_answers_json_when_asked(client: Client) -> None:
-    """GET /access with Accept: application/json answers {"name", "value"}, uncached."""
+    """GET /access with Accept: application/json answers {"name", "value", "version"}, uncached."""
     async with client.get("/access", headers={"Accept": "application/json"}) as r:
         assert r.status == 200
         assert r.content_type == "application/json"
         assert r.headers["Cache-Control"] == "no-store"
-        assert await r.json() == {"name": "access", "value": 1}
+        assert await r.json() == {"name": "access", "value": 1, "version": 1}
     assert await stored_counter(client, "access") == 1
 
 
@@ -80,7 +80,7 @@ async def test_increment_without_body_adds_one(client: Client) -> None:
     for n in (1, 2):
         async with client.post("/counters/hits/increment") as r:
             assert r.status == 200
-            assert await r.json() == {"name": "hits", "value": n}
+            assert await r.json() == {"name": "hits", "value": n, "version": n}
     assert await stored_counter(client, "hits") == 2
 
 
@@ -94,8 +94,8 @@ async def test_increment_answers_the_same_bytes_with_or_without_a_body(client: C
         assert full.status == 200
         full_type, full_body = full.headers["Content-Type"], await full.read()
     assert bare_type == full_type == "application/json"
-    assert bare_body == b'{"name":"%s","value":1}' % name.encode()
-    assert full_body == b'{"name":"%s","value":0}' % name.encode()
+    assert bare_body == b'{"name":"%s","value":1,"version":1}' % name.encode()
+    assert full_body == b'{"name":"%s","value":0,"version":2}' % name.encode()
 
 
 async def test_bare_increment_past_int64_max_conflicts_and_changes_nothing(client: Client) -> None:
@@ -111,7 +111,7 @@ async def test_increment_by_amount_adds_it(client: Client, by: int) -> None:
     """``by`` may be any int64, negative and zero included; a new counter starts at 0."""
     async with client.post("/counters/hits/increment", json={"by": by}) as r:
         assert r.status == 200
-        assert await r.json() == {"name": "hits", "value": by}
+        assert await r.json() == {"name": "hits", "value": by, "version": 1}
     assert await stored_counter(client, "hits") == by
 
 
@@ -120,7 +120,7 @@ async def test_increment_name_of_200_characters_is_accepted(client: Client) -> N
     name = ("Az09._~:-" * 23)[:200]
     async with client.post(f"/counters/{name}/increment") as r:
         assert r.status == 200
-        assert await r.json() == {"name": name, "value": 1}
+        assert await r.json() == {"name": name, "value": 1, "version": 1}
     assert await stored_counter(client, name) == 1
 
 
@@ -198,7 +198,7 @@ async def test_increment_lock_timeout_is_503_and_never_applied(
     # The next holder of the lock must not apply the timed-out request's increment.
     async with client.post("/counters/hits/increment") as r:
         assert r.status == 200
-        assert await r.json() == {"name": "hits", "value": 1}
+        assert await r.json() == {"name": "hits", "value": 1, "version": 1}
     assert await stored_counter(client, "hits") == 1
 
 
@@ -226,7 +226,7 @@ async def test_get_counter_answers_its_value(client: Client) -> None:
     async with client.get("/counters/hits") as r:
         assert r.status == 200
         assert r.content_type == "application/json"
-        assert await r.json() == {"name": "hits", "value": -42}
+        assert await r.json() == {"name": "hits", "value": -42, "version": 1}
 
 
 async def test_get_counter_absent_is_404(client: Client) -> None:
@@ -269,10 +269,10 @@ async def test_counter_bad_name_is_422(client: Client, method: str, name: str) -
 
 async def test_put_counter_sets_and_creates(client: Client) -> None:
     """PUT sets a counter to the given value, creating it when absent."""
-    for value in (10, INT64_MIN, 0):
+    for version, value in enumerate((10, INT64_MIN, 0), 1):
         async with client.put("/counters/hits", json={"value": value}) as r:
             assert r.status == 200
-            assert await r.json() == {"name": "hits", "value": value}
+            assert await r.json() == {"name": "hits", "value": value, "version": version}
         assert await stored_counter(client, "hits") == value
 
 
@@ -357,7 +357,7 @@ async def test_list_counters_pages_in_name_order(client: Client) -> None:
         assert body["next"] == body["items"][-1]["name"]
         after = body["next"]
     assert pages == 3
-    assert seen == [{"name": n, "value": names.index(n)} for n in sorted(names)]
+    assert seen == [{"name": n, "value": names.index(n), "version": 1} for n in sorted(names)]
 
 
 async def test_list_counters_filters_by_prefix(client: Client) -> None:
@@ -367,7 +367,7 @@ async def test_list_counters_filters_by_prefix(client: Client) -> None:
     async with client.get("/counters", params={"prefix": "c:"}) as r:
         assert r.status == 200
         assert await r.json() == {
-            "items": [{"name": n, "value": 1} for n in ("c:1", "c:2", "c:3")],
+            "items": [{"name": n, "value": 1, "version": 1} for n in ("c:1", "c:2", "c:3")],
             "next": None,
         }
     async with client.get("/counters", params={"prefix": "c:", "after": "c:1"}) as r:
@@ -397,7 +397,10 @@ async def test_list_counters_limit_allows_1000_at_most(client: Client) -> None:
     assert [i["name"] for i in body["items"]] == names[:1000]
     assert body["next"] == names[999]
     async with client.get("/counters", params={"after": body["next"]}) as r:
-        assert await r.json() == {"items": [{"name": names[1000], "value": 1}], "next": None}
+        assert await r.json() == {
+            "items": [{"name": names[1000], "value": 1, "version": 1}],
+            "next": None,
+        }
     async with client.get("/counters") as r:
         assert len((await r.json())["items"]) == 100
 

@@ -32,6 +32,9 @@ class Change:
     value: str | None
     version: int | None
     time: str
+    # A value too large to read with the rest of its page: ``value`` is None until
+    # ``Storage.deferred_value`` reads it, just before it is sent.
+    deferred: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The entry as the API shows it (``value`` decoded back to JSON)."""
@@ -143,3 +146,20 @@ def purgeable_through(rows: list[tuple[int, str]], cutoff: str, limit: int) -> i
     if through is None and rows and rows[0][1] < cutoff and rows[-1][0] == rows[0][0]:
         through = rows[0][0]
     return through
+
+
+def snapshot_page(rows: list[Any], resources: list[tuple[str, str]] | None, time: str) -> FeedPage:
+    """A snapshot read by ``snapshot_query``: one entry per resource, at the snapshot's revision.
+
+    Rows are (revision, purged_through, kind, key, value, deferred, version); each named
+    resource that does not exist gets an entry with ``value`` and ``version`` null.
+    """
+    revision, purged_through = rows[0][0], rows[0][1]
+    found = {(r[2], r[3]): r for r in rows if r[2] is not None}
+    wanted = sorted(found) if resources is None else sorted(set(resources))
+    changes = []
+    for kind, key in wanted:
+        row = found.get((kind, key))
+        value, deferred, version = (row[4], bool(row[5]), row[6]) if row else (None, False, None)
+        changes.append(Change(revision, kind, key, value, version, time, deferred))
+    return FeedPage(revision, purged_through, changes)

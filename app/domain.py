@@ -277,6 +277,12 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_time(seconds: float) -> str:
+    """A Unix time as RFC 3339 with milliseconds, in the form ``now_iso`` gives."""
+    stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
 def apply_item_ops(
     item_id: str, current: Record | None, ops: list[ItemOp], commit: Commit
 ) -> tuple[Record | None, list[ItemOutcome]]:

@@ -119,7 +119,9 @@ def envelope_for(
                         authorize(request, tokens, scope)
                     response = await handler(request)
                 except LockstepError as e:
-                    response = problem_response(e.status, e.title, e.detail, e.slug, e.headers)
+                    response = problem_response(
+                        e.status, e.title, e.detail, e.slug, e.headers, e.extra
+                    )
                 except web.HTTPException as e:
                     if e.status < 400:  # a redirect: aiohttp sends it as it is
                         status = e.status

@@ -7,6 +7,7 @@ in one place and storage code never imports anything from aiohttp.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 # Most characters of a client's path a detail repeats.
 _PATH_SHOWN = 200
@@ -26,6 +27,11 @@ class LockstepError(Exception):
     @property
     def headers(self) -> dict[str, str]:
         """Extra response headers this error asks for."""
+        return {}
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Members the problem body carries besides type, title, status and detail."""
         return {}
 
 
@@ -159,6 +165,26 @@ class RecordTooLarge(LockstepError):
     status = 413
     slug = "record-too-large"
     title = "Content Too Large"
+
+
+class ChangesPurged(LockstepError):
+    """The change log no longer holds every change after the revision asked for."""
+
+    status = 410
+    slug = "changes-purged"
+    title = "Gone"
+
+    def __init__(self, since: int, oldest: int) -> None:
+        super().__init__(
+            f"the change log keeps LOCKSTEP_CHANGES_RETENTION seconds and starts at revision"
+            f" {oldest}; changes right after {since} are gone. Read the current state (a"
+            f" stream without since sends it) and follow on from its revision"
+        )
+        self.oldest = oldest
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return {"oldest": self.oldest}
 
 
 class OutOfRange(LockstepError):

@@ -1,11 +1,19 @@
-"""The change feed behind the event streams: who watches which resource, and what changed.
+"""The change feed as a worker follows it: event streams and long polls, woken by commits.
 
-One hub per worker. While at least one stream is open it waits on the storage's change
-signal (``Storage.wait_for_change``: any process's commit wakes it), re-reads every watched
-resource (at most once per poll interval) and hands each subscriber the states that differ
-from the last ones seen. A subscriber keeps at most one pending state per resource, the
-newest: a consumer that reads slowly skips intermediate states instead of growing the
-server's memory, and always ends on the latest committed state.
+One hub per worker. While anyone listens it waits on the storage's change signal and reads
+the change-log entries after the last revision it has read (its position): one read per
+commit, at most one per poll interval, however many streams watch however many resources.
+It hands each live subscription the commits that touched what it watches, each commit
+whole, in revision order, and wakes long polls.
+
+A subscription starts by catching up on its own: from a snapshot (no resume point) or from
+the log after its resume point, a page at a time as its client takes them. Once a page
+shows it has reached the hub's position it goes live and takes the hub's commits, dropping
+any it has already read, so nothing falls between the two and nothing is repeated. A live
+subscription whose client falls behind by more than ``max_pending`` entries drops what it
+holds and catches up from the log again, so a slow reader costs the server a bounded amount
+of memory and still misses nothing. A resume point older than the log's retention gets a
+``reset`` and then a snapshot.
 """
 
 from __future__ import annotations
@@ -13,181 +21,291 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from functools import partial
-from typing import Any, Literal, NamedTuple
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
+from app.changes import Change, FeedPage, commits
 from app.errors import StorageUnavailable, Unavailable
 from app.storage import Storage
 
 logger = logging.getLogger(__name__)
 
+PAGE = 1000  # entries read at once, by the hub and by a catching-up subscription
+# Values longer than this are read one at a time as they are sent, not with their page:
+# a page then holds at most PAGE * INLINE_MAX characters of values, and a client that
+# stops reading holds back at most one large value.
+INLINE_MAX = 4096
 
-class Resource(NamedTuple):
-    kind: Literal["counter", "item"]
-    key: str
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """What a subscription follows: named resources, or the whole feed by kind and key prefix."""
+
+    resources: frozenset[tuple[str, str]] | None = None
+    kind: str | None = None
+    prefix: str = ""
+
+    def covers(self, change: Change) -> bool:
+        if self.resources is not None:
+            return (change.kind, change.key) in self.resources
+        return (self.kind is None or change.kind == self.kind) and change.key.startswith(
+            self.prefix
+        )
+
+    def query(self) -> dict[str, Any]:
+        """The filter as ``Storage.read_changes`` and ``Storage.snapshot`` take it."""
+        resources = None if self.resources is None else sorted(self.resources)
+        return {"kind": self.kind, "prefix": self.prefix, "resources": resources}
 
 
-# (resource, state as JSON-ready dict, unix time the change was seen)
-Change = tuple[Resource, dict[str, Any], float]
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing a stream sends: a commit's entries, a snapshot, or a reset."""
+
+    kind: str  # "change" | "snapshot" | "reset"
+    revision: int
+    changes: list[Change] = field(default_factory=list)
+    oldest: int = 0  # for a reset: the oldest revision still in the log
 
 
 class Subscription:
-    """One stream's view: the newest unseen state of each of its resources."""
+    """One stream's place in the feed: catching up from storage, or live from the hub."""
 
-    __slots__ = ("_pending", "_ready", "closed", "resources")
-
-    def __init__(self, resources: tuple[Resource, ...]) -> None:
-        self.resources = resources
-        self.closed = False
-        self._pending: dict[Resource, tuple[dict[str, Any], float]] = {}
+    def __init__(self, hub: EventHub, watch: Watch, since: int | None) -> None:
+        self.watch = watch
+        self._hub = hub
+        # The last revision handed to the client (None: it starts from a snapshot).
+        self.last = since
+        self.ended: str | None = None  # why it ended: "shutdown"
+        self.live = False
+        self._queue: deque[Event] = deque()
+        self._queued = 0  # entries in the queue
         self._ready = asyncio.Event()
 
-    def push(self, resource: Resource, state: dict[str, Any], seen: float) -> None:
-        # Overwrites an unsent older state: memory per subscriber stays one state a resource.
-        self._pending[resource] = (state, seen)
+    def offer(self, revision: int, changes: list[Change]) -> None:
+        """A commit the hub read; taken only while live, and only if not already sent."""
+        if not self.live or (self._queue and revision <= self._queue[-1].revision):
+            return
+        if self.last is not None and revision <= self.last:
+            return
+        self._queue.append(Event("change", revision, changes))
+        self._queued += len(changes)
+        if self._queued > self._hub.max_pending:
+            # Too far behind: let go of what is held and catch up from the log instead.
+            self.fall_behind()
         self._ready.set()
 
-    def close(self) -> None:
-        self.closed = True
+    def fall_behind(self) -> None:
+        """Drop the commits held for the client; the next ones are read from the log."""
+        self._queue.clear()
+        self._queued = 0
+        self.live = False
+
+    def end(self, reason: str) -> None:
+        self.ended = reason
         self._ready.set()
 
-    async def next(self, quiet_after: float) -> list[Change] | None:
-        """Changes not yet taken; ``[]`` after ``quiet_after`` s without any; None once closed."""
-        if not self._pending and not self.closed:
+    async def next(self, quiet_after: float) -> list[Event] | None:
+        """The next events; ``[]`` after ``quiet_after`` s without any; None once ended."""
+        if self.ended is not None:
+            return None
+        while not self.live:
+            events = await self._catch_up()
+            if events:
+                return events
+        if not self._queue:
             self._ready.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(quiet_after):
                     await self._ready.wait()
-        if self.closed:
-            return None
-        changes = [(r, state, seen) for r, (state, seen) in self._pending.items()]
-        self._pending.clear()
-        return changes
+            if self.ended is not None:
+                return None
+            if not self.live:
+                return await self.next(0)
+        events = list(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        if events:
+            self.last = events[-1].revision
+        return events
+
+    async def _catch_up(self) -> list[Event]:
+        """The next page from storage; goes live once it reaches the hub's position."""
+        storage, query = self._hub.storage, self.watch.query()
+        if self.last is None:
+            snapshot = await storage.snapshot(**query, inline_max=INLINE_MAX)
+            self.last = snapshot.revision
+            self._go_live_if_caught_up(snapshot.revision)
+            return [Event("snapshot", snapshot.revision, snapshot.changes)]
+        page = await storage.read_changes(self.last, PAGE, **query, inline_max=INLINE_MAX)
+        if self.last < page.purged_through:
+            snapshot = await storage.snapshot(**query, inline_max=INLINE_MAX)
+            reset = Event("reset", self.last, oldest=page.purged_through + 1)
+            self.last = snapshot.revision
+            self._go_live_if_caught_up(snapshot.revision)
+            return [reset, Event("snapshot", snapshot.revision, snapshot.changes)]
+        events = [Event("change", r, entries) for r, entries in commits(page.changes)]
+        if events:
+            self.last = events[-1].revision
+        if len(page.changes) < PAGE:
+            # Every entry it watches up to the snapshot's revision has been read.
+            self._go_live_if_caught_up(page.revision)
+        return events
+
+    def _go_live_if_caught_up(self, complete_through: int) -> None:
+        position = self._hub.position
+        if position is not None and complete_through >= position:
+            self.last = max(self.last or 0, complete_through)
+            self.live = True
 
 
 class EventHub:
-    """Fans committed changes out to subscribers; polls storage only while someone listens."""
+    """Follows the change log while anyone listens, and fans each commit out to subscriptions."""
 
-    def __init__(self, storage: Storage, interval: float) -> None:
-        self._storage = storage
+    def __init__(self, storage: Storage, interval: float, max_pending: int = 10_000) -> None:
+        self.storage = storage
+        self.max_pending = max_pending
         self._interval = interval
-        self._watchers: dict[Resource, set[Subscription]] = {}
-        self._last: dict[Resource, dict[str, Any]] = {}
-        # Reads of a resource's first state in flight: streams opened together share one.
-        self._loading: dict[Resource, asyncio.Future[dict[str, Any]]] = {}
+        self._subscriptions: set[Subscription] = set()
+        self._by_resource: dict[tuple[str, str], set[Subscription]] = {}
+        self._broad: set[Subscription] = set()  # whole feed, by kind and prefix
+        self._waiters = 0
+        self._moved = asyncio.Event()  # set, and replaced, whenever the position moves
+        self.position: int | None = None  # the last revision read (None: not following)
         self._task: asyncio.Task[None] | None = None
+        self._starting = asyncio.Lock()
         self._closed = False
 
     def __len__(self) -> int:
         """Number of open subscriptions."""
-        return len({s for subs in self._watchers.values() for s in subs})
+        return len(self._subscriptions)
 
-    async def subscribe(self, resources: tuple[Resource, ...]) -> Subscription:
-        """A subscription whose first changes are the resources' current states."""
+    @property
+    def closed(self) -> bool:
+        """Whether the worker is shutting down (no new subscriptions; long polls answer)."""
+        return self._closed
+
+    async def subscribe(self, watch: Watch, since: int | None) -> Subscription:
+        """A subscription to ``watch`` from revision ``since`` (None: from a snapshot)."""
         if self._closed:
             raise Unavailable("shutting down")
-        sub = Subscription(resources)
-        # Registered before the first read, so a commit landing during that read is seen
-        # by the next poll and never lost.
-        for r in resources:
-            self._watchers.setdefault(r, set()).add(sub)
+        sub = Subscription(self, watch, since)
+        self._subscriptions.add(sub)
+        if watch.resources is None:
+            self._broad.add(sub)
+        else:
+            for resource in watch.resources:
+                self._by_resource.setdefault(resource, set()).add(sub)
         try:
-            for r in resources:
-                sub.push(r, await self._first_state(r), time.time())
+            await self._follow()
         except BaseException:
             self.unsubscribe(sub)
             raise
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="lockstep-event-hub")
         return sub
 
-    async def _first_state(self, r: Resource) -> dict[str, Any]:
-        """The state last read of ``r``, or one read now, shared with every stream asking.
-
-        Streams see the same state objects: a stream that waits for its client holds
-        references, never a copy of its own.
-        """
-        state = self._last.get(r)
-        if state is not None:
-            return state
-        loading = self._loading.get(r)
-        if loading is None:
-            loading = self._loading[r] = asyncio.ensure_future(self._read(r))
-            loading.add_done_callback(partial(self._loaded, r))
-        state = await asyncio.shield(loading)
-        return self._last.setdefault(r, state)
-
-    def _loaded(self, r: Resource, loading: asyncio.Future[dict[str, Any]]) -> None:
-        del self._loading[r]
-        if not loading.cancelled():
-            loading.exception()  # retrieved here too: every stream that asked may be gone
-
     def unsubscribe(self, sub: Subscription) -> None:
-        for r in sub.resources:
-            watchers = self._watchers.get(r)
-            if watchers is None:
-                continue
-            watchers.discard(sub)
-            if not watchers:
-                del self._watchers[r]
-                self._last.pop(r, None)
-        if not self._watchers and self._task is not None:
-            self._task.cancel()
-            self._task = None
+        self._subscriptions.discard(sub)
+        self._broad.discard(sub)
+        for resource in sub.watch.resources or ():
+            watchers = self._by_resource.get(resource)
+            if watchers is not None:
+                watchers.discard(sub)
+                if not watchers:
+                    del self._by_resource[resource]
+        self._stop_if_idle()
+
+    async def wait_past(self, revision: int, seconds: float) -> None:
+        """Wait until this worker has read a commit after ``revision``, or ``seconds`` pass."""
+        if self._closed:
+            return
+        self._waiters += 1
+        try:
+            await self._follow()
+            async with asyncio.timeout(seconds):
+                while not self._closed and (self.position is None or self.position <= revision):
+                    await self._moved.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters -= 1
+            self._stop_if_idle()
 
     async def close(self) -> None:
-        """End every subscription and stop polling (graceful shutdown)."""
+        """End every subscription and stop following (graceful shutdown)."""
         self._closed = True
-        for watchers in list(self._watchers.values()):
-            for sub in watchers:
-                sub.close()
+        for sub in list(self._subscriptions):
+            sub.end("shutdown")
+        self._moved.set()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _read(self, r: Resource) -> dict[str, Any]:
-        if r.kind == "counter":
-            counter = await self._storage.get_counter(r.key)
-            return {"name": r.key, "value": None if counter is None else counter.value}
-        record = await self._storage.get_item(r.key)
-        if record is None:
-            return {"id": r.key, "value": None, "version": None, "updated_at": None}
-        return {
-            "id": r.key,
-            "value": record.value,
-            "version": record.version,
-            "updated_at": record.updated_at,
-        }
+    async def _follow(self) -> None:
+        """Start following the log from its current end, unless already following."""
+        async with self._starting:
+            if self._task is None or self._task.done():
+                self.position, _ = await self.storage.feed()
+                self._task = asyncio.create_task(self._run(), name="lockstep-event-hub")
+
+    def _stop_if_idle(self) -> None:
+        if not self._subscriptions and not self._waiters and self._task is not None:
+            self._task.cancel()
+            self._task = None
+            self.position = None
 
     async def _run(self) -> None:
         mark = -1
-        while self._watchers:
+        while True:
             try:
-                mark = await self._storage.wait_for_change(mark)
-                for r in list(self._watchers):
-                    state = await self._read(r)
-                    if self._last.get(r) != state and r in self._watchers:
-                        self._last[r] = state
-                        seen = time.time()
-                        for sub in self._watchers[r]:
-                            sub.push(r, state, seen)
-                # Under a steady stream of commits, re-read at most once an interval, and
-                # stretch the interval with the number of watched resources (10 per interval),
-                # so the reads a busy database causes stay bounded however much is watched.
-                await asyncio.sleep(self._interval * max(1.0, len(self._watchers) / 10))
+                mark = await self.storage.wait_for_change(mark)
+                await self._advance()
+                # Under a steady stream of commits, read at most once an interval.
+                await asyncio.sleep(self._interval)
             except StorageUnavailable:
-                # Locked or briefly unavailable: the next poll catches up with the state.
+                # Locked or briefly unavailable: the next read catches up from the position.
                 logger.warning("event hub: database unavailable, retrying", exc_info=True)
                 await asyncio.sleep(1)
             except Exception:
-                # Streams must outlive a bad poll: log it once per failure and carry on.
-                logger.exception("event hub: poll failed, retrying")
+                # Streams must outlive a bad read: log it once per failure and carry on.
+                logger.exception("event hub: reading the change log failed, retrying")
                 await asyncio.sleep(1)
+
+    async def _advance(self) -> None:
+        """Read every commit after the position and hand each to the subscriptions it touched."""
+        assert self.position is not None
+        while True:
+            page: FeedPage = await self.storage.read_changes(
+                self.position, PAGE, inline_max=INLINE_MAX
+            )
+            if page.purged_through > self.position:
+                # Fell behind the retention itself: live streams catch up (and reset).
+                for sub in self._subscriptions:
+                    sub.fall_behind()
+            for revision, entries in commits(page.changes):
+                self._dispatch(revision, entries)
+            if len(page.changes) >= PAGE:
+                self.position = page.changes[-1].revision
+                continue
+            self.position = max(self.position, page.revision, page.purged_through)
+            moved, self._moved = self._moved, asyncio.Event()
+            moved.set()
+            return
+
+    def _dispatch(self, revision: int, entries: list[Change]) -> None:
+        touched: dict[Subscription, list[Change]] = {}
+        for change in entries:
+            for sub in self._by_resource.get((change.kind, change.key), ()):
+                touched.setdefault(sub, []).append(change)
+            for sub in self._broad:
+                if sub.watch.covers(change):
+                    touched.setdefault(sub, []).append(change)
+        for sub, changes in touched.items():
+            sub.offer(revision, changes)
 
 
 EVENTS = web.AppKey("events", EventHub)

@@ -1,14 +1,20 @@
-"""Background upkeep that must never hold up requests: purging expired idempotency keys."""
+"""Background upkeep that must never hold up requests: purging expired keys and old changes.
+
+Both are deleted a bounded batch per write transaction, ``LOCKSTEP_IDEMPOTENCY_PURGE_BATCH``
+rows at most, every ``LOCKSTEP_IDEMPOTENCY_PURGE_INTERVAL`` seconds, in every worker.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from app.domain import iso_time
 from app.errors import StorageUnavailable
 from app.settings import SETTINGS
 from app.storage import STORAGE
@@ -29,17 +35,35 @@ async def purge_expired_keys(app: web.Application) -> int:
         await asyncio.sleep(0)
 
 
+async def purge_old_changes(app: web.Application) -> int:
+    """Delete the change-log entries older than the retention, whole revisions, in batches."""
+    settings = app[SETTINGS]
+    storage, batch = app[STORAGE], settings.idempotency_purge_batch
+    cutoff = iso_time(time.time() - settings.changes_retention)
+    total = 0
+    while True:
+        deleted = await storage.purge_changes(cutoff, batch)
+        total += deleted
+        if deleted < batch:
+            return total
+        await asyncio.sleep(0)
+
+
 async def _purge_forever(app: web.Application) -> None:
     interval = app[SETTINGS].idempotency_purge_interval
     while True:
         await asyncio.sleep(interval)
-        try:
-            deleted = await purge_expired_keys(app)
-        except StorageUnavailable as e:
-            logger.warning("purging expired idempotency keys failed: %s", e.detail)
-        else:
-            if deleted:
-                logger.info("purged %d expired idempotency keys", deleted)
+        for what, purge in (
+            ("expired idempotency keys", purge_expired_keys),
+            ("old change-log entries", purge_old_changes),
+        ):
+            try:
+                deleted = await purge(app)
+            except StorageUnavailable as e:
+                logger.warning("purging %s failed: %s", what, e.detail)
+            else:
+                if deleted:
+                    logger.info("purged %d %s", deleted, what)
 
 
 async def purge_ctx(app: web.Application) -> AsyncIterator[None]:

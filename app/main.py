@@ -37,7 +37,8 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the database before the first request; close it after the last one finished."""
     storage = await open_storage(app[SETTINGS], app[METRICS])
     app[STORAGE] = storage
-    app[EVENTS] = EventHub(storage, app[SETTINGS].events_poll_interval)
+    settings = app[SETTINGS]
+    app[EVENTS] = EventHub(storage, settings.events_poll_interval, settings.events_max_pending)
     locks = app[LOCKS]
     metrics = app[METRICS]
     app[COUNTERS] = Combiner("counter", locks, storage.apply_counter_ops, metrics)

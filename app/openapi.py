@@ -31,6 +31,8 @@ _ERRORS = {
     "closed and nothing changed.",
     409: "The change would leave the signed 64-bit range, or a request with the same "
     "Idempotency-Key is still in flight; nothing changed.",
+    410: "The change log no longer reaches back to `since` (LOCKSTEP_CHANGES_RETENTION); the "
+    "problem's `oldest` is the oldest revision still kept.",
     412: "An If-Match / If-None-Match precondition failed; nothing changed.",
     413: "The body is larger than LOCKSTEP_MAX_BODY_BYTES, or the record would be larger than "
     "LOCKSTEP_MAX_RECORD_BYTES; nothing changed.",
@@ -53,6 +55,8 @@ def _parameters(settings: Settings, name: Json) -> Json:
     limit = {"type": "integer", "minimum": 1, "maximum": settings.list_limit_max, "default": 100}
     watch, names = {"style": "form", "explode": True}, {"type": "array", "items": name}
     tags = {"type": "string", "description": 'Entity tags such as "3", or *.'}
+    revision = {"type": "integer", "minimum": 0}
+    wait = {"type": "number", "minimum": 0, "maximum": settings.changes_max_wait, "default": 0}
     params = [
         _param("name", "path", name, "The counter's name.", required=True),
         _param("id", "path", name, "The record's id.", required=True),
@@ -61,6 +65,12 @@ def _parameters(settings: Settings, name: Json) -> Json:
         _param("after", "query", name, "Only names sorting after this (a page's `next`)."),
         _param("limit", "query", limit, "The most to list."),
         _param("counter", "query", names, "A counter to watch; repeat for several.", **watch),
+        _param("version", "path", {"type": "integer", "minimum": 1}, "A version.", required=True),
+        _param("since", "query", revision, "Only what was committed after this revision."),
+        _param("Last-Event-ID", "header", revision, "Resume a stream after this event id."),
+        _param("before", "query", revision, "Only versions below this revision (a `next`)."),
+        _param("kind", "query", {"enum": ["counter", "item"]}, "Only counters, or records."),
+        _param("wait", "query", wait, "Seconds to wait for an entry when there is none yet."),
         _param("item", "query", names, "A record to watch; repeat for several.", **watch),
         _param("If-Match", "header", tags, "Change only the version named."),
         _param("If-None-Match", "header", tags, "`*`: create only."),

@@ -22,18 +22,29 @@ from app.envelope import Envelope
 from app.errors import MethodNotAllowed, NoSuchPath
 from app.metrics import UNMATCHED
 from app.tokens import Scope
-from app.views import counters, dashboard, docs, events, health, items, metrics
+from app.views import (
+    changes,
+    counters,
+    dashboard,
+    docs,
+    events,
+    health,
+    items,
+    metrics,
+)
 from app.views.bodies import (
+    ChangeEvent,
+    ChangesPage,
     Counter,
-    CounterEvent,
     CounterPage,
     IncrementBody,
-    ItemEvent,
     MergePatch,
     PutBody,
     Record,
     RecordPage,
+    ResetEvent,
     SetBody,
+    SnapshotEvent,
     Stats,
     Status,
 )
@@ -50,7 +61,8 @@ _BAD_BODY = (400, 408, 413, 415, 422)
 TAGS = {
     "counters": "Signed 64-bit counters, created at 0 by their first increment.",
     "records": "JSON documents with a version; the ETag is the version in quotes.",
-    STREAMS_TAG: "Server-Sent Events on every committed change.",
+    "changes": "The change log: every commit's changes by revision, and records' history.",
+    STREAMS_TAG: "Server-Sent Events, one per commit, resumable by revision.",
     "operations": "Probes, metrics and figures for operators.",
     "reference": "This document and its page.",
     "dashboard": "The built-in dashboard.",
@@ -66,6 +78,7 @@ HEADERS: dict[str, dict[str, Any]] = {
         ("Accept-Patch", {"const": "application/merge-patch+json"}, "What PATCH takes."),
         ("Cache-Control", {"const": "no-store"}, "Never cached."),
         ("Idempotent-Replayed", {"const": "true"}, "The stored answer for an Idempotency-Key."),
+        ("Lockstep-Revision", {"type": "string"}, "The revision of the commit that applied it."),
     )
 }
 
@@ -110,23 +123,26 @@ def _deleted() -> Answer:
     return Answer(204, "Deleted.")
 
 
-def _stream(*kinds: type) -> Answer:
-    named = ", ".join(f"`event: {k.__name__.removesuffix('Event').lower()}`" for k in kinds)
+def _stream() -> Answer:
     return Answer(
         200,
-        "Server-Sent Events, never ending on their own: first the current state, then one "
-        f"event per committed change ({named}); `: keep-alive` comments when quiet; "
-        "`event: shutdown` when the service stops; with tokens on, `event: unauthorized` "
-        "(data: status and detail, as a request would get now) once the stream's token is "
-        "revoked or the tokens file becomes unusable.",
+        "Server-Sent Events, never ending on their own: without a resume point first "
+        "`event: snapshot`; after `Last-Event-ID` or `since`, every retained commit after it "
+        "(`event: reset` and a snapshot when that is older than the log); then one "
+        "`event: change` per commit touching what the stream watches, its `id:` the "
+        "revision; `: keep-alive` comments when quiet; `event: shutdown` when the service "
+        "stops; with tokens on, `event: unauthorized` (data: status and detail, as a request "
+        "would get now) once the stream's token is revoked or the tokens file becomes "
+        "unusable.",
         {EVENT_STREAM: str},
         ("Cache-Control",),
-        kinds,
+        (ChangeEvent, SnapshotEvent, ResetEvent),
     )
 
 
 _CONDITIONAL = ("If-Match", "If-None-Match")
 _PAGE = ("prefix", "after", "limit")
+_RESUME = ("since", "Last-Event-ID")
 
 # aiohttp tries the resources under one prefix (/counters, /items) in the order they are
 # added: the busiest come first, so a write matches at the first try.
@@ -138,16 +154,19 @@ ROUTES: tuple[Route, ...] = (
           "JSON when `Accept` weighs `application/json` above zero and not below `text/plain`. "
           "It changes state, so it needs the write scope and HEAD is refused.", head=False),
     Route("POST", "/counters/{name}/increment", counters.increment, "counters",
-          "Add to a counter", "write", (_json(200, Counter, "The value after this increment."),),
-          (*_BAD_BODY, 409), "Adds `by` (default 1), creating the counter at 0 first.",
-          body=IncrementBody, body_required=False, idempotent=True),
+          "Add to a counter", "write",
+          (_json(200, Counter, "The value after this increment.", "ETag", "Lockstep-Revision"),),
+          (*_BAD_BODY, 409, 412), "Adds `by` (default 1), creating the counter at 0 first.",
+          body=IncrementBody, body_required=False, params=_CONDITIONAL, idempotent=True),
     Route("GET", "/counters/{name}", counters.get_counter, "counters", "Get a counter", "read",
-          (_json(200, Counter, "The committed value."),), (404, 422)),
+          (_json(200, Counter, "The committed value.", "ETag"),), (404, 422)),
     Route("PUT", "/counters/{name}", counters.set_counter, "counters", "Set a counter", "write",
-          (_json(200, Counter, "The new value."),), _BAD_BODY,
-          "Sets the value, creating the counter if needed.", body=SetBody, idempotent=True),
+          (_json(200, Counter, "The new value.", "ETag", "Lockstep-Revision"),),
+          (*_BAD_BODY, 412), "Sets the value, creating the counter if needed; "
+          "`If-None-Match: *` creates only, `If-Match` sets only that version.",
+          body=SetBody, params=_CONDITIONAL, idempotent=True),
     Route("DELETE", "/counters/{name}", counters.delete_counter, "counters", "Delete a counter",
-          "write", (_deleted(),), (404, 422), idempotent=True),
+          "write", (_deleted(),), (404, 412, 422), params=_CONDITIONAL, idempotent=True),
     Route("GET", "/counters", counters.list_counters, "counters", "List counters by name",
           "read", (_json(200, CounterPage, "A page."),), (422,), params=_PAGE),
     Route("GET", "/items/{id}", items.get_item, "records", "Get a record", "read",
@@ -184,16 +203,26 @@ ROUTES: tuple[Route, ...] = (
           "read", (_json(200, Stats, "Totals over every worker.", "Cache-Control"),),
           description="A few totals from the same figures as /metrics, readable with a read "
           "token; the dashboard polls it for its rates."),
+    Route("GET", "/changes", changes.changes, "changes", "Read the change log", "read",
+          (_json(200, ChangesPage, "A page."),), (410, 422),
+          "Entries after revision `since`, in revision order, whole commits only (a page may "
+          "hold a few more than `limit`); `wait` long-polls until there is one.",
+          params=("since", "limit", "kind", "prefix", "wait")),
+    Route("GET", "/changes/events", events.feed_events, STREAMS_TAG,
+          "Stream the change feed", "read", (_stream(),), (422,),
+          "Every commit, or those touching one kind or name prefix (change-data capture).",
+          params=("kind", "prefix", *_RESUME)),
     Route("GET", "/events", events.events, STREAMS_TAG, "Stream several resources", "read",
-          (_stream(CounterEvent, ItemEvent),), (422,),
+          (_stream(),), (422,),
           "One stream for up to LOCKSTEP_EVENTS_MAX_RESOURCES counters and records: "
-          "`?counter=a&counter=b&item=c`; at least one is needed.", params=("counter", "item")),
+          "`?counter=a&counter=b&item=c`; at least one is needed.",
+          params=("counter", "item", *_RESUME)),
     Route("GET", "/counters/{name}/events", events.counter_events, STREAMS_TAG,
-          "Stream a counter", "read", (_stream(CounterEvent),), (422,),
-          "The counter's value now (null if absent), then on every change any worker commits."),
+          "Stream a counter", "read", (_stream(),), (422,),
+          "Every commit that changes the counter.", params=_RESUME),
     Route("GET", "/items/{id}/events", events.item_events, STREAMS_TAG, "Stream a record",
-          "read", (_stream(ItemEvent),), (422,),
-          "The record now (nulls if absent), then on every change any worker commits."),
+          "read", (_stream(),), (422,), "Every commit that changes the record.",
+          params=_RESUME),
     Route("GET", "/", dashboard.dashboard, "dashboard", "The dashboard page", None,
           (Answer(200, "HTML; holds no data.", {HTML: str}),),
           description="Open even with tokens on: it holds no data, and the token typed into "

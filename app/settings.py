@@ -192,6 +192,22 @@ class Settings(BaseSettings):
     events_max_resources: int = Field(
         default=100, ge=1, le=1000, description="Most resources one GET /events stream may watch."
     )
+    events_max_pending: int = Field(
+        default=10_000,
+        ge=1,
+        description=(
+            "Change-log entries a stream holds for a client that reads slowly; past that it"
+            " reads from the log instead of holding them."
+        ),
+    )
+    changes_max_wait: float = Field(
+        default=60, ge=0, le=60, description="Longest `wait` a GET /changes long poll may ask for."
+    )
+    changes_retention: float = Field(
+        default=24 * 3600,
+        gt=0,
+        description="Seconds change-log entries are kept (GET /changes, stream resume, history).",
+    )
 
     # --- gunicorn (read by config/gunicorn.conf.py) -----------------------------------
     bind: str = Field(

@@ -18,6 +18,7 @@ from app.main import create_app
 from app.openapi import openapi_document
 from app.routes import EVENT_STREAM, STREAMS_TAG
 from app.settings import Settings
+from app.storage import STORAGE
 from app.tokens import add_token
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.observability.helpers import next_event
@@ -29,16 +30,19 @@ STREAMS = {
     if STREAMS_TAG in item.get("get", {}).get("tags", ())
 }
 # A valid request per streaming operation, and the events its first answer must hold.
+# With since=0 a stream sends a reset (the log is purged first), then a snapshot, then a change.
 VALID = {
-    "/events": ("/events?counter=c&item=i", {"counter", "item"}),
-    "/counters/{name}/events": ("/counters/c/events", {"counter"}),
-    "/items/{id}/events": ("/items/i/events", {"item"}),
+    "/events": ("/events?counter=c&item=i&since=0", {"reset", "snapshot", "change"}),
+    "/counters/{name}/events": ("/counters/c/events?since=0", {"reset", "snapshot", "change"}),
+    "/items/{id}/events": ("/items/i/events?since=0", {"reset", "snapshot", "change"}),
+    "/changes/events": ("/changes/events?since=0", {"reset", "snapshot", "change"}),
 }
 
 
 def _schema(ref: dict[str, str]) -> dict[str, Any]:
     schema: dict[str, Any] = DOC["components"]["schemas"][ref["$ref"].rsplit("/", 1)[-1]]
-    return schema
+    # With the document's components beside it, so the references it holds resolve.
+    return {**schema, "components": DOC["components"]}
 
 
 def test_streaming_operations_are_exactly_the_tagged_ones() -> None:
@@ -67,14 +71,19 @@ async def test_stream_first_events_conform_to_document(
     data validate against the documented event schemas, for present and absent resources."""
     ok = STREAMS[path]["responses"]["200"]
     events = ok["content"][EVENT_STREAM]["x-events"]
-    assert (await client.post("/counters/c/increment")).status == 200
+    for _ in range(2):
+        assert (await client.post("/counters/c/increment")).status == 200
+    assert await client.app[STORAGE].purge_changes("9999-01-01T00:00:00.000Z", 1) == 1
     url, expected = VALID[path]
     async with client.get(url) as resp:
         assert resp.status == 200
         assert resp.content_type == EVENT_STREAM
         assert resp.headers["Cache-Control"] == ok["headers"]["Cache-Control"]["schema"]["const"]
-        seen = set()
+        seen: set[str] = set()
         for _ in expected:
+            if len(seen) == 2:  # a change for every stream to send
+                assert (await client.post("/counters/c/increment")).status == 200
+                assert (await client.put("/items/i", json={"value": 1})).status == 201
             event, data = await next_event(resp.content)
             validator = OAS31Validator(_schema(events[event]), format_checker=oas31_format_checker)
             assert list(validator.iter_errors(data)) == [], (event, data)

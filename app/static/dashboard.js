@@ -13,7 +13,7 @@ const RETRY_MS = 2000;          // reconnect delay after a stream ends or fails
 const $ = (id) => document.getElementById(id);
 const counters = new Map();     // name -> value (ExactJSON.Number)
 const items = new Map();        // id -> {value, version}, as ExactJSON parsed them
-let stream = null;              // {key, controller} of the open event stream
+let stream = null;              // {key, controller, lastId} of the open event stream
 let previous = null;            // last /stats sample, for rates
 
 function say(text) { $("status").textContent = text; }
@@ -120,30 +120,38 @@ function watch(restart = false) {
   for (const id of items.keys()) params.append("item", id);
   const key = params.toString();
   if (!restart && stream && stream.key === key) return;
+  // The same resources again (a reconnect): resume after the last commit received.
+  const lastId = stream && stream.key === key ? stream.lastId : null;
   if (stream) stream.controller.abort();
   stream = null;
   if (!key) return;
-  stream = { key, controller: new AbortController() };
+  stream = { key, controller: new AbortController(), lastId };
   follow(stream);
 }
 
-// One SSE block ("event: x\ndata: {...}") -> the state it carries.
-function dispatch(block) {
-  let event = "message", data = "";
+// One SSE block ("event: x\nid: n\ndata: {...}") -> the entries it carries, shown in order.
+function dispatch(block, current) {
+  let event = "message", data = "", id = null;
   for (const line of block.split("\n")) {
     if (line.startsWith("event:")) event = line.slice(6).trim();
+    else if (line.startsWith("id:")) id = line.slice(3).trim();
     else if (line.startsWith("data:")) data += line.slice(5).trim();
   }
-  if (!data) return;
-  const state = ExactJSON.fields(ExactJSON.parse(data));
-  if (event === "counter") showCounter(state.name, state.value);
-  else if (event === "item") showItem(state);
+  if (!data || (event !== "change" && event !== "snapshot")) return;
+  for (const entry of ExactJSON.fields(ExactJSON.parse(data)).changes) {
+    const state = ExactJSON.fields(entry);
+    if (state.kind === "counter") showCounter(state.name, state.value);
+    else showItem(state);
+  }
+  if (id !== null) current.lastId = id;
 }
 
 async function follow(current) {
   const { signal } = current.controller;
   try {
-    const r = await fetch("/events?" + current.key, { headers: headers({ "Accept": "text/event-stream" }), signal });
+    const wanted = { "Accept": "text/event-stream" };
+    if (current.lastId !== null) wanted["Last-Event-ID"] = current.lastId;
+    const r = await fetch("/events?" + current.key, { headers: headers(wanted), signal });
     if (!r.ok) {
       const problem = await r.json().catch(() => null);
       throw new Error((problem && problem.detail) || r.statusText);
@@ -157,7 +165,7 @@ async function follow(current) {
       buffer += value;
       let end;
       while ((end = buffer.indexOf("\n\n")) >= 0) {
-        dispatch(buffer.slice(0, end));
+        dispatch(buffer.slice(0, end), current);
         buffer = buffer.slice(end + 2);
       }
     }

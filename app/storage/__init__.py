@@ -12,7 +12,7 @@ from typing import Protocol, overload
 
 from aiohttp import web
 
-from app.changes import FeedPage
+from app.changes import Change, FeedPage
 from app.combining import Batch, OpenBatch
 from app.domain import Counter, CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
 
@@ -113,12 +113,36 @@ class Storage(Protocol):
         kind: str | None = None,
         prefix: str = "",
         resources: list[tuple[str, str]] | None = None,
+        inline_max: int | None = None,
     ) -> FeedPage:
         """Change-log entries after revision ``since``, in revision order, whole commits only.
 
         The page ends with the commit of the ``limit``-th entry (all of it); it is filtered
         by ``kind``, key ``prefix`` and a list of ``(kind, key)`` ``resources``, and carries
-        the feed's bounds as of the same snapshot.
+        the feed's bounds as of the same snapshot. Values longer than ``inline_max`` are
+        left out (``Change.deferred``), for ``deferred_value`` to read one at a time.
+        """
+        ...
+
+    async def deferred_value(self, change: Change, snapshot: bool = False) -> str | None:
+        """The value a deferred entry left out, or None when the log no longer has it.
+
+        A snapshot's entry (``snapshot``) is the record's value at the snapshot's revision.
+        """
+        ...
+
+    async def snapshot(
+        self,
+        kind: str | None = None,
+        prefix: str = "",
+        resources: list[tuple[str, str]] | None = None,
+        inline_max: int | None = None,
+    ) -> FeedPage:
+        """The current state of what the filter covers, as one entry per resource.
+
+        Read in one snapshot together with the feed's bounds: the states are exactly those
+        after ``revision``; each entry carries that revision, and a named resource that
+        does not exist gets ``value`` and ``version`` null.
         """
         ...
 

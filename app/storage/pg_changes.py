@@ -75,12 +75,25 @@ async def purge(conn: Connection, cutoff: str, limit: int) -> int:
     return int(status.split()[-1])
 
 
+def _value_columns(inline_max: int | None) -> str:
+    """The value, or NULL and a flag when it is longer than ``inline_max`` bytes."""
+    if inline_max is None:
+        return "value, false"
+    limit = int(inline_max)
+    # octet_length reads a TOASTed value's size without fetching the value.
+    return (
+        f"CASE WHEN octet_length(value) > {limit} THEN NULL ELSE value END,"
+        f" octet_length(value) > {limit}"
+    )
+
+
 def changes_query(
     since: int,
     limit: int,
     kind: str | None,
     prefix: str,
     resources: list[tuple[str, str]] | None,
+    inline_max: int | None = None,
 ) -> tuple[str, list[Any]]:
     """As ``app.storage.sqlite_changes.changes_query``, in PostgreSQL's dialect."""
     params: list[Any] = [since, limit - 1]
@@ -100,7 +113,8 @@ def changes_query(
     condition = " AND ".join(where)
     sql = (
         f"SELECT f.revision, f.purged_through, c.* FROM change_feed AS f LEFT JOIN"
-        f" (SELECT {_COLUMNS} FROM changes WHERE {condition} AND revision <= coalesce("
+        f" (SELECT revision, kind, key, {_value_columns(inline_max)}, version, time FROM changes"
+        f" WHERE {condition} AND revision <= coalesce("
         f"(SELECT revision FROM changes WHERE {condition} ORDER BY revision"
         f" LIMIT 1 OFFSET $2), {INT64_MAX})) AS c ON true"
         f" ORDER BY c.revision, c.kind, c.key"
@@ -109,5 +123,52 @@ def changes_query(
 
 
 def to_page(rows: list[Any]) -> FeedPage:
-    changes = [Change(*tuple(row)[2:]) for row in rows if row[2] is not None]
+    changes = [
+        Change(r[2], r[3], r[4], r[5], r[7], r[8], bool(r[6])) for r in rows if r[2] is not None
+    ]
     return FeedPage(rows[0][0], rows[0][1], changes)
+
+
+def snapshot_query(
+    kind: str | None,
+    prefix: str,
+    resources: list[tuple[str, str]] | None,
+    inline_max: int | None = None,
+) -> tuple[str, list[Any]]:
+    """As ``app.storage.sqlite_changes.snapshot_query``, in PostgreSQL's dialect."""
+    branches = []
+    params: list[Any] = []
+    for table, key_column, this_kind, value in (
+        ("counters", "name", "counter", "value::text, false"),
+        ("items", "id", "item", _value_columns(inline_max)),
+    ):
+        if kind is not None and kind != this_kind:
+            continue
+        where = []
+        if prefix:
+            params += [prefix, prefix + NAME_CEILING]
+            where.append(f"{key_column} >= ${len(params) - 1} AND {key_column} < ${len(params)}")
+        if resources is not None:
+            params.append([key for k, key in resources if k == this_kind])
+            where.append(f"{key_column} = ANY(${len(params)}::text[])")
+        condition = f" WHERE {' AND '.join(where)}" if where else ""
+        branches.append(
+            f"SELECT '{this_kind}'::text AS kind, {key_column} AS key, {value}, version"
+            f" FROM {table}{condition}"
+        )
+    inner = " UNION ALL ".join(branches)
+    sql = (
+        f"SELECT f.revision, f.purged_through, s.* FROM change_feed AS f"
+        f" LEFT JOIN ({inner}) AS s ON true ORDER BY 3, 4"
+    )
+    return sql, params
+
+
+# As app.storage.sqlite_changes: a deferred value, of a log entry or of a snapshot's record.
+CHANGE_VALUE = "SELECT value FROM changes WHERE revision = $1 AND kind = $2 AND key = $3"
+SNAPSHOT_VALUE = (
+    "(SELECT value FROM changes WHERE kind = 'item' AND key = $1 AND version = $2"
+    " AND revision <= $3 ORDER BY revision DESC LIMIT 1)"
+    " UNION ALL (SELECT value FROM items WHERE id = $1 AND version = $2 AND NOT EXISTS"
+    " (SELECT 1 FROM changes WHERE kind = 'item' AND key = $1 AND revision > $3)) LIMIT 1"
+)

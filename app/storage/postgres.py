@@ -30,7 +30,7 @@ from typing import Any
 
 import asyncpg
 
-from app.changes import FeedPage
+from app.changes import Change, FeedPage, snapshot_page
 from app.clock import ServiceClock
 from app.combining import Batch
 from app.domain import (
@@ -41,6 +41,7 @@ from app.domain import (
     ItemOp,
     ItemOutcome,
     Record,
+    now_iso,
 )
 from app.errors import StorageUnavailable
 from app.settings import Settings
@@ -159,9 +160,29 @@ class PostgresStorage:
         kind: str | None = None,
         prefix: str = "",
         resources: list[tuple[str, str]] | None = None,
+        inline_max: int | None = None,
     ) -> FeedPage:
-        sql, params = pg_changes.changes_query(since, limit, kind, prefix, resources)
+        sql, params = pg_changes.changes_query(since, limit, kind, prefix, resources, inline_max)
         return pg_changes.to_page(await self._read(sql, *params))
+
+    async def deferred_value(self, change: Change, snapshot: bool = False) -> str | None:
+        params: tuple[Any, ...]
+        if snapshot:
+            sql, params = pg_changes.SNAPSHOT_VALUE, (change.key, change.version, change.revision)
+        else:
+            sql, params = pg_changes.CHANGE_VALUE, (change.revision, change.kind, change.key)
+        rows = await self._read(sql, *params)
+        return rows[0][0] if rows else None
+
+    async def snapshot(
+        self,
+        kind: str | None = None,
+        prefix: str = "",
+        resources: list[tuple[str, str]] | None = None,
+        inline_max: int | None = None,
+    ) -> FeedPage:
+        sql, params = pg_changes.snapshot_query(kind, prefix, resources, inline_max)
+        return snapshot_page(await self._read(sql, *params), resources, now_iso())
 
     async def wait_for_change(self, mark: int) -> int:
         # Every commit writes a WAL record, so the flushed WAL position moves past each one

@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar, overload
 import aiosqlite
 import msgspec
 
-from app.changes import FeedPage, counter_changes, item_changes
+from app.changes import Change, FeedPage, counter_changes, item_changes, snapshot_page
 from app.clock import KeyTimes, ServiceClock
 from app.combining import Batch, OpenBatch, ops_of
 from app.domain import (
@@ -38,6 +38,7 @@ from app.domain import (
     Record,
     apply_counter_ops,
     apply_item_ops,
+    now_iso,
 )
 from app.errors import StorageUnavailable
 from app.idempotency import (
@@ -889,9 +890,31 @@ class SQLiteStorage:
         kind: str | None = None,
         prefix: str = "",
         resources: list[tuple[str, str]] | None = None,
+        inline_max: int | None = None,
     ) -> FeedPage:
-        query = sqlite_changes.changes_query(since, limit, kind, prefix, resources)
+        query = sqlite_changes.changes_query(since, limit, kind, prefix, resources, inline_max)
         return sqlite_changes.to_page(await self._read(*query))
+
+    async def deferred_value(self, change: Change, snapshot: bool = False) -> str | None:
+        if snapshot:
+            key, version, revision = change.key, change.version, change.revision
+            params: tuple[Any, ...] = (key, version, revision, key, version, key, revision)
+            rows = await self._read(sqlite_changes.SNAPSHOT_VALUE, params)
+        else:
+            params = (change.revision, change.kind, change.key)
+            rows = await self._read(sqlite_changes.CHANGE_VALUE, params)
+        return rows[0][0] if rows else None
+
+    async def snapshot(
+        self,
+        kind: str | None = None,
+        prefix: str = "",
+        resources: list[tuple[str, str]] | None = None,
+        inline_max: int | None = None,
+    ) -> FeedPage:
+        query = sqlite_changes.snapshot_query(kind, prefix, resources, inline_max)
+        rows = await self._read(*query)
+        return snapshot_page(rows, resources, now_iso())
 
     async def purge_changes(self, cutoff: str, limit: int) -> int:
         deleted: int = await self._write(_purge_changes_unit(cutoff, limit))

@@ -73,12 +73,21 @@ def purge(conn: sqlite3.Connection, cutoff: str, limit: int) -> int:
     return int(deleted)
 
 
+def _value_columns(inline_max: int | None) -> str:
+    """The value, or NULL and a flag when it is longer than ``inline_max`` characters."""
+    if inline_max is None:
+        return "value, 0"
+    limit = int(inline_max)
+    return f"CASE WHEN length(value) > {limit} THEN NULL ELSE value END, length(value) > {limit}"
+
+
 def changes_query(
     since: int,
     limit: int,
     kind: str | None,
     prefix: str,
     resources: list[tuple[str, str]] | None,
+    inline_max: int | None = None,
 ) -> tuple[str, tuple[Any, ...]]:
     """Whole commits after ``since`` in revision order, at least ``limit`` entries if there are.
 
@@ -100,7 +109,8 @@ def changes_query(
     # One statement, so the feed's bounds and the entries come from one snapshot.
     sql = (
         f"SELECT f.revision, f.purged_through, c.* FROM change_feed AS f LEFT JOIN"
-        f" (SELECT {_COLUMNS} FROM changes WHERE {condition} AND revision <= coalesce("
+        f" (SELECT revision, kind, key, {_value_columns(inline_max)}, version, time FROM changes"
+        f" WHERE {condition} AND revision <= coalesce("
         f"(SELECT revision FROM changes WHERE {condition} ORDER BY revision"
         f" LIMIT 1 OFFSET ?), {INT64_MAX})) AS c ON 1"
         f" ORDER BY c.revision, c.kind, c.key"
@@ -110,5 +120,58 @@ def changes_query(
 
 def to_page(rows: list[Any]) -> FeedPage:
     """The page ``changes_query`` read: its first row holds the bounds, each row one entry."""
-    changes = [Change(*row[2:]) for row in rows if row[2] is not None]
+    changes = [
+        Change(r[2], r[3], r[4], r[5], r[7], r[8], bool(r[6])) for r in rows if r[2] is not None
+    ]
     return FeedPage(rows[0][0], rows[0][1], changes)
+
+
+def snapshot_query(
+    kind: str | None,
+    prefix: str,
+    resources: list[tuple[str, str]] | None,
+    inline_max: int | None = None,
+) -> tuple[str, tuple[Any, ...]]:
+    """The current state of what a filter covers, with the feed's bounds, in one statement.
+
+    One statement reads one snapshot, so the revision it answers is exactly the commit the
+    states are as of.
+    """
+    branches = []
+    params: list[Any] = []
+    for table, key_column, this_kind, value in (
+        ("counters", "name", "counter", "CAST(value AS TEXT), 0"),
+        ("items", "id", "item", _value_columns(inline_max)),
+    ):
+        if kind is not None and kind != this_kind:
+            continue
+        where = []
+        if prefix:
+            where.append(f"{key_column} >= ? AND {key_column} < ?")
+            params += [prefix, prefix + NAME_CEILING]
+        if resources is not None:
+            where.append(f"{key_column} IN (SELECT value FROM json_each(?))")
+            keys = [key for k, key in resources if k == this_kind]
+            params.append(msgspec.json.encode(keys).decode())
+        condition = f" WHERE {' AND '.join(where)}" if where else ""
+        branches.append(
+            f"SELECT '{this_kind}' AS kind, {key_column} AS key, {value}, version"
+            f" FROM {table}{condition}"
+        )
+    inner = " UNION ALL ".join(branches)
+    sql = (
+        f"SELECT f.revision, f.purged_through, s.* FROM change_feed AS f"
+        f" LEFT JOIN ({inner}) AS s ON 1 ORDER BY 3, 4"
+    )
+    return sql, tuple(params)
+
+
+# A deferred value: a log entry's by its commit; a snapshot's by the record's version as of
+# the snapshot (the log's entry for it, else the record itself if nothing changed it since).
+CHANGE_VALUE = "SELECT value FROM changes WHERE revision = ? AND kind = ? AND key = ?"
+SNAPSHOT_VALUE = (
+    "SELECT value FROM (SELECT value FROM changes WHERE kind = 'item' AND key = ?"
+    " AND version = ? AND revision <= ? ORDER BY revision DESC LIMIT 1)"
+    " UNION ALL SELECT value FROM items WHERE id = ? AND version = ? AND NOT EXISTS"
+    " (SELECT 1 FROM changes WHERE kind = 'item' AND key = ? AND revision > ?) LIMIT 1"
+)

@@ -8,7 +8,7 @@ describe them, and tests check the live answers against the document.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -22,6 +22,7 @@ Time = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 AnyJson = Annotated[Any, Meta(description="Any JSON value.")]
 MergePatch = Annotated[Any, Meta(description="An RFC 7396 JSON Merge Patch.")]
 Count = Annotated[int, Meta(ge=0)]
+Revision = Annotated[int, Meta(ge=0)]
 
 
 class IncrementBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -108,6 +109,68 @@ class ItemEvent(msgspec.Struct):
     version: Version | None
     updated_at: Time | None
     time: Time
+
+
+class Change(msgspec.Struct, omit_defaults=True):
+    """What one commit did to one resource: counters are named by ``name``, records by ``id``;
+    ``value`` and ``version`` are null once it is deleted."""
+
+    revision: Revision
+    kind: Literal["counter", "item"]
+    value: AnyJson
+    version: Version | None
+    time: Time
+    name: Name | None = None
+    id: Name | None = None
+
+
+class ChangesPage(msgspec.Struct):
+    """Change-log entries in revision order, whole commits only; ``next`` is the ``since`` of
+    the following page, ``oldest`` the oldest revision the log still holds."""
+
+    changes: list[Change]
+    next: Revision
+    oldest: Revision
+
+
+class ChangeEvent(msgspec.Struct):
+    """The data of an ``event: change`` (its id is the revision): one commit's entries for
+    what the stream watches."""
+
+    revision: Revision
+    changes: list[Change]
+
+
+class SnapshotEvent(msgspec.Struct):
+    """The data of an ``event: snapshot`` (its id is the revision it was read at): one entry
+    per resource the stream watches, null if absent."""
+
+    revision: Revision
+    changes: list[Change]
+
+
+class ResetEvent(msgspec.Struct):
+    """The data of an ``event: reset``: the resume point is older than the log; a snapshot
+    follows."""
+
+    oldest: Revision
+
+
+class RecordVersion(msgspec.Struct):
+    """One retained version of a record, and the revision that wrote it."""
+
+    id: Name
+    value: AnyJson
+    version: Version
+    updated_at: Time
+    revision: Revision
+
+
+class RecordVersionPage(msgspec.Struct):
+    """A record's versions, newest first; ``next`` is the ``before`` of the following page."""
+
+    items: list[RecordVersion]
+    next: Revision | None
 
 
 class Stats(msgspec.Struct):

@@ -34,7 +34,7 @@ async def test_revoked_token_ends_open_streams_with_a_final_event(tmp_path: Path
             bump = {"Authorization": f"Bearer {writer}"}
             revoked = await http.get(url, headers={"Authorization": f"Bearer {watcher}"})
             assert revoked.status == 200
-            assert (await next_event(revoked.content))[0] == "counter"
+            assert (await next_event(revoked.content))[0] == "snapshot"
             assert revoke_token(tokens, "watcher")
             revoked_at = time.monotonic()
             events = []
@@ -54,7 +54,7 @@ async def test_revoked_token_ends_open_streams_with_a_final_event(tmp_path: Path
 
             broken = await http.get(url, headers={"Authorization": f"Bearer {other}"})
             assert broken.status == 200
-            assert (await next_event(broken.content))[0] == "counter"
+            assert (await next_event(broken.content))[0] == "snapshot"
             tokens.write_text("{not json")
             event, data = await next_event(broken.content, within=10)
             assert (event, data["status"]) == ("unauthorized", 503)

@@ -44,3 +44,24 @@ async def next_event(
                 data += line[len("data: ") :]
             elif line == "" and data:
                 return event, json.loads(data)
+
+
+async def read_event(
+    content: aiohttp.StreamReader, within: float = 10
+) -> tuple[str, int | None, dict[str, Any]]:
+    """The next SSE event on a stream: its name, its id (None without one) and its JSON data."""
+    event, event_id, data = "message", None, ""
+    async with asyncio.timeout(within):
+        while True:
+            line = (await content.readline()).decode()
+            if line == "":
+                raise EOFError("stream ended")
+            line = line.rstrip("\n")
+            if line.startswith("event: "):
+                event = line[len("event: ") :]
+            elif line.startswith("id: "):
+                event_id = int(line[len("id: ") :])
+            elif line.startswith("data: "):
+                data += line[len("data: ") :]
+            elif line == "" and data:
+                return event, event_id, json.loads(data)

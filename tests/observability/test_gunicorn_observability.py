@@ -124,7 +124,7 @@ async def test_event_stream_sees_changes_made_by_the_other_worker(service: Servi
     ):
         assert stream.status == 200
         event, first = await next_event(stream.content)
-        assert first["value"] is None
+        assert (event, first["changes"][0]["value"]) == ("snapshot", None)
         assert stream.connection is not None and stream.connection.transport is not None
         client_port = stream.connection.transport.get_extra_info("sockname")[1]
         pids = service.worker_pids()
@@ -136,7 +136,8 @@ async def test_event_stream_sees_changes_made_by_the_other_worker(service: Servi
         )
         assert status == 200
         event, data = await next_event(stream.content)
-        assert (event, data["name"], data["value"]) == ("counter", "shared", 1)
+        [entry] = data["changes"]
+        assert (event, entry["name"], entry["value"]) == ("change", "shared", 1)
 
 
 async def test_json_request_lines_carry_id_route_and_pid(service: Service) -> None:

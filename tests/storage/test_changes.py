@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,6 @@ from app.storage.sqlite import MIGRATIONS
 from tests.conftest import settings_for
 
 FUTURE = "9999-01-01T00:00:00.000Z"  # a purge cutoff every entry is older than
-
-
-@pytest.fixture
-async def storage(settings: Settings) -> AsyncIterator[Storage]:
-    storage = await open_storage(settings)
-    yield storage
-    await storage.close()
 
 
 def revision_of(outcome: Any) -> int:

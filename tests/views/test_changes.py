@@ -10,6 +10,7 @@ import pytest
 
 from app.housekeeping import purge_old_changes
 from app.storage import STORAGE
+from tests.conftest import never_reaches_storage
 from tests.views.helpers import Client, app_of, assert_problem
 
 FUTURE = "9999-01-01T00:00:00.000Z"
@@ -96,6 +97,7 @@ async def test_changes_filters_by_kind_and_prefix(client: Client) -> None:
         "wait=nan",
     ],
 )
+@never_reaches_storage
 async def test_changes_bad_parameters_are_422(client: Client, query: str) -> None:
     """Every parameter is checked before anything is read."""
     async with client.get(f"/changes?{query}") as r:

@@ -3,7 +3,7 @@
 One JSON object per line, each tagged by ``type``::
 
     {"type":"lockstep-export","version":1}                                  always first
-    {"type":"counter","name":"visits","value":42}                           by name
+    {"type":"counter","name":"visits","value":42,"version":7}               by name
     {"type":"record","id":"cfg","value":{"a":1},"version":3,"updated_at":"…"}  by id
     {"type":"end","counters":1,"records":1}                                 always last
 
@@ -39,6 +39,8 @@ class Header(msgspec.Struct, tag="lockstep-export", tag_field="type", forbid_unk
 class CounterLine(msgspec.Struct, tag="counter", tag_field="type", forbid_unknown_fields=True):
     name: str
     value: Int64
+    # Exports written before counters had versions carry none: they start at 1.
+    version: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] = 1
 
 
 class RecordLine(msgspec.Struct, tag="record", tag_field="type", forbid_unknown_fields=True):
@@ -78,8 +80,8 @@ def header_line() -> bytes:
     return _encoder.encode(Header(FORMAT_VERSION)) + b"\n"
 
 
-def counter_line(name: str, value: int) -> bytes:
-    return _encoder.encode(CounterLine(name, value)) + b"\n"
+def counter_line(name: str, value: int, version: int = 1) -> bytes:
+    return _encoder.encode(CounterLine(name, value, version)) + b"\n"
 
 
 def record_line(item_id: str, value_json: str, version: int, updated_at: str) -> bytes:
@@ -92,7 +94,7 @@ def end_line(counters: int, records: int) -> bytes:
     return _encoder.encode(End(counters, records)) + b"\n"
 
 
-CounterRow = tuple[str, int]  # name, value
+CounterRow = tuple[str, int, int]  # name, value, version
 RecordRow = tuple[str, str, int, str]  # id, value as JSON text, version, updated_at
 
 
@@ -104,7 +106,7 @@ def in_batches(
     records: list[RecordRow] = []
     for row in rows:
         if isinstance(row, CounterLine):
-            counters.append((row.name, row.value))
+            counters.append((row.name, row.value, row.version))
         else:
             records.append((row.id, bytes(row.value).decode(), row.version, row.updated_at))
         if len(counters) + len(records) >= size:

@@ -42,11 +42,11 @@ async def export_lines(settings: Settings) -> AsyncIterator[bytes]:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             yield header_line()
             counters = records = 0
-            async for name, value in conn.cursor(
-                "SELECT name, value FROM counters ORDER BY name", prefetch=BATCH
+            async for name, value, counter_version in conn.cursor(
+                "SELECT name, value, version FROM counters ORDER BY name", prefetch=BATCH
             ):
                 counters += 1
-                yield counter_line(name, value)
+                yield counter_line(name, value, counter_version)
             async for item_id, value, version, updated_at in conn.cursor(
                 "SELECT id, value, version, updated_at FROM items ORDER BY id", prefetch=BATCH
             ):
@@ -85,7 +85,9 @@ async def _insert_all(conn: asyncpg.Connection, rows: Iterable[Row]) -> tuple[in
     total_counters = total_records = 0
     for counters, records in in_batches(rows, BATCH):
         if counters:
-            await conn.executemany("INSERT INTO counters (name, value) VALUES ($1, $2)", counters)
+            await conn.executemany(
+                "INSERT INTO counters (name, value, version) VALUES ($1, $2, $3)", counters
+            )
         if records:
             await conn.executemany(
                 "INSERT INTO items (id, value, version, updated_at) VALUES ($1, $2, $3, $4)",

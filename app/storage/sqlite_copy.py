@@ -91,9 +91,11 @@ def export_lines(path: Path, busy_timeout_ms: int) -> Iterator[bytes]:
             conn.execute("BEGIN")
             yield header_line()
             counters = records = 0
-            for name, value in conn.execute("SELECT name, value FROM counters ORDER BY name"):
+            for name, value, counter_version in conn.execute(
+                "SELECT name, value, version FROM counters ORDER BY name"
+            ):
                 counters += 1
-                yield counter_line(name, value)
+                yield counter_line(name, value, counter_version)
             for row in conn.execute("SELECT id, value, version, updated_at FROM items ORDER BY id"):
                 records += 1
                 yield record_line(*row)
@@ -133,7 +135,7 @@ def import_rows(path: Path, busy_timeout_ms: int, rows: Iterable[Row]) -> tuple[
 def _insert_all(conn: sqlite3.Connection, rows: Iterable[Row]) -> tuple[int, int]:
     total_counters = total_records = 0
     for counters, records in in_batches(rows):
-        conn.executemany("INSERT INTO counters (name, value) VALUES (?, ?)", counters)
+        conn.executemany("INSERT INTO counters (name, value, version) VALUES (?, ?, ?)", counters)
         conn.executemany(
             "INSERT INTO items (id, value, version, updated_at) VALUES (?, ?, ?, ?)", records
         )

@@ -122,7 +122,8 @@ async def test_import_into_non_empty_database_refuses_and_changes_nothing(
         " into a new one (a fresh LOCKSTEP_DATA_DIR, or an empty PostgreSQL database)\n"
     )
     r = await client.get("/counters")
-    assert await r.json() == {"items": [{"name": "existing", "value": 1}], "next": None}
+    existing = {"name": "existing", "value": 1, "version": 1}
+    assert await r.json() == {"items": [existing], "next": None}
     r = await client.get("/items")
     assert await r.json() == {"items": [], "next": None}
 

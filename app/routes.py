@@ -29,6 +29,7 @@ from app.views import (
     docs,
     events,
     health,
+    history,
     items,
     metrics,
 )
@@ -42,6 +43,8 @@ from app.views.bodies import (
     PutBody,
     Record,
     RecordPage,
+    RecordVersion,
+    RecordVersionPage,
     ResetEvent,
     SetBody,
     SnapshotEvent,
@@ -203,6 +206,16 @@ ROUTES: tuple[Route, ...] = (
           "read", (_json(200, Stats, "Totals over every worker.", "Cache-Control"),),
           description="A few totals from the same figures as /metrics, readable with a read "
           "token; the dashboard polls it for its rates."),
+    Route("GET", "/items/{id}/versions", history.item_versions, "changes",
+          "List a record's retained versions", "read",
+          (_json(200, RecordVersionPage, "A page."),), (422,),
+          "Newest first, from the change log (kept LOCKSTEP_CHANGES_RETENTION seconds); "
+          "`next` is the `before` of the following page.", params=("before", "limit")),
+    Route("GET", "/items/{id}/versions/{version}", history.item_version, "changes",
+          "Get one retained version of a record", "read",
+          (_json(200, RecordVersion, "The version.", "ETag"),), (404, 422),
+          "The newest retained entry with that version (a record recreated after a delete "
+          "starts again at 1)."),
     Route("GET", "/changes", changes.changes, "changes", "Read the change log", "read",
           (_json(200, ChangesPage, "A page."),), (410, 422),
           "Entries after revision `since`, in revision order, whole commits only (a page may "

@@ -124,6 +124,16 @@ class Storage(Protocol):
         """
         ...
 
+    async def item_versions(
+        self, item_id: str, before: int, limit: int, version: int | None = None
+    ) -> list[Change]:
+        """The record's retained versions below revision ``before``, newest first.
+
+        Deletions are left out; ``version`` keeps only the entries of that version (a record
+        recreated after a delete starts again at 1).
+        """
+        ...
+
     async def deferred_value(self, change: Change, snapshot: bool = False) -> str | None:
         """The value a deferred entry left out, or None when the log no longer has it.
 

@@ -172,3 +172,15 @@ SNAPSHOT_VALUE = (
     " UNION ALL (SELECT value FROM items WHERE id = $1 AND version = $2 AND NOT EXISTS"
     " (SELECT 1 FROM changes WHERE kind = 'item' AND key = $1 AND revision > $3)) LIMIT 1"
 )
+
+
+def versions_query(
+    item_id: str, before: int, limit: int, version: int | None
+) -> tuple[str, list[Any]]:
+    """As ``app.storage.sqlite_changes.versions_query``, in PostgreSQL's dialect."""
+    only = " AND version = $4" if version is not None else ""
+    sql = (
+        f"SELECT {_COLUMNS} FROM changes WHERE kind = 'item' AND key = $1"
+        f" AND revision < $2 AND version IS NOT NULL{only} ORDER BY revision DESC LIMIT $3"
+    )
+    return sql, [item_id, before, limit, *(() if version is None else (version,))]

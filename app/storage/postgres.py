@@ -165,6 +165,12 @@ class PostgresStorage:
         sql, params = pg_changes.changes_query(since, limit, kind, prefix, resources, inline_max)
         return pg_changes.to_page(await self._read(sql, *params))
 
+    async def item_versions(
+        self, item_id: str, before: int, limit: int, version: int | None = None
+    ) -> list[Change]:
+        sql, params = pg_changes.versions_query(item_id, before, limit, version)
+        return [Change(*tuple(row)[:6]) for row in await self._read(sql, *params)]
+
     async def deferred_value(self, change: Change, snapshot: bool = False) -> str | None:
         params: tuple[Any, ...]
         if snapshot:

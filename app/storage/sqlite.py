@@ -895,6 +895,12 @@ class SQLiteStorage:
         query = sqlite_changes.changes_query(since, limit, kind, prefix, resources, inline_max)
         return sqlite_changes.to_page(await self._read(*query))
 
+    async def item_versions(
+        self, item_id: str, before: int, limit: int, version: int | None = None
+    ) -> list[Change]:
+        rows = await self._read(*sqlite_changes.versions_query(item_id, before, limit, version))
+        return [Change(*row[:6]) for row in rows]
+
     async def deferred_value(self, change: Change, snapshot: bool = False) -> str | None:
         if snapshot:
             key, version, revision = change.key, change.version, change.revision

@@ -175,3 +175,16 @@ SNAPSHOT_VALUE = (
     " UNION ALL SELECT value FROM items WHERE id = ? AND version = ? AND NOT EXISTS"
     " (SELECT 1 FROM changes WHERE kind = 'item' AND key = ? AND revision > ?) LIMIT 1"
 )
+
+
+def versions_query(
+    item_id: str, before: int, limit: int, version: int | None
+) -> tuple[str, tuple[Any, ...]]:
+    """A record's retained versions (not its deletions), newest first, below revision ``before``."""
+    only = " AND version = ?" if version is not None else ""
+    sql = (
+        f"SELECT {_COLUMNS} FROM changes WHERE kind = 'item' AND key = ? AND revision < ?"
+        f" AND version IS NOT NULL{only} ORDER BY revision DESC LIMIT ?"
+    )
+    params = (item_id, before, *(() if version is None else (version,)), limit)
+    return sql, params

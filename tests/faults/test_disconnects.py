@@ -138,5 +138,5 @@ async def test_request_in_flight_when_shutdown_begins_still_commits(client: Clie
         await app.shutdown()
     async with await pending as r:
         assert r.status == 200
-        assert await r.json() == {"name": "late", "value": 1}
+        assert await r.json() == {"name": "late", "value": 1, "version": 1}
     assert await stored_counter(client, "late") == 1

@@ -22,9 +22,10 @@ import asyncpg
 
 from app.export_format import BadExport, TargetNotEmpty, read_export
 from app.settings import Settings
-from app.storage import pg_copy, sqlite_copy
 from app.storage.backends import open_storage
-from app.storage.sqlite_copy import CopyError
+from app.storage.postgres import copy as pg_copy
+from app.storage.sqlite import copy as sqlite_copy
+from app.storage.sqlite.copy import CopyError
 
 # What a command can fail with, reported as one line without a traceback.
 EXPECTED = (

@@ -220,7 +220,7 @@ async def test_two_hosts_never_show_a_revision_below_one_already_passed(tmp_path
     from both in turn: no entry ever appears at or below a revision it has already passed.
 
     Protection: revisions are taken under the change_feed row lock inside each write
-    transaction (app.storage.pg_changes), so they become visible in the order assigned.
+    transaction (app.storage.postgres.changes), so they become visible in the order assigned.
     """
     async with fresh_postgres_url() as url:
         env = {"LOCKSTEP_DATABASE_URL": url, "LOCKSTEP_PG_POOL_MAX_SIZE": "4"}

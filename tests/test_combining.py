@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-import app.storage.sqlite as sqlite_backend
+import app.storage.sqlite.storage as sqlite_backend
 from app.combining import Batch, Combiner, OpenBatch, ops_of
 from app.domain import Counted, CounterOp, CounterOutcome, Increment
 from app.errors import LockTimeout

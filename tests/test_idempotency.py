@@ -11,13 +11,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-import app.storage.sqlite as sqlite_backend
+import app.storage.sqlite.idempotency as sqlite_idempotency
 from app.housekeeping import purge_expired_keys
 from app.idempotency import IN_FLIGHT, NewKey
 from app.locks import LOCKS
 from app.main import create_app
 from app.settings import Settings
-from app.storage import pg_idempotency
+from app.storage.postgres import idempotency as pg_idempotency
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.support import wait_for
 from tests.views.helpers import MERGE_PATCH, Client, app_of, assert_problem
@@ -179,7 +179,7 @@ async def test_key_is_stored_in_the_same_transaction_as_the_change(
     if settings.uses_postgres:
         monkeypatch.setattr(pg_idempotency, "store_keys", broken_pg)
     else:
-        monkeypatch.setattr(sqlite_backend, "to_store", broken)
+        monkeypatch.setattr(sqlite_idempotency, "to_store", broken)
     async with client.post("/counters/c/increment", headers=KEY) as r:
         await assert_problem(r, 503, "storage-unavailable")
     assert await counter_value(client, "c") is None

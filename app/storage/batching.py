@@ -3,8 +3,8 @@
 A task submits an item and gets a future (or puts it with a sink of its own, settled like
 a future); one consumer task takes everything queued (up to ``max_batch``) and runs it as
 one batch, in one hop into the connection's thread, then settles each item's future or
-sink with its own result or error. The writer (``app.storage.sqlite``)
-commits a batch as one transaction; the reader (``app.storage.sqlite_reads``) runs a batch
+sink with its own result or error. The writer (``app.storage.sqlite.writer``)
+commits a batch as one transaction; the reader (``app.storage.sqlite.reads``) runs a batch
 of queries back to back.
 
 A queue may *gather* before it drains: it lets the event loop run up to ``gather`` more

@@ -23,7 +23,7 @@ async def test_held_write_turn_answers_503_within_busy_timeout_and_recovers(
     worker would), writes answer 503 with Retry-After after LOCKSTEP_BUSY_TIMEOUT_MS, change
     nothing, and /readyz answers 503; once it lets go, writes and readiness come back.
 
-    Protection: the bounded wait for the turn (app.storage.sqlite_turn) and the write probe
+    Protection: the bounded wait for the turn (app.storage.sqlite.turn) and the write probe
     in /readyz. Without the first, every write waits as long as the holder is stopped (the
     request times out here); without the second, /readyz stays 200.
     """

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-import app.storage.sqlite as sqlite_backend
-import app.storage.sqlite_reads as sqlite_reads
+import app.storage.sqlite.reads as sqlite_reads
+import app.storage.sqlite.transaction as sqlite_transaction
 from app.main import create_app
 from tests.conftest import ClientFactory, settings_for
 from tests.support import Service, worker_of
@@ -101,7 +101,7 @@ async def test_not_a_database_error_is_a_503_problem(
     def fail_queries(conn: sqlite3.Connection, queries: list[Any]) -> list[Any]:
         return [damaged] * len(queries)
 
-    monkeypatch.setattr(sqlite_backend, "_run_transaction", fail_transaction)
+    monkeypatch.setattr(sqlite_transaction, "run_transaction", fail_transaction)
     monkeypatch.setattr(sqlite_reads, "_run_queries", fail_queries)
     for method, path in (("PUT", "/counters/c"), ("GET", "/counters/c"), ("GET", "/items")):
         resp = await client.request(method, path, json={"value": 1})

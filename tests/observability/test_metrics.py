@@ -19,7 +19,7 @@ from app.locks import LOCKS, LockRegistry
 from app.main import create_app
 from app.metrics import LOCK_KINDS, Metrics
 from app.storage import DB_ERROR_KINDS
-from app.storage.sqlite import _error_kind
+from app.storage.sqlite.connection import error_kind
 from tests.conftest import ClientFactory, settings_for
 from tests.observability.helpers import parse_metrics, total
 from tests.support import wait_for
@@ -158,10 +158,10 @@ def test_db_error_kinds_are_a_bounded_set() -> None:
     readonly_ext.sqlite_errorcode = 8 | (1 << 8)  # READONLY_RECOVERY
     odd = sqlite3.OperationalError("something else")
     odd.sqlite_errorcode = 1
-    assert _error_kind(busy) == "busy"
-    assert _error_kind(readonly_ext) == "readonly"
-    assert _error_kind(odd) == "other"
-    assert _error_kind(ValueError("not a database error")) is None
+    assert error_kind(busy) == "busy"
+    assert error_kind(readonly_ext) == "readonly"
+    assert error_kind(odd) == "other"
+    assert error_kind(ValueError("not a database error")) is None
 
 
 async def test_db_errors_counted_by_kind_when_the_database_is_busy(

@@ -15,7 +15,7 @@ from app.domain import Counted, DeleteCounter, DeleteItem, Increment, PatchItem,
 from app.settings import Settings
 from app.storage import Storage
 from app.storage.backends import open_storage
-from app.storage.sqlite import MIGRATIONS
+from app.storage.sqlite.schema import MIGRATIONS
 from tests.conftest import settings_for
 
 FUTURE = "9999-01-01T00:00:00.000Z"  # a purge cutoff every entry is older than

@@ -8,8 +8,8 @@ import pytest
 
 from app.domain import INT64_MAX, INT64_MIN, Counter, CounterOp, DeleteCounter, Increment, SetValue
 from app.errors import OutOfRange
-from app.storage.pg_increments import Plan, plan
 from app.storage.postgres import PostgresStorage
+from app.storage.postgres.increments import Plan, plan
 from tests.outcomes import values
 
 pytestmark = pytest.mark.backends("postgres")

@@ -26,8 +26,8 @@ from app.errors import PreconditionFailed, StorageUnavailable
 from app.idempotency import Claim, KeyReused, Rendered, Replay
 from app.settings import Settings
 from app.startup import StartupError
-from app.storage.pg_schema import MIGRATIONS, lock_key
 from app.storage.postgres import PostgresStorage
+from app.storage.postgres.schema import MIGRATIONS, lock_key
 from tests.conftest import backend_settings, settings_for
 from tests.outcomes import value, values
 from tests.storage.busy import busy_turns

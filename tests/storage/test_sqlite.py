@@ -25,8 +25,10 @@ from app.errors import OutOfRange, PreconditionFailed, StorageUnavailable
 from app.idempotency import Claim, Rendered
 from app.settings import Settings
 from app.startup import StartupError
-from app.storage.sqlite import MIGRATIONS, SQLiteStorage, _in_db_thread
-from app.storage.sqlite_changes import Pending
+from app.storage.sqlite import SQLiteStorage
+from app.storage.sqlite.changes import Pending
+from app.storage.sqlite.connection import in_db_thread
+from app.storage.sqlite.schema import MIGRATIONS
 from tests.outcomes import value, values
 
 pytestmark = pytest.mark.backends("sqlite")
@@ -47,7 +49,7 @@ async def test_open_creates_schema_in_wal_mode(settings: Settings, storage: SQLi
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
 async def test_writer_thread_does_not_preempt_the_event_loop(storage: SQLiteStorage) -> None:
     """The writer's thread runs SCHED_BATCH; the event loop's thread keeps the default policy."""
-    policy = await _in_db_thread(storage._writer._db, lambda conn: os.sched_getscheduler(0))
+    policy = await in_db_thread(storage._writer._db, lambda conn: os.sched_getscheduler(0))
     assert policy == os.SCHED_BATCH
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-import app.storage.sqlite as sqlite_backend
+import app.storage.sqlite.transaction as sqlite_transaction
 from app.domain import Increment
 from app.errors import StorageUnavailable
 from app.settings import Settings
 from app.storage.sqlite import SQLiteStorage
-from app.storage.sqlite_changes import Pending
+from app.storage.sqlite.changes import Pending
 from tests.outcomes import values
 from tests.storage.connections import WrappedConnection
 
@@ -85,12 +85,12 @@ async def test_failed_commit_rolls_back_and_no_later_commit_carries_it(
     Protection: the ROLLBACK in _run_transaction; without it the transaction stays open, the
     next BEGIN fails, and the failed batch's writes would ride along with a later COMMIT.
     """
-    original = sqlite_backend._run_transaction
+    original = sqlite_transaction.run_transaction
 
     def failing(conn: sqlite3.Connection, units: Any) -> Any:
         return original(_FailingCommit(conn), units)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sqlite_backend, "_run_transaction", failing)
+    monkeypatch.setattr(sqlite_transaction, "run_transaction", failing)
     with pytest.raises(StorageUnavailable, match="disk is full"):
         await storage.apply_counter_ops("lost", [Increment(7)])
     monkeypatch.undo()

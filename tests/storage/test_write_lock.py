@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-import app.storage.sqlite as sqlite_backend
+import app.storage.sqlite.transaction as sqlite_transaction
+import app.storage.sqlite.writer as sqlite_writer
 from app.domain import Increment, PatchItem, Precondition, PutItem, Written
 from app.errors import PreconditionFailed, StorageUnavailable
 from app.settings import Settings
@@ -61,9 +62,9 @@ async def writers(
     """``WRITERS`` storages on one file whose batches skip the writer turn."""
 
     def without_turn(conn: sqlite3.Connection, units: Any, *_: Any) -> Any:
-        return sqlite_backend._run_transaction(_Preempted(conn), units)  # type: ignore[arg-type]
+        return sqlite_transaction.run_transaction(_Preempted(conn), units)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sqlite_backend, "_run_batch", without_turn)
+    monkeypatch.setattr(sqlite_writer, "run_batch", without_turn)
     storages: list[SQLiteStorage] = []
     try:
         for _ in range(WRITERS):

@@ -13,7 +13,7 @@ import pytest
 from app.domain import Increment
 from app.errors import StorageUnavailable
 from app.storage.sqlite import SQLiteStorage
-from app.storage.sqlite_turn import TurnClaim
+from app.storage.sqlite.turn import TurnClaim
 from tests.conftest import settings_for
 from tests.outcomes import values
 

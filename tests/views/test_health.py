@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from app.storage import STORAGE, postgres
+from app.storage import STORAGE
 from app.storage.postgres import PostgresStorage
+from app.storage.postgres import storage as postgres
 from tests.conftest import never_reaches_storage
 from tests.views.helpers import Client, app_of, assert_problem
 

@@ -14,7 +14,8 @@ import hashlib
 import asyncpg
 
 from app.startup import StartupError
-from app.storage import pg_changes, pg_idempotency
+from app.storage.postgres import changes as pg_changes
+from app.storage.postgres import idempotency as pg_idempotency
 
 # Names sort byte-wise (COLLATE "C"), as in SQLite, so listings page identically on both
 # backends and a prefix range stays on the primary-key index whatever the server locale.

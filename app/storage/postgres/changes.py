@@ -95,7 +95,7 @@ def changes_query(
     resources: list[tuple[str, str]] | None,
     inline_max: int | None = None,
 ) -> tuple[str, list[Any]]:
-    """As ``app.storage.sqlite_changes.changes_query``, in PostgreSQL's dialect."""
+    """As ``app.storage.sqlite.changes.changes_query``, in PostgreSQL's dialect."""
     params: list[Any] = [since, limit - 1]
     where = ["revision > $1"]
     if kind is not None:
@@ -135,7 +135,7 @@ def snapshot_query(
     resources: list[tuple[str, str]] | None,
     inline_max: int | None = None,
 ) -> tuple[str, list[Any]]:
-    """As ``app.storage.sqlite_changes.snapshot_query``, in PostgreSQL's dialect."""
+    """As ``app.storage.sqlite.changes.snapshot_query``, in PostgreSQL's dialect."""
     branches = []
     params: list[Any] = []
     for table, key_column, this_kind, value in (
@@ -164,7 +164,7 @@ def snapshot_query(
     return sql, params
 
 
-# As app.storage.sqlite_changes: a deferred value, of a log entry or of a snapshot's record.
+# As app.storage.sqlite.changes: a deferred value, of a log entry or of a snapshot's record.
 CHANGE_VALUE = "SELECT value FROM changes WHERE revision = $1 AND kind = $2 AND key = $3"
 SNAPSHOT_VALUE = (
     "(SELECT value FROM changes WHERE kind = 'item' AND key = $1 AND version = $2"
@@ -177,7 +177,7 @@ SNAPSHOT_VALUE = (
 def versions_query(
     item_id: str, before: int, limit: int, version: int | None
 ) -> tuple[str, list[Any]]:
-    """As ``app.storage.sqlite_changes.versions_query``, in PostgreSQL's dialect."""
+    """As ``app.storage.sqlite.changes.versions_query``, in PostgreSQL's dialect."""
     only = " AND version = $4" if version is not None else ""
     sql = (
         f"SELECT {_COLUMNS} FROM changes WHERE kind = 'item' AND key = $1"

@@ -28,10 +28,12 @@ from app.domain import Commit, Counter, Record, apply_counter_ops, apply_item_op
 from app.errors import StorageUnavailable
 from app.idempotency import NewKey, Stored, claimed_keys, merge, to_store, triage
 from app.settings import Settings
-from app.storage import StorageObserver, pg_changes, pg_idempotency
+from app.storage import StorageObserver
 from app.storage.batching import Gatherer
-from app.storage.pg_increments import Plan, increment_existing, plan
-from app.storage.pg_pool import (
+from app.storage.postgres import changes as pg_changes
+from app.storage.postgres import idempotency as pg_idempotency
+from app.storage.postgres.increments import Plan, increment_existing, plan
+from app.storage.postgres.pool import (
     UNAVAILABLE,
     Connection,
     connection,
@@ -39,7 +41,7 @@ from app.storage.pg_pool import (
     error_kind,
     translate,
 )
-from app.storage.pg_schema import lock_key
+from app.storage.postgres.schema import lock_key
 
 logger = logging.getLogger(__name__)
 

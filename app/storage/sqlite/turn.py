@@ -1,7 +1,7 @@
 """The workers' turn at writing to SQLite, waited for at most the busy timeout.
 
 Workers take turns through an exclusive ``flock`` on a file beside the database before
-each write transaction (``app.storage.sqlite._run_batch`` says why: the kernel wakes the
+each write transaction (``app.storage.sqlite.transaction.run_batch`` says why: the kernel wakes the
 next writer the moment the holder lets go). ``flock`` has no timeout, and a holder that
 is stopped but not dead (SIGSTOP, a debugger, a frozen VM) would keep every other
 worker's writes waiting for as long as it stays stopped.

@@ -1,9 +1,9 @@
 """PostgreSQL connections: the pool, the failures that mean "not there right now", migration.
 
-Shared by the writer (``app.storage.pg_writer``) and the reads (``app.storage.postgres``).
-A connection is terminated instead of returned to the pool when anything but SQL went
-wrong on it, and the pool skips asyncpg's per-release session reset, since nothing
-session-level is ever set.
+Shared by the writer (``app.storage.postgres.writer``) and the reads
+(``app.storage.postgres.storage``). A connection is terminated instead of returned to the
+pool when anything but SQL went wrong on it, and the pool skips asyncpg's per-release
+session reset, since nothing session-level is ever set.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from app.domain import Record
 from app.errors import StorageUnavailable
 from app.settings import Settings
 from app.startup import StartupError
-from app.storage.pg_schema import migrate
+from app.storage.postgres.schema import migrate
 
 # What the pool hands out; it forwards every call to the real connection.
 Connection = asyncpg.pool.PoolConnectionProxy

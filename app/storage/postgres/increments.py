@@ -9,7 +9,7 @@ round trip, row locks held only while it runs). Units whose counter is absent or
 stored value is outside the safe range are not touched and take the general path.
 
 The same statement takes the commit's revision and writes its change-log entries
-(``app.storage.pg_changes``): the ``change_feed`` row is locked only after every counter
+(``app.storage.postgres.changes``): the ``change_feed`` row is locked only after every counter
 row, as in the general path, so the two never wait for each other in a circle.
 """
 

@@ -1,0 +1,125 @@
+"""The write transaction: one batch of units, taken in turns by the workers, with savepoints.
+
+``run_batch`` runs on the writer connection's thread: it takes the workers' writer turn,
+then runs every unit of the batch in one ``BEGIN IMMEDIATE ... COMMIT``, each unit (or
+group of plain writes) under a savepoint of its own so one failure never fails the batch.
+``checkpoint`` bounds the WAL between batches, also in the writer turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from functools import partial
+from typing import Any
+
+from app.storage.sqlite.changes import Pending
+from app.storage.sqlite.file import DatabaseFile
+from app.storage.sqlite.turn import TurnClaim, turn
+from app.storage.sqlite.writes import (
+    Unit,
+    UnitFn,
+    Writes,
+)
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_WAIT_MS = 50  # longest a checkpoint waits for readers before giving up this time
+
+
+def run_batch(
+    conn: sqlite3.Connection,
+    units: list[Unit],
+    turn_fd: int,
+    db_file: DatabaseFile,
+    claim: TurnClaim,
+) -> list[tuple[bool, Any]]:
+    """Run ``units`` in one write transaction; a failing unit rolls back to its savepoint.
+
+    Before and after, the database path must still name the file this worker writes to
+    (``app.storage.sqlite.file``): a commit into a deleted file is not acknowledged.
+
+    Workers take turns through an exclusive ``flock`` on a lock file beside the database
+    before ``BEGIN IMMEDIATE``. SQLite's write lock alone is what makes this correct, but
+    a writer that finds it taken sleeps in SQLite's busy handler for 1, 2, 5 … 100 ms,
+    while a writer blocked in ``flock`` is woken by the kernel the moment the other
+    worker commits. The kernel drops the lock if its holder dies.
+    """
+    db_file.check()
+    with turn(turn_fd, claim):  # the loop waits for it at most the busy timeout
+        results = run_transaction(conn, units)
+    db_file.check()
+    return results
+
+
+def run_transaction(conn: sqlite3.Connection, units: list[Unit]) -> list[tuple[bool, Any]]:
+    """Each unit's ``(ok, result or error)``, in order, once they have all committed.
+
+    Plain writes (``Writes``) of one table are run as one group; anything else runs alone
+    under a savepoint of its own.
+    """
+    results: list[tuple[bool, Any]] = [(False, None)] * len(units)
+    groups: dict[type[Writes[Any]], list[tuple[int, Writes[Any]]]] = {}
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        pending = Pending.open(conn)
+        for i, unit in enumerate(units):
+            if isinstance(unit, Writes):
+                groups.setdefault(type(unit), []).append((i, unit))
+            else:
+                results[i] = in_savepoint(conn, pending, unit)
+        for kind, group in groups.items():
+            writes = [w for _, w in group]
+            run_group = partial(write_group, kind, writes)
+            ok, value = in_savepoint(conn, pending, run_group)
+            for n, (i, _) in enumerate(group):
+                results[i] = (True, value[n]) if ok else (False, value)
+        # The change-log entries commit with the changes they describe, or not at all.
+        pending.write(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                logger.exception("rollback failed")
+        raise
+    return results
+
+
+def write_group(
+    kind: type[Writes[Any]], writes: list[Writes[Any]], conn: sqlite3.Connection, pending: Pending
+) -> list[list[Any]]:
+    return kind.write_all(conn, writes, pending)
+
+
+def in_savepoint(conn: sqlite3.Connection, pending: Pending, unit: UnitFn) -> Any:
+    """``(True, result)``, or ``(False, error)`` with the unit's statements and entries undone."""
+    conn.execute("SAVEPOINT unit")
+    produced = len(pending.entries)
+    try:
+        result = unit(conn, pending)
+    except Exception as e:
+        conn.execute("ROLLBACK TO unit")
+        conn.execute("RELEASE unit")
+        del pending.entries[produced:]
+        return False, e
+    conn.execute("RELEASE unit")
+    return True, result
+
+
+def checkpoint(
+    conn: sqlite3.Connection, turn_fd: int, busy_timeout_ms: int, claim: TurnClaim
+) -> tuple[int, int, int]:
+    """Checkpoint the whole WAL and truncate it to zero bytes, if no reader still needs it.
+
+    Runs between batches in this worker's writer turn. Waiting for readers is capped at a
+    short busy timeout, so a long-lived reader costs a skipped checkpoint, not stalled writes.
+    """
+    with turn(turn_fd, claim):
+        conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+        try:
+            busy, log, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    return busy, log, done

@@ -27,9 +27,8 @@ its operation is never applied. Once taken into a batch, an operation is committ
 fails with it.
 
 Per-request cost matters here (every write passes through): a request costs one future
-and one waiter; a free lock is taken without suspending; and SQLite's writer settles a
-batch itself (``OpenBatch.set_result``), with no future, callback or task per batch.
-Other backends return an awaitable instead.
+and one waiter; a free lock is taken without suspending; and a batch costs the future
+storage returns and one callback on it.
 """
 
 from __future__ import annotations
@@ -79,9 +78,10 @@ class _Request(Waiter, Generic[Op]):
 class OpenBatch(Generic[Op]):
     """A resource's next batch: its first operation, then all queued when storage takes it.
 
-    Storage settles it like a future, with ``set_result`` (one outcome per operation, in
-    order) or ``set_exception``; either answers every request in it at once and releases
-    the resource's lock to whoever waits next.
+    Storage takes it (``ops_of``) right before its transaction begins. The combiner settles
+    it from storage's awaitable, with ``set_result`` (one outcome per operation, in order)
+    or ``set_exception``; either answers every request in it at once and releases the
+    resource's lock to whoever waits next.
     """
 
     __slots__ = ("_group", "_held", "_open", "_requests", "_settled")
@@ -166,7 +166,7 @@ class Combiner(Generic[Op, Outcome]):
         self,
         kind: str,
         locks: LockRegistry,
-        apply: Callable[[str, OpenBatch[Op]], Awaitable[list[Outcome]] | None],
+        apply: Callable[[str, OpenBatch[Op]], Awaitable[list[Outcome]]],
         observer: WaitObserver | None = None,
     ) -> None:
         self._kind = kind
@@ -216,8 +216,7 @@ class Combiner(Generic[Op, Outcome]):
         except Exception as e:  # the backend refused synchronously (e.g. shutting down)
             batch.set_exception(e)
             return
-        if pending is not None:  # else storage settles the batch itself (SQLite's writer)
-            asyncio.ensure_future(pending).add_done_callback(batch._from_future)
+        asyncio.ensure_future(pending).add_done_callback(batch._from_future)
 
     def _report_wait(self, seconds: float) -> None:
         if self._observer is not None:

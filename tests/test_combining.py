@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import random
 from collections import Counter
+from collections.abc import Awaitable
 
 import pytest
 
@@ -228,9 +229,9 @@ async def test_cancellation_storm_applies_exactly_the_claimed_increments(
     applied: Counter[int] = Counter()  # id(op) → how many transactions it was part of
     cancelled_at: dict[int, int] = {}  # request index → event of its task's cancellation
 
-    def apply(key: str, batch: OpenBatch[CounterOp]) -> None:
+    def apply(key: str, batch: OpenBatch[CounterOp]) -> Awaitable[list[CounterOutcome]]:
         started[id(batch)] = next(events)
-        storage.apply_counter_ops(key, batch)
+        return storage.apply_counter_ops(key, batch)
 
     def recording_ops_of(batch: Batch[CounterOp]) -> list[CounterOp]:
         ops = ops_of(batch)

@@ -8,12 +8,12 @@ answers reads, and reports its health. Handlers never see SQL; backends never se
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Protocol, overload
+from typing import Protocol
 
 from aiohttp import web
 
 from app.changes import Change, FeedPage
-from app.combining import Batch, OpenBatch
+from app.combining import Batch
 from app.domain import Counter, CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
 
 
@@ -36,23 +36,11 @@ DB_ERROR_KINDS = ("busy", "locked", "readonly", "full", "io", "corrupt", "other"
 class Storage(Protocol):
     """What every backend provides."""
 
-    # The two write calls may be ``async def``, return a future, or (given a combiner's
-    # ``OpenBatch``) return None and settle the batch itself, as SQLite's writer does, to
-    # spare the combiner a future and a callback per batch. Either way the outcomes are
-    # delivered only after the commit.
-    @overload
-    def apply_counter_ops(
-        self, name: str, ops: list[CounterOp]
-    ) -> Awaitable[list[CounterOutcome]]: ...
-
-    @overload
-    def apply_counter_ops(
-        self, name: str, ops: OpenBatch[CounterOp]
-    ) -> Awaitable[list[CounterOutcome]] | None: ...
-
+    # Plain methods that return an awaitable (a future, so no task per batch): a combiner
+    # settles its batch when it is done. Outcomes are delivered only after COMMIT.
     def apply_counter_ops(
         self, name: str, ops: Batch[CounterOp]
-    ) -> Awaitable[list[CounterOutcome]] | None:
+    ) -> Awaitable[list[CounterOutcome]]:
         """Apply ``ops`` to counter ``name`` in order, atomically, and commit before returning.
 
         Ops carrying an idempotency ``claim`` follow ``app.idempotency``: claimed keys are
@@ -61,17 +49,7 @@ class Storage(Protocol):
         """
         ...
 
-    @overload
-    def apply_item_ops(self, item_id: str, ops: list[ItemOp]) -> Awaitable[list[ItemOutcome]]: ...
-
-    @overload
-    def apply_item_ops(
-        self, item_id: str, ops: OpenBatch[ItemOp]
-    ) -> Awaitable[list[ItemOutcome]] | None: ...
-
-    def apply_item_ops(
-        self, item_id: str, ops: Batch[ItemOp]
-    ) -> Awaitable[list[ItemOutcome]] | None:
+    def apply_item_ops(self, item_id: str, ops: Batch[ItemOp]) -> Awaitable[list[ItemOutcome]]:
         """Apply ``ops`` to record ``item_id`` in order, atomically, and commit before returning."""
         ...
 

@@ -1,9 +1,8 @@
 """The queue both SQLite connections are fed through: work waiting together runs together.
 
-A task submits an item and gets a future (or puts it with a sink of its own, settled like
-a future); one consumer task takes everything queued (up to ``max_batch``) and runs it as
-one batch, in one hop into the connection's thread, then settles each item's future or
-sink with its own result or error. The writer (``app.storage.sqlite.writer``)
+A task submits an item and gets a future; one consumer task takes everything queued (up
+to ``max_batch``) and runs it as one batch, in one hop into the connection's thread, then
+settles each item's future with its own result or error. The writer (``app.storage.sqlite.writer``)
 commits a batch as one transaction; the reader (``app.storage.sqlite.reads``) runs a batch
 of queries back to back.
 
@@ -20,26 +19,13 @@ doubles the requests per commit, and the CPU each request costs falls accordingl
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from app.errors import StorageUnavailable
 
-logger = logging.getLogger(__name__)
-
 Item = TypeVar("Item")
-
-
-class Sink(Protocol):
-    """Where an item's outcome goes: an ``asyncio.Future``, or anything settled like one."""
-
-    def done(self) -> bool: ...
-
-    def set_result(self, result: Any, /) -> None: ...
-
-    def set_exception(self, exception: BaseException, /) -> None: ...
 
 
 # One item's result: (True, value) or (False, the exception to raise to its submitter).
@@ -88,7 +74,7 @@ class BatchQueue(Generic[Item]):
     def __init__(self, max_batch: int, name: str, gather: int = 0) -> None:
         self._max_batch = max_batch
         self._gatherer = Gatherer(gather)
-        self._queue: deque[tuple[Item, Sink]] = deque()
+        self._queue: deque[tuple[Item, asyncio.Future[Any]]] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
         # Looked up once: on Python 3.11 every get_running_loop() is a getpid() system call.
@@ -97,16 +83,12 @@ class BatchQueue(Generic[Item]):
 
     def submit(self, item: Item) -> asyncio.Future[Any]:
         """Queue ``item``; the future resolves once its batch has run."""
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        self.put(item, fut)
-        return fut
-
-    def put(self, item: Item, sink: Sink) -> None:
-        """Queue ``item``; ``sink`` is settled with its outcome once its batch has run."""
         if self._closing:
             raise StorageUnavailable("shutting down")
-        self._queue.append((item, sink))
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.append((item, fut))
         self._wakeup.set()
+        return fut
 
     async def _run_batch(self, items: list[Item]) -> list[Outcome]:
         """Each item's outcome, in order. Never raises: a failure is every item's outcome."""
@@ -128,16 +110,13 @@ class BatchQueue(Generic[Item]):
             size = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(size)]
             outcomes = await self._run_batch([item for item, _ in batch])
-            for (_, sink), (ok, value) in zip(batch, outcomes, strict=True):
-                if sink.done():  # its submitter was cancelled meanwhile
+            for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
+                if fut.done():  # its submitter was cancelled meanwhile
                     continue
-                try:
-                    if ok:
-                        sink.set_result(value)
-                    else:
-                        sink.set_exception(value)
-                except Exception:  # a sink's own bug must not stop the queue
-                    logger.exception("settling a batch item failed")
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
             await self._after_batch()
 
     async def close(self) -> None:

@@ -64,30 +64,6 @@ async def test_a_cancelled_submitter_is_skipped_and_the_rest_settled() -> None:
     await queue.close()
 
 
-class BrokenSink:
-    """A sink whose settling fails, as a buggy one might."""
-
-    def done(self) -> bool:
-        return False
-
-    def set_result(self, result: Any, /) -> None:
-        raise RuntimeError("broken sink")
-
-    def set_exception(self, exception: BaseException, /) -> None:
-        raise RuntimeError("broken sink")
-
-
-async def test_a_failing_sink_does_not_stop_the_queue(caplog: pytest.LogCaptureFixture) -> None:
-    """A sink that raises while being settled is logged; its batch-mates and later items run."""
-    queue = Doubler(max_batch=10)
-    queue.put(2, BrokenSink())
-    same_batch = queue.submit(4)
-    assert await same_batch == 8
-    assert await queue.submit(6) == 12
-    assert "settling a batch item failed" in caplog.text
-    await queue.close()
-
-
 async def test_close_runs_what_is_queued_then_refuses_more() -> None:
     """close() answers everything already queued; a later submit is a 503, not a hang."""
     queue = Doubler(max_batch=1)

@@ -7,14 +7,14 @@ import os
 import sqlite3
 from functools import partial
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import aiosqlite
 import msgspec
 
 from app.changes import Change, FeedPage, snapshot_page
 from app.clock import ServiceClock
-from app.combining import Batch, OpenBatch, ops_of
+from app.combining import Batch, ops_of
 from app.domain import (
     NAME_CEILING,
     Counter,
@@ -153,39 +153,15 @@ class SQLiteStorage:
     async def _write(self, unit: Unit) -> Any:
         return await self._writer.submit(unit)
 
-    # Plain methods: a combiner's open batch is queued as its own sink, and the writer
-    # settles it (no future, callback or task per batch); a list gets the writer's future.
-    @overload
-    def apply_counter_ops(
-        self, name: str, ops: list[CounterOp]
-    ) -> asyncio.Future[list[CounterOutcome]]: ...
-
-    @overload
-    def apply_counter_ops(self, name: str, ops: OpenBatch[CounterOp]) -> None: ...
-
+    # Plain methods: the writer's future is handed back as it is, so a combiner's batch
+    # costs no task of its own (a coroutine would be wrapped in one per batch).
     def apply_counter_ops(
         self, name: str, ops: Batch[CounterOp]
-    ) -> asyncio.Future[list[CounterOutcome]] | None:
-        return self._queue(Later(self._counter_unit, name, ops), ops)
+    ) -> asyncio.Future[list[CounterOutcome]]:
+        return self._writer.submit(Later(self._counter_unit, name, ops))
 
-    @overload
-    def apply_item_ops(
-        self, item_id: str, ops: list[ItemOp]
-    ) -> asyncio.Future[list[ItemOutcome]]: ...
-
-    @overload
-    def apply_item_ops(self, item_id: str, ops: OpenBatch[ItemOp]) -> None: ...
-
-    def apply_item_ops(
-        self, item_id: str, ops: Batch[ItemOp]
-    ) -> asyncio.Future[list[ItemOutcome]] | None:
-        return self._queue(Later(self._item_unit, item_id, ops), ops)
-
-    def _queue(self, unit: Later, ops: Batch[Any]) -> asyncio.Future[Any] | None:
-        if isinstance(ops, OpenBatch):
-            self._writer.put(unit, ops)
-            return None
-        return self._writer.submit(unit)
+    def apply_item_ops(self, item_id: str, ops: Batch[ItemOp]) -> asyncio.Future[list[ItemOutcome]]:
+        return self._writer.submit(Later(self._item_unit, item_id, ops))
 
     def _counter_unit(self, name: str, batch: Batch[CounterOp]) -> Unit:
         ops = ops_of(batch)

@@ -53,7 +53,9 @@ async def in_db_thread(db: aiosqlite.Connection, fn: Callable[..., T], *args: An
 
     aiosqlite hops threads once per call; a whole batch runs here as one function, so
     it costs one hop and the event loop can never interleave a foreign statement.
-    ``_execute`` is aiosqlite's own queueing primitive (stable since 0.17).
+    aiosqlite (0.22) has no public call that runs a function on its thread, so this uses
+    its queueing primitive ``_execute`` (unchanged since 0.17) and the raw ``_conn``, here
+    only. ``tests/storage/test_aiosqlite.py`` pins both; pyproject pins aiosqlite ~=0.22.
     """
     result: T = await db._execute(lambda: fn(db._conn, *args))  # type: ignore[no-untyped-call]
     return result

@@ -36,17 +36,14 @@ from app.views.common import (
     raise_if_error,
     read_body,
 )
-from app.views.idempotent import KEY_HEADER, claim_for, execute
+from app.views.idempotent import claim_for, execute
 
 # The write combiner every counter change goes through.
 COUNTERS = web.AppKey("counters", Combiner[CounterOp, CounterOutcome])
 
 ACCESS = "access"
-ENCODING = "Content-Encoding"
 _ONE = Increment(1)
 _TEXT = "text/plain; charset=utf-8"
-# Headers that make the bare increment take the general path.
-_NOT_BARE = (KEY_HEADER, ENCODING, "If-Match", "If-None-Match")
 
 
 def counter_body(counter: StoredCounter) -> Counter:
@@ -122,20 +119,6 @@ def _render_deleted(deleted: Any) -> Rendered:
 async def increment(request: web.Request) -> web.Response:
     """Add ``by`` (default 1) to a counter, creating it at 0 first if needed."""
     name = path_name(request, "name")
-    headers = request.headers
-    if not request.body_exists and not any(h in headers for h in _NOT_BARE):
-        # The common call, ``POST`` with nothing but the URL: the same answer as below,
-        # without the body read and the JSON encoder. A checked name holds no character
-        # JSON escapes, so it goes into the body as it is.
-        counted = raise_if_error(await request.app[COUNTERS].submit(name, _ONE))
-        assert isinstance(counted, Counted)
-        counter = counted.counter
-        answer = b'{"name":"%s","value":%d,"version":%d}' % (
-            name.encode(),
-            counter.value,
-            counter.version,
-        )
-        return web.Response(body=answer, headers=counted_headers(counted))
     raw = await read_body(request)
     body = (
         decode_json(raw, IncrementBody, request.app[SETTINGS].max_json_depth)

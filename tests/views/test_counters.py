@@ -85,7 +85,7 @@ async def test_increment_without_body_adds_one(client: Client) -> None:
 
 
 async def test_increment_answers_the_same_bytes_with_or_without_a_body(client: Client) -> None:
-    """A bare POST (the handler's short path) answers byte for byte what a body would get."""
+    """A bare POST answers byte for byte what a POST with a body gets."""
     name = "Az09._~:-"  # every kind of character a name may hold
     async with client.post(f"/counters/{name}/increment") as bare:
         assert bare.status == 200
@@ -99,7 +99,7 @@ async def test_increment_answers_the_same_bytes_with_or_without_a_body(client: C
 
 
 async def test_bare_increment_past_int64_max_conflicts_and_changes_nothing(client: Client) -> None:
-    """The short path for a bare POST reports an out-of-range result like the full path."""
+    """A bare POST past the int64 maximum answers 409 and leaves the counter as it was."""
     await put_counter(client, "edge", INT64_MAX)
     async with client.post("/counters/edge/increment") as r:
         await assert_problem(r, 409, "out-of-range", "64-bit range")

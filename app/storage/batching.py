@@ -2,18 +2,17 @@
 
 A task submits an item and gets a future; one consumer task takes everything queued (up
 to ``max_batch``) and runs it as one batch, in one hop into the connection's thread, then
-settles each item's future with its own result or error. The writer (``app.storage.sqlite.writer``)
-commits a batch as one transaction; the reader (``app.storage.sqlite.reads``) runs a batch
-of queries back to back.
+settles each item's future with its own result or error. The writer
+(``app.storage.sqlite.writer``) commits a batch as one transaction; the reader
+(``app.storage.sqlite.reads``) runs a batch of queries back to back.
 
 A queue may *gather* before it drains: it lets the event loop run up to ``gather`` more
 turns, so requests whose bytes have already arrived (or are about to) join this batch
 instead of waiting for the next one. It stops at the first turn that comes back at once,
 i.e. when the loop had nothing else to do, so a lone request is not held up. "At once"
 is measured against this machine: within 3x the fastest turn the queue has seen (an idle
-one), kept between 15 and 100 µs, so a slow machine is not mistaken for a busy one. Under load
-this is what makes a commit worth its fsync: on `GET /access` at 64 connections it roughly
-doubles the requests per commit, and the CPU each request costs falls accordingly.
+one), kept between 15 and 100 µs, so a slow machine is not mistaken for a busy one. Under
+load this is what makes a commit worth its fsync (figures in docs/design.md).
 """
 
 from __future__ import annotations

@@ -266,7 +266,7 @@ class Writer:
             # Whatever queued while we waited for a slot, or arrives over the next few busy
             # loop turns, joins this batch: without those turns, a resource's next batch
             # would be taken the moment its previous one settled, before the requests just
-            # answered could send their next ones (half the requests per commit, measured).
+            # answered could send their next ones (docs/design.md has the figures).
             if self._gatherer.turns:
                 await self._gatherer.gather()
             size = min(len(self._queue), self._max_batch)

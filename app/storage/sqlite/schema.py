@@ -80,10 +80,8 @@ def no_wakeup_preemption() -> None:
 
     The writer thread wakes several times per commit: for the batch, after each GIL
     hand-off, after ``fdatasync``. An ordinary thread's wake-up may preempt the worker's
-    event loop on the spot; under load the loop was preempted about once every four
-    requests. A ``SCHED_BATCH`` thread keeps its fair share of the CPU but does not preempt
-    on waking: it runs when the loop blocks or its time slice ends. Measured on
-    ``GET /access`` at 64 connections: 2-4 µs less CPU per request (docs/design.md).
+    event loop on the spot; a ``SCHED_BATCH`` thread keeps its fair share of the CPU but
+    runs when the loop blocks or its time slice ends (figures in docs/design.md).
     """
     if hasattr(os, "SCHED_BATCH"):
         with contextlib.suppress(OSError):

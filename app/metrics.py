@@ -27,7 +27,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-LOCK_KINDS = frozenset({"counter", "item"})
+LOCK_KINDS = frozenset({"counter", "item", "txn"})  # txn: a transaction's locks, all of them
 UNMATCHED = "(unmatched)"
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

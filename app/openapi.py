@@ -29,8 +29,9 @@ _ERRORS = {
     404: "The counter or record does not exist.",
     408: "The body did not arrive within LOCKSTEP_BODY_TIMEOUT seconds; the connection is "
     "closed and nothing changed.",
-    409: "The change would leave the signed 64-bit range, or a request with the same "
-    "Idempotency-Key is still in flight; nothing changed.",
+    409: "The change would leave the signed 64-bit range, a transaction's operation cannot "
+    "apply (the detail names it), or a request with the same Idempotency-Key is still in "
+    "flight; nothing changed.",
     410: "The change log no longer reaches back to `since` (LOCKSTEP_CHANGES_RETENTION); the "
     "problem's `oldest` is the oldest revision still kept.",
     412: "An If-Match / If-None-Match precondition failed; nothing changed.",

@@ -32,6 +32,7 @@ from app.views import (
     history,
     items,
     metrics,
+    txn,
 )
 from app.views.bodies import (
     ChangeEvent,
@@ -50,6 +51,8 @@ from app.views.bodies import (
     SnapshotEvent,
     Stats,
     Status,
+    TxnAnswer,
+    TxnRequest,
 )
 
 JSON = "application/json"
@@ -65,6 +68,7 @@ TAGS = {
     "counters": "Signed 64-bit counters, created at 0 by their first increment.",
     "records": "JSON documents with a version; the ETag is the version in quotes.",
     "changes": "The change log: every commit's changes by revision, and records' history.",
+    "transactions": "Conditions and changes over several resources, all or nothing.",
     STREAMS_TAG: "Server-Sent Events, one per commit, resumable by revision.",
     "operations": "Probes, metrics and figures for operators.",
     "reference": "This document and its page.",
@@ -187,6 +191,19 @@ ROUTES: tuple[Route, ...] = (
           (_deleted(),), (404, 412, 422), params=_CONDITIONAL, idempotent=True),
     Route("GET", "/items", items.list_items, "records", "List records by id", "read",
           (_json(200, RecordPage, "A page."),), (422,), params=_PAGE),
+    Route("POST", "/txn", txn.txn, "transactions", "Apply a transaction", "write",
+          (_json(200, TxnAnswer, "Which branch ran, its revision, and one result per operation "
+                 "of it.", "Lockstep-Revision"),),
+          (*_BAD_BODY, 409),
+          "If every condition of `if` holds, the operations of `then` run in order, else those "
+          "of `else`, each seeing the effects of those before it, all in one commit. A "
+          "condition names a `counter` or an `item` and holds one of `cmp` + `value` (a "
+          "counter's value: `==` `!=` `<` `<=` `>` `>=`), `version` or `exists`; "
+          "a missing resource is absent, for which only `exists: false` holds. An operation "
+          "that cannot apply (64-bit overflow, patch or delete of something absent) answers "
+          "409 naming it, and nothing is written. At most LOCKSTEP_TXN_MAX_OPS conditions and "
+          "operations (422 above).",
+          body=TxnRequest, idempotent=True),
     Route("GET", "/healthz", health.healthz, "operations", "Liveness", None,
           (_json(200, Status, "The process is alive."),)),
     Route("GET", "/readyz", health.readyz, "operations", "Readiness", None,

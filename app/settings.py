@@ -208,6 +208,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds change-log entries are kept (GET /changes, stream resume, history).",
     )
+    txn_max_ops: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="Most conditions plus operations one POST /txn may hold (422 above).",
+    )
 
     # --- gunicorn (read by config/gunicorn.conf.py) -----------------------------------
     bind: str = Field(

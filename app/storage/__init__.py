@@ -15,6 +15,7 @@ from aiohttp import web
 from app.changes import Change, FeedPage
 from app.combining import Batch
 from app.domain import Counter, CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
+from app.txn import Txn, TxnOutcome
 
 
 class StorageObserver(Protocol):
@@ -51,6 +52,15 @@ class Storage(Protocol):
 
     def apply_item_ops(self, item_id: str, ops: Batch[ItemOp]) -> Awaitable[list[ItemOutcome]]:
         """Apply ``ops`` to record ``item_id`` in order, atomically, and commit before returning."""
+        ...
+
+    def apply_txn(self, txn: Txn) -> Awaitable[TxnOutcome]:
+        """Read every resource ``txn`` names, evaluate it and write its changes in one write
+        transaction, committed before the awaitable resolves; a ``TxnConflict`` writes nothing.
+
+        A claimed Idempotency-Key is looked up inside that transaction (a stored one replays)
+        and the rendered answer, a conflict's included, is stored with the change.
+        """
         ...
 
     async def purge_expired_keys(self, limit: int) -> int:

@@ -190,3 +190,104 @@ class Stats(msgspec.Struct):
         Count, Meta(description="Resources written by those transactions.")
     ]
     event_streams: Annotated[Count, Meta(description="Event streams open now.")]
+
+
+# --- POST /txn ---------------------------------------------------------------------
+
+Comparison = Literal["==", "!=", "<", "<=", ">", ">="]
+TxnOpName = Literal["get", "set", "increment", "put", "patch", "delete"]
+
+
+class TxnCondition(msgspec.Struct, forbid_unknown_fields=True):
+    """A test on one resource: ``counter`` or ``item``, and ``cmp`` + ``value``, ``version`` or
+    ``exists``. ``cmp`` compares a counter's value; a missing resource is absent, for which
+    only ``exists: false`` holds."""
+
+    counter: Name | None = None
+    item: Name | None = None
+    cmp: Comparison | None = None
+    value: Int64 | None = None
+    version: Version | None = None
+    exists: bool | None = None
+
+
+class TxnOperation(msgspec.Struct, forbid_unknown_fields=True):
+    """One operation on ``counter`` (get, set, increment, delete) or ``item`` (get, put,
+    patch, delete): ``by`` for increment (default 1), ``value`` for set, put and patch (an
+    RFC 7396 merge patch)."""
+
+    op: TxnOpName
+    counter: Name | None = None
+    item: Name | None = None
+    by: Int64 | None = None
+    value: AnyJson = msgspec.UNSET
+
+
+class TxnBody(msgspec.Struct, forbid_unknown_fields=True, rename={"if_": "if", "else_": "else"}):
+    """If every condition of ``if`` holds, ``then`` is applied, else ``else``; all or nothing."""
+
+    if_: list[TxnCondition] = []
+    then: list[TxnOperation] = []
+    else_: list[TxnOperation] = []
+
+
+# The OpenAPI document's worked example: move one unit of stock into a new order.
+TxnRequest = Annotated[
+    TxnBody,
+    Meta(
+        examples=[
+            {
+                "if": [
+                    {"counter": "stock", "cmp": ">=", "value": 1},
+                    {"item": "order-9", "exists": False},
+                ],
+                "then": [
+                    {"op": "increment", "counter": "stock", "by": -1},
+                    {"op": "put", "item": "order-9", "value": {"qty": 1}},
+                ],
+                "else": [{"op": "get", "counter": "stock"}],
+            }
+        ]
+    ),
+]
+
+
+class TxnCounter(msgspec.Struct):
+    """A counter after a set or increment, or as a get found it (all but ``name`` null: absent)."""
+
+    name: Name
+    value: Int64 | None
+    version: Version | None
+
+
+class TxnRecord(msgspec.Struct):
+    """A record after a put or patch, or as a get found it (all but ``id`` null: absent)."""
+
+    id: Name
+    value: AnyJson
+    version: Version | None
+    updated_at: Time | None
+
+
+class TxnDeleted(msgspec.Struct):
+    """A delete that applied."""
+
+    deleted: bool
+
+
+def _inline(*types: type) -> list[dict[str, Any]]:
+    _, components = msgspec.json.schema_components(types)
+    return [components[t.__name__] for t in types]
+
+
+class TxnAnswer(msgspec.Struct):
+    """Which branch ran, the commit that applied it (or, if it changed nothing, the last one
+    before its reads), and one result per operation of the branch, in order."""
+
+    succeeded: bool
+    revision: Annotated[int, Meta(ge=0)]
+    results: Annotated[
+        # msgspec cannot describe a union of untagged structs: the items' schema is theirs.
+        list[Any],
+        Meta(extra_json_schema={"items": {"anyOf": _inline(TxnCounter, TxnRecord, TxnDeleted)}}),
+    ]

@@ -10,7 +10,7 @@ bytes, and a repeat answers them again with ``Idempotent-Replayed: true``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -57,7 +57,7 @@ def claim_for(request: web.Request, body: bytes, render: Render) -> Claim | None
     return Claim(key, digest, render_any)
 
 
-def _response(rendered: Rendered, replayed: bool = False) -> web.Response:
+def response_for(rendered: Rendered, replayed: bool = False) -> web.Response:
     # aiohttp copies the headers into the response's own: the stored ones stay as they are.
     headers = {**rendered.headers, REPLAYED_HEADER: "true"} if replayed else rendered.headers
     body = rendered.body if rendered.status != 204 else None
@@ -73,20 +73,31 @@ async def execute(
 ) -> web.Response:
     """Submit ``op`` for ``resource`` and answer its outcome, honouring its claim if any."""
     claim: Claim | None = getattr(op, "claim", None)
+    return await answer(request, claim, lambda: combiner.submit(resource, op), render)
+
+
+async def answer(
+    request: web.Request,
+    claim: Claim | None,
+    run: Callable[[], Awaitable[Any]],
+    render: Render,
+) -> web.Response:
+    """Await ``run()`` (an operation carrying ``claim``) and answer its outcome: its error
+    raised without a claim, else its rendered or replayed response."""
     if claim is None:
-        outcome = await combiner.submit(resource, op)
+        outcome = await run()
         if isinstance(outcome, LockstepError):
             raise outcome
-        return _response(render(outcome))
+        return response_for(render(outcome))
     in_flight = request.app[IN_FLIGHT]
     in_flight.enter(claim.key)
     try:
-        outcome = await combiner.submit(resource, op)
+        outcome = await run()
     finally:
         in_flight.leave(claim.key)
     if isinstance(outcome, Replay):
         # Counted here, where it is answered, not where the batch found the stored key: a
         # PostgreSQL transaction that is retried triages its ops again.
         request.app[METRICS].idempotent_replays.inc()
-        return _response(outcome.response, replayed=True)
-    return _response(claim.render(outcome))
+        return response_for(outcome.response, replayed=True)
+    return response_for(claim.render(outcome))

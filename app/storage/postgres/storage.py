@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import asyncpg
@@ -25,8 +26,10 @@ from app.settings import Settings
 from app.storage import StorageObserver
 from app.storage.postgres import changes as pg_changes
 from app.storage.postgres import idempotency as pg_idempotency
-from app.storage.postgres.pool import UNAVAILABLE, connection, decode_record, open_pool
+from app.storage.postgres.pool import UNAVAILABLE, connection, decode_record, error_kind, open_pool
+from app.storage.postgres.txn import run_txn
 from app.storage.postgres.writer import Writer
+from app.txn import Txn, TxnOutcome
 
 
 class PostgresStorage:
@@ -43,6 +46,8 @@ class PostgresStorage:
         self._clock = clock or ServiceClock()
         self._timeout = settings.pg_command_timeout
         self._poll_interval = settings.events_poll_interval
+        self._observer = observer
+        self._key_ttl = settings.idempotency_ttl
         self._writer = Writer(pool, settings, observer, self._clock)
 
     @property
@@ -81,6 +86,20 @@ class PostgresStorage:
                 if attempt == 2:
                     raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
         raise AssertionError("unreachable")
+
+    async def apply_txn(self, txn: Txn) -> TxnOutcome:
+        started = time.perf_counter()
+        try:
+            outcome = await run_txn(
+                self._pool, self._timeout, txn, lambda: self._clock.key_times(self._key_ttl)
+            )
+        except UNAVAILABLE as e:
+            if self._observer is not None:
+                self._observer.failed(error_kind(e) or "other")
+            raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
+        if self._observer is not None:
+            self._observer.committed(time.perf_counter() - started, 1)
+        return outcome
 
     async def purge_expired_keys(self, limit: int) -> int:
         try:

@@ -42,6 +42,7 @@ from app.storage.sqlite.schema import (
     refusal,
     start_up,
 )
+from app.storage.sqlite.txn import txn_unit
 from app.storage.sqlite.writer import Writer, probe
 from app.storage.sqlite.writes import (
     CounterWrites,
@@ -53,6 +54,7 @@ from app.storage.sqlite.writes import (
     purge_changes_unit,
     read_record,
 )
+from app.txn import Txn, TxnOutcome
 
 
 class SQLiteStorage:
@@ -174,6 +176,10 @@ class SQLiteStorage:
         if claimed_keys(ops):
             return item_unit(item_id, ops, self._clock.key_times(self._key_ttl))
         return ItemWrites(item_id, ops)
+
+    def apply_txn(self, txn: Txn) -> asyncio.Future[TxnOutcome]:
+        times = self._clock.key_times(self._key_ttl) if txn.claim is not None else None
+        return self._writer.submit(txn_unit(txn, times))
 
     async def purge_expired_keys(self, limit: int) -> int:
         deleted: int = await self._write(purge_unit(self._clock.expiry_now(), limit))

@@ -1,0 +1,130 @@
+"""A ``POST /txn`` transaction on PostgreSQL: one database transaction of its own.
+
+It takes the same transaction-level advisory locks the write batches take, one per
+resource named (and one for its Idempotency-Key), all in one statement in key order, so
+it queues with every batch and transaction on every host that touches those resources and
+none can wait for another in a circle. Then it reads the rows ``FOR UPDATE`` (which also
+keeps out the increment fast path's ``UPDATE``), evaluates the transaction there
+(``app.txn``) and writes its changes, or nothing when an operation cannot apply, and
+commits once. A deadlock or serialization failure runs it again from the start; a
+connection lost during COMMIT is a 503 that says the outcome is unknown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+import asyncpg
+
+from app.changes import counter_changes, item_changes
+from app.clock import KeyTimes
+from app.domain import Counter, Record
+from app.idempotency import Stored, to_store, triage
+from app.storage.postgres import changes as pg_changes
+from app.storage.postgres import idempotency as pg_idempotency
+from app.storage.postgres.pool import UNAVAILABLE, Connection, connection, decode_record
+from app.storage.postgres.schema import lock_key
+from app.storage.postgres.transaction import CommitUnknown, write_counters, write_items
+from app.storage.postgres.writer import RETRIES
+from app.txn import Txn, TxnConflict, TxnOutcome, evaluate
+
+logger = logging.getLogger(__name__)
+
+
+async def _apply(conn: Connection, txn: Txn, times: KeyTimes) -> TxnOutcome:
+    """Lock, read, evaluate and write ``txn`` inside the open transaction on ``conn``."""
+    names, ids = txn.names("counter"), txn.names("item")
+    claim = txn.claim
+    keys = [f"counter:{n}" for n in names] + [f"item:{i}" for i in ids]
+    keys += [f"idem:{claim.key}"] if claim is not None else []
+    # unnest yields the sorted keys in order, so locks are always taken in key order.
+    locks = sorted({lock_key(k) for k in keys})
+    await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", locks)
+    stored: dict[str, Stored] = {}
+    if claim is not None:
+        stored = await pg_idempotency.load_keys(conn, [claim.key], times.now)
+        run, settled = triage([txn], stored)
+        if not run:
+            return settled[0]  # a Replay, or KeyReused
+    counters: dict[str, Counter | None] = dict.fromkeys(names)
+    if names:
+        rows = await conn.fetch(
+            "SELECT name, value, version FROM counters WHERE name = ANY($1::text[])"
+            " ORDER BY name FOR UPDATE",
+            names,
+        )
+        counters.update((r[0], Counter(r[0], r[1], r[2])) for r in rows)
+    items: dict[str, Record | None] = dict.fromkeys(ids)
+    if ids:
+        rows = await conn.fetch(
+            "SELECT id, value, version, updated_at FROM items WHERE id = ANY($1::text[])"
+            " ORDER BY id FOR UPDATE",
+            ids,
+        )
+        items.update((r[0], decode_record(r)) for r in rows)
+    # Last of the locks: from here to COMMIT, write transactions take turns.
+    commit = await pg_changes.take_revision(conn)
+    outcome: TxnOutcome
+    try:
+        outcome = evaluate(txn, counters, items, commit)
+    except TxnConflict as e:
+        outcome = e
+    else:
+        encoded = await write_items(conn, items, outcome.items)
+        await write_counters(conn, counters, outcome.counters)
+        changes = counter_changes(counters, outcome.counters, commit)
+        changes += item_changes(items, outcome.items, encoded, commit)
+        # The entries commit with the changes they describe, or not at all.
+        await pg_changes.write(conn, commit, changes)
+        outcome.changed = bool(changes)
+        outcome.revision = commit.revision if changes else commit.revision - 1
+    if claim is not None:
+        await pg_idempotency.store_keys(conn, to_store([txn], [0], [outcome]), times.expires_at)
+    return outcome
+
+
+async def _commit(conn: Connection, txn: Txn, times: KeyTimes) -> TxnOutcome:
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        outcome = await _apply(conn, txn, times)
+    except BaseException:
+        if not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await transaction.rollback()
+        raise
+    try:
+        await transaction.commit()
+    except UNAVAILABLE as e:
+        raise CommitUnknown(
+            f"database connection lost during COMMIT ({type(e).__name__}); the transaction"
+            " may or may not have been applied"
+        ) from e
+    return outcome
+
+
+async def run_txn(
+    pool: asyncpg.Pool, wait: float, txn: Txn, key_times: Callable[[], KeyTimes]
+) -> TxnOutcome:
+    """Run ``txn`` in a transaction of its own, again after a deadlock; its outcome."""
+    reconnected = False
+    for attempt in range(1, RETRIES + 1):
+        try:
+            async with connection(pool, wait) as conn:
+                return await _commit(conn, txn, key_times())
+        except asyncpg.TransactionRollbackError as e:
+            if attempt == RETRIES:
+                raise
+            logger.info("transaction retried after %s (attempt %d)", e.sqlstate, attempt)
+        except CommitUnknown:
+            await pool.expire_connections()
+            raise
+        except UNAVAILABLE:
+            # Nothing was committed: after a server restart, once more on a fresh connection.
+            await pool.expire_connections()
+            if reconnected:
+                raise
+            reconnected = True
+    raise AssertionError("unreachable")

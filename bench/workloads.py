@@ -57,6 +57,12 @@ def versions_sum(url: str, prefix: str) -> int:
     return sum(int(r["version"]) for r in body["items"])
 
 
+def check_accounts(url: str, prefix: str) -> str | None:
+    """The transfer workload's accounts sum to 0 (a half-applied transfer would move it)."""
+    total = counters_sum(url, prefix)
+    return None if total == 0 else f"the accounts sum to {total}, not 0 (a half-applied transfer)"
+
+
 def record_version(url: str, item_id: str) -> int:
     body = http("GET", f"{url}/items/{item_id}")
     return 0 if body is None else int(body["version"])
@@ -176,6 +182,14 @@ WORKLOADS: list[Workload] = [
         tally=lambda url: record_version(url, "bench-hot"),
         final_check=lambda url: check_hot_document(url, "bench-hot"),
         targets=(Target(LOCKSTEP, HELLO, 0.40),),
+    ),
+    Workload(
+        "transfer-1000",
+        "POST /txn, transfers over 1,000 accounts",
+        "transfer.lua",
+        key="bench-xfer-",
+        tally=lambda url: counters_sum(url, "bench-xfer-sent-"),
+        final_check=lambda url: check_accounts(url, "bench-xfer-acct-"),
     ),
     Workload(
         "read",

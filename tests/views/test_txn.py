@@ -11,6 +11,7 @@ import pytest
 from app.locks import LOCKS
 from app.main import create_app
 from tests.conftest import ClientFactory, settings_for
+from tests.observability.helpers import read_event
 from tests.views.helpers import Client, app_of, assert_problem, stored_counter, stored_item
 
 STOCK_MOVE = {
@@ -257,3 +258,27 @@ async def test_txn_lock_not_had_in_time_is_503_and_writes_nothing(
         assert r.headers["Retry-After"]
     assert await state(client) == (None,) * 6
     assert len(app_of(client)[LOCKS]) == 0
+
+
+async def test_txn_is_one_event_on_a_stream_watching_its_resources(client: Client) -> None:
+    """A stream over the transaction's resources gets one event: its revision, every entry."""
+    async with client.get("/events?counter=a&counter=b&item=cfg") as r:
+        assert r.status == 200
+        event, _, _ = await read_event(r.content)
+        assert event == "snapshot"
+        body = {
+            "then": [
+                {"op": "increment", "counter": "a", "by": 3},
+                {"op": "set", "counter": "b", "value": 4},
+                {"op": "put", "item": "cfg", "value": {"on": True}},
+            ]
+        }
+        status, answer, _ = await post(client, body)
+        assert status == 200
+        event, event_id, data = await read_event(r.content)
+    assert (event, event_id, data["revision"]) == ("change", answer["revision"], answer["revision"])
+    assert sorted((c["kind"], c.get("name") or c["id"], c["value"]) for c in data["changes"]) == [
+        ("counter", "a", 3),
+        ("counter", "b", 4),
+        ("item", "cfg", {"on": True}),
+    ]

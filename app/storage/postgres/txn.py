@@ -5,9 +5,10 @@ resource named (and one for its Idempotency-Key), all in one statement in key or
 it queues with every batch and transaction on every host that touches those resources and
 none can wait for another in a circle. Then it reads the rows ``FOR UPDATE`` (which also
 keeps out the increment fast path's ``UPDATE``), evaluates the transaction there
-(``app.txn``) and writes its changes, or nothing when an operation cannot apply, and
-commits once. A deadlock or serialization failure runs it again from the start; a
-connection lost during COMMIT is a 503 that says the outcome is unknown.
+(``app.txn``) and writes its changes, with one change-log entry per resource under the
+revision it takes last, or nothing when an operation cannot apply, and commits once. A
+deadlock or serialization failure runs it again from the start; a connection lost during
+COMMIT is a 503 that says the outcome is unknown.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,22 +84,7 @@ async def apply_batch(
     )
     # unnest yields the sorted keys in order, so locks are always taken in key order.
     await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", locks)
-    counters: dict[str, Counter | None] = dict.fromkeys(names)
-    if names:
-        rows = await conn.fetch(
-            "SELECT name, value, version FROM counters WHERE name = ANY($1::text[])"
-            " ORDER BY name FOR UPDATE",
-            names,
-        )
-        counters.update((r[0], Counter(r[0], r[1], r[2])) for r in rows)
-    items: dict[str, Record | None] = dict.fromkeys(ids)
-    if ids:
-        rows = await conn.fetch(
-            "SELECT id, value, version, updated_at FROM items WHERE id = ANY($1::text[])"
-            " ORDER BY id FOR UPDATE",
-            ids,
-        )
-        items.update((r[0], decode_record(r)) for r in rows)
+    counters, items = await read_for_update(conn, names, ids)
     stored_counters, stored_items = dict(counters), dict(items)
     keys = await pg_idempotency.load_keys(conn, claims, times.now) if claims else {}
     new_keys: list[NewKey] = []
@@ -180,3 +166,26 @@ async def write_items(
     if deletes:
         await conn.execute("DELETE FROM items WHERE id = ANY($1::text[])", deletes)
     return encoded
+
+
+async def read_for_update(
+    conn: Connection, names: Sequence[str], ids: Sequence[str]
+) -> tuple[dict[str, Counter | None], dict[str, Record | None]]:
+    """The named counters and records, row-locked in key order (None where absent)."""
+    counters: dict[str, Counter | None] = dict.fromkeys(names)
+    if names:
+        rows = await conn.fetch(
+            "SELECT name, value, version FROM counters WHERE name = ANY($1::text[])"
+            " ORDER BY name FOR UPDATE",
+            names,
+        )
+        counters.update((r[0], Counter(r[0], r[1], r[2])) for r in rows)
+    items: dict[str, Record | None] = dict.fromkeys(ids)
+    if ids:
+        rows = await conn.fetch(
+            "SELECT id, value, version, updated_at FROM items WHERE id = ANY($1::text[])"
+            " ORDER BY id FOR UPDATE",
+            ids,
+        )
+        items.update((r[0], decode_record(r)) for r in rows)
+    return counters, items

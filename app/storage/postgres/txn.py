@@ -21,13 +21,17 @@ import asyncpg
 
 from app.changes import counter_changes, item_changes
 from app.clock import KeyTimes
-from app.domain import Counter, Record
 from app.idempotency import Stored, to_store, triage
 from app.storage.postgres import changes as pg_changes
 from app.storage.postgres import idempotency as pg_idempotency
-from app.storage.postgres.pool import UNAVAILABLE, Connection, connection, decode_record
+from app.storage.postgres.pool import UNAVAILABLE, Connection, connection
 from app.storage.postgres.schema import lock_key
-from app.storage.postgres.transaction import CommitUnknown, write_counters, write_items
+from app.storage.postgres.transaction import (
+    CommitUnknown,
+    read_for_update,
+    write_counters,
+    write_items,
+)
 from app.storage.postgres.writer import RETRIES
 from app.txn import Txn, TxnConflict, TxnOutcome, evaluate
 
@@ -49,22 +53,7 @@ async def _apply(conn: Connection, txn: Txn, times: KeyTimes) -> TxnOutcome:
         run, settled = triage([txn], stored)
         if not run:
             return settled[0]  # a Replay, or KeyReused
-    counters: dict[str, Counter | None] = dict.fromkeys(names)
-    if names:
-        rows = await conn.fetch(
-            "SELECT name, value, version FROM counters WHERE name = ANY($1::text[])"
-            " ORDER BY name FOR UPDATE",
-            names,
-        )
-        counters.update((r[0], Counter(r[0], r[1], r[2])) for r in rows)
-    items: dict[str, Record | None] = dict.fromkeys(ids)
-    if ids:
-        rows = await conn.fetch(
-            "SELECT id, value, version, updated_at FROM items WHERE id = ANY($1::text[])"
-            " ORDER BY id FOR UPDATE",
-            ids,
-        )
-        items.update((r[0], decode_record(r)) for r in rows)
+    counters, items = await read_for_update(conn, names, ids)
     # Last of the locks: from here to COMMIT, write transactions take turns.
     commit = await pg_changes.take_revision(conn)
     outcome: TxnOutcome

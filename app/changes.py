@@ -148,6 +148,15 @@ def purgeable_through(rows: list[tuple[int, str]], cutoff: str, limit: int) -> i
     return through
 
 
+def feed_page(rows: list[Any]) -> FeedPage:
+    """A page of the feed as either backend's query reads it: the first row holds the bounds,
+    each row one entry."""
+    changes = [
+        Change(r[2], r[3], r[4], r[5], r[7], r[8], bool(r[6])) for r in rows if r[2] is not None
+    ]
+    return FeedPage(rows[0][0], rows[0][1], changes)
+
+
 def snapshot_page(rows: list[Any], resources: list[tuple[str, str]] | None, time: str) -> FeedPage:
     """A snapshot read by ``snapshot_query``: one entry per resource, at the snapshot's revision.
 

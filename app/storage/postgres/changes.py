@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from app.changes import Change, FeedPage, purgeable_through
+from app.changes import Change, purgeable_through
 from app.domain import INT64_MAX, NAME_CEILING, Commit, now_iso
 
 Connection = asyncpg.pool.PoolConnectionProxy
@@ -120,13 +120,6 @@ def changes_query(
         f" ORDER BY c.revision, c.kind, c.key"
     )
     return sql, params
-
-
-def to_page(rows: list[Any]) -> FeedPage:
-    changes = [
-        Change(r[2], r[3], r[4], r[5], r[7], r[8], bool(r[6])) for r in rows if r[2] is not None
-    ]
-    return FeedPage(rows[0][0], rows[0][1], changes)
 
 
 def snapshot_query(

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from app.changes import Change, FeedPage, snapshot_page
+from app.changes import Change, FeedPage, feed_page, snapshot_page
 from app.clock import ServiceClock
 from app.combining import Batch
 from app.domain import (
@@ -161,7 +161,7 @@ class PostgresStorage:
         inline_max: int | None = None,
     ) -> FeedPage:
         sql, params = pg_changes.changes_query(since, limit, kind, prefix, resources, inline_max)
-        return pg_changes.to_page(await self._read(sql, *params))
+        return feed_page(await self._read(sql, *params))
 
     async def item_versions(
         self, item_id: str, before: int, limit: int, version: int | None = None

@@ -12,7 +12,7 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from app.changes import Change, FeedPage, snapshot_page
+from app.changes import Change, FeedPage, feed_page, snapshot_page
 from app.clock import ServiceClock
 from app.combining import Batch, ops_of
 from app.domain import (
@@ -236,7 +236,7 @@ class SQLiteStorage:
         inline_max: int | None = None,
     ) -> FeedPage:
         query = sqlite_changes.changes_query(since, limit, kind, prefix, resources, inline_max)
-        return sqlite_changes.to_page(await self._read(*query))
+        return feed_page(await self._read(*query))
 
     async def item_versions(
         self, item_id: str, before: int, limit: int, version: int | None = None

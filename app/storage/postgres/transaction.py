@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -41,14 +41,15 @@ class Unit:
     ops: list[Any] = field(default_factory=list)
 
 
+T = TypeVar("T")
+
+
 class CommitUnknown(StorageUnavailable):
     """The connection broke while COMMIT was under way: the batch may or may not have landed."""
 
 
-async def commit_batch(
-    conn: Connection, batch: list[Unit], times: KeyTimes
-) -> list[tuple[bool, Any]]:
-    """Run ``batch`` in one transaction on ``conn``; returns (ok, outcome-or-error) per unit.
+async def in_transaction(conn: Connection, work: Callable[[], Awaitable[T]]) -> T:
+    """``work()``'s result, run in one transaction on ``conn`` and committed.
 
     Anything raised before COMMIT was sent left nothing behind, so the caller may retry;
     a failure during COMMIT raises ``CommitUnknown``, which must never be retried.
@@ -56,7 +57,7 @@ async def commit_batch(
     transaction = conn.transaction()
     await transaction.start()
     try:
-        results = await apply_batch(conn, batch, times)
+        result = await work()
     except BaseException:
         if not conn.is_closed():
             with contextlib.suppress(Exception):
@@ -69,7 +70,14 @@ async def commit_batch(
             f"database connection lost during COMMIT ({type(e).__name__}); the change may"
             " or may not have been applied"
         ) from e
-    return results
+    return result
+
+
+async def commit_batch(
+    conn: Connection, batch: list[Unit], times: KeyTimes
+) -> list[tuple[bool, Any]]:
+    """Run ``batch`` in one transaction on ``conn``; returns (ok, outcome-or-error) per unit."""
+    return await in_transaction(conn, lambda: apply_batch(conn, batch, times))
 
 
 async def apply_batch(

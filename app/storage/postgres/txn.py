@@ -13,7 +13,6 @@ COMMIT is a 503 that says the outcome is unknown.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -28,6 +27,7 @@ from app.storage.postgres.pool import UNAVAILABLE, Connection, connection
 from app.storage.postgres.schema import lock_key
 from app.storage.postgres.transaction import (
     CommitUnknown,
+    in_transaction,
     read_for_update,
     write_counters,
     write_items,
@@ -76,23 +76,7 @@ async def _apply(conn: Connection, txn: Txn, times: KeyTimes) -> TxnOutcome:
 
 
 async def _commit(conn: Connection, txn: Txn, times: KeyTimes) -> TxnOutcome:
-    transaction = conn.transaction()
-    await transaction.start()
-    try:
-        outcome = await _apply(conn, txn, times)
-    except BaseException:
-        if not conn.is_closed():
-            with contextlib.suppress(Exception):
-                await transaction.rollback()
-        raise
-    try:
-        await transaction.commit()
-    except UNAVAILABLE as e:
-        raise CommitUnknown(
-            f"database connection lost during COMMIT ({type(e).__name__}); the transaction"
-            " may or may not have been applied"
-        ) from e
-    return outcome
+    return await in_transaction(conn, lambda: _apply(conn, txn, times))
 
 
 async def run_txn(

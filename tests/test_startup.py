@@ -15,12 +15,13 @@ import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from app.startup import StartupError, check_data_dir
 from app.worker import QuietHalt
-from tests.conftest import settings_for
+from tests.conftest import postgres_server_url, settings_for
 from tests.support import Service, free_port
 
 # "<time> <LEVEL> [<pid>] <logger> " in front of a text log line.
@@ -137,6 +138,34 @@ def test_start_with_postgres_unreachable_names_server_and_fix(tmp_path: Path) ->
         " (LOCKSTEP_PG_STARTUP_TIMEOUT sets how long to wait)",
     )
     assert "secret" not in service.log()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("part", "replacement", "said"),
+    [
+        ("password", "not-the-password", 'password authentication failed for user "lockstep"'),
+        ("database", "no_such_database", 'database "no_such_database" does not exist'),
+    ],
+)
+def test_start_refused_by_postgres_names_the_url_part_to_fix(
+    tmp_path: Path, part: str, replacement: str, said: str
+) -> None:
+    """A server that answers "no" (wrong password, no such database) fails the start at once,
+    in one line, instead of a traceback; the password never reaches the log."""
+    parts = urlsplit(postgres_server_url())
+    netloc = f"{parts.username}:{replacement}@{parts.hostname}:{parts.port}"
+    if part == "password":
+        url = urlunsplit(parts._replace(netloc=netloc))
+    else:
+        url = urlunsplit(parts._replace(path="/" + replacement))
+    service = Service(tmp_path / "data", env={"LOCKSTEP_DATABASE_URL": url})
+    assert_fails_with(
+        service,
+        f"lockstep: PostgreSQL at {parts.hostname}:{parts.port} refused lockstep's connection"
+        f" ({said}); correct the user, password or database name in LOCKSTEP_DATABASE_URL",
+    )
+    assert "not-the-password" not in service.log()
 
 
 @pytest.mark.slow

@@ -118,6 +118,11 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
                 # A startup parameter PgBouncer understands; lets operators find our sessions.
                 server_settings={"application_name": "lockstep"},
             )
+        except REFUSED as e:
+            raise StartupError(
+                f"PostgreSQL at {server} refused lockstep's connection ({e});"
+                " correct the user, password or database name in LOCKSTEP_DATABASE_URL"
+            ) from e
         except UNAVAILABLE as e:
             if time.monotonic() >= deadline:
                 raise StartupError(
@@ -142,6 +147,13 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
             await pool.close()
             raise
         return pool
+
+
+# The server answered and said no: retrying cannot help, the URL must change.
+REFUSED: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidAuthorizationSpecificationError,  # wrong password, unknown role, pg_hba
+    asyncpg.InvalidCatalogNameError,  # no such database
+)
 
 
 def _server_of(url: str) -> str:

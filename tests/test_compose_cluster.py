@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,6 +49,22 @@ def test_app_url_names_the_postgres_service_and_its_credentials() -> None:
         }
     )
     assert settings.uses_postgres
+
+
+def test_replicas_believe_x_forwarded_for_from_the_balancer_only() -> None:
+    """The replicas publish no port, so only the compose network (nginx) reaches them; the
+    trusted proxies cover Docker's default address pools, so the access log names the client
+    nginx forwards, not nginx."""
+    services = cluster()
+    assert "ports" not in services["app"]
+    trusted = Settings(trusted_proxies=services["app"]["environment"]["LOCKSTEP_TRUSTED_PROXIES"])
+    docker_pools = ["172.17.0.0/16", "172.31.0.0/16", "192.168.0.0/20", "10.89.0.0/24"]
+    for pool in docker_pools:
+        assert any(
+            ipaddress.ip_network(pool).subnet_of(net)  # type: ignore[arg-type]
+            for net in trusted.trusted_proxies
+        ), pool
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in NGINX.read_text()
 
 
 def test_startup_order_waits_for_health() -> None:

@@ -1,13 +1,22 @@
-"""The gunicorn worker lockstep runs, and how a worker that cannot start is reported: once.
+"""The gunicorn worker lockstep runs: how it takes signals while it boots, and how a worker
+that cannot start is reported: once.
 
-It is aiohttp's uvloop worker, except when the app fails to start (the database cannot be
-opened, ...). Left to gunicorn, every worker logs a traceback, and a second worker's exit
-is reaped inside the master's ``halt()``, which raises there: another traceback. Here the
-first worker to fail says why, in one ERROR line for a ``StartupError`` (through
-gunicorn's traceback for anything unexpected), and exits with WORKER_BOOT_ERROR, on which
-the master halts. A worker failing at the same moment stays quiet, and exits once the
-master has reaped the first. ``QuietHalt`` logs the master's own lines about that halt
-at INFO: the worker's line has said what happened and what to do.
+It is aiohttp's uvloop worker with two changes. First, signals before the event loop runs:
+aiohttp installs its handlers through the loop, and uvloop, until its loop runs, only notes
+a signal, acting on it at the next signal that reaches the running loop. A SIGTERM or
+SIGQUIT that came while the worker imported the app was therefore lost, and the worker
+served until gunicorn's graceful timeout killed it. Here gunicorn's plain handlers stand
+until the loop runs, then the loop's take over, and a worker told to stop before that
+exits without starting the app.
+
+Second, a failed start (the database cannot be opened, ...). Left to gunicorn, every
+worker logs a traceback, and a second worker's exit is reaped inside the master's
+``halt()``, which raises there: another traceback. Here the first worker to fail says
+why, in one ERROR line for a ``StartupError`` (through gunicorn's traceback for anything
+unexpected), and exits with WORKER_BOOT_ERROR, on which the master halts. A worker failing
+at the same moment stays quiet, and exits once the master has reaped the first.
+``QuietHalt`` logs the master's own lines about that halt at INFO: the worker's line has
+said what happened and what to do.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from typing import Any, ClassVar
 
 from aiohttp.worker import GunicornUVLoopWebWorker
 from gunicorn.arbiter import Arbiter
+from gunicorn.workers.base import Worker as BaseWorker
 
 from app.startup import StartupError
 
@@ -54,9 +64,20 @@ class Worker(GunicornUVLoopWebWorker):
         for worker in list(cls._made):
             worker.tmp.close()
 
+    def init_signals(self) -> None:
+        """gunicorn's plain handlers, for the imports before the event loop runs.
+
+        They set ``alive`` (SIGTERM) or call aiohttp's ``handle_quit`` (SIGQUIT, SIGINT),
+        which act at once, where uvloop would only note the signal.
+        """
+        BaseWorker.init_signals(self)
+
     async def _run(self) -> None:
         # aiohttp's coroutine that builds, starts and serves the app (private, pinned by
         # tests/test_startup.py): a failed start is handled here, in the event loop.
+        super().init_signals()  # the loop runs: its handlers from now on
+        if not self.alive:  # told to stop while importing the app: nothing to close yet
+            return
         try:
             await super()._run()
         except Exception as e:
@@ -86,9 +107,7 @@ class Worker(GunicornUVLoopWebWorker):
     async def _wait_for_halt(self, first: int) -> None:
         """Exit quietly once the master has reaped the first failed worker, and so halts.
 
-        Exiting sooner, this worker might be reaped first and replaced. The master's SIGTERM
-        cannot be waited for: uvloop drops a signal that comes while its loop is not running,
-        as it is not during the app's imports.
+        Exiting sooner, this worker might be reaped first and replaced.
         """
         deadline = self.loop.time() + self.cfg.graceful_timeout
         # Polled: no event tells that another process was reaped.

@@ -201,12 +201,8 @@ class Served:
         return master, [p for p in processes if p.ppid == master.pid]
 
     def wait_ready(self, port: int, workers: int, timeout: float = 30) -> None:
-        """Wait until /readyz answers 200 and every worker has the database open.
-
-        A SIGTERM that reaches a worker still booting is not handled until gunicorn's
-        graceful timeout kills it (as tests/support.py's Service notes), so a test that
-        stops the service waits for every worker's app to have started.
-        """
+        """Wait until /readyz answers 200 and every worker has the database open (its app
+        started), so that the test's requests can reach every worker."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -80,13 +80,13 @@ class Service:
         self.log_path = data_dir.parent / f"gunicorn-{self.port}.log"
 
     def start(self, timeout: float = 30) -> Service:
-        self._spawn()
+        self.spawn()
         self.wait_ready(timeout)
         return self
 
     def run_to_failure(self, timeout: float = 20) -> int:
         """Start gunicorn expecting it to refuse; returns its exit status once it has exited."""
-        self._spawn()
+        self.spawn()
         assert self.proc is not None
         try:
             return self.proc.wait(timeout)
@@ -95,7 +95,8 @@ class Service:
             self.proc.wait()
             raise AssertionError(f"gunicorn still running after {timeout} s:\n{self.log()}") from e
 
-    def _spawn(self) -> None:
+    def spawn(self) -> None:
+        """Start gunicorn and return at once, without waiting for it to be ready."""
         env = {
             **os.environ,
             "LOCKSTEP_DATA_DIR": str(self.data_dir),
@@ -142,11 +143,8 @@ class Service:
         raise TimeoutError(f"gunicorn not ready in {timeout} s:\n{self.log()}")
 
     def _workers_started(self) -> bool:
-        """Every worker is forked and, on SQLite, has opened the database (its app started).
-
-        A SIGTERM that reaches a worker still booting is not handled until gunicorn's
-        graceful timeout kills it, so tests that signal the service wait for this.
-        """
+        """Every worker is forked and, on SQLite, has opened the database (its app started),
+        so that the test's requests can reach every worker."""
         pids = self.worker_pids()
         if len(pids) < self.workers:
             return False

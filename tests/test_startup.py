@@ -5,12 +5,15 @@ The slow cases run real gunicorn with config/gunicorn.conf.py, as ``make run`` s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pwd
 import re
 import shutil
+import signal
 import socket
+import subprocess
 import tempfile
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ import pytest
 from app.startup import StartupError, check_data_dir
 from app.worker import QuietHalt
 from tests.conftest import postgres_server_url, settings_for
-from tests.support import Service, free_port
+from tests.support import CONFIG, Service, free_port, wait_for
 
 # "<time> <LEVEL> [<pid>] <logger> " in front of a text log line.
 _LOG_PREFIX = re.compile(r"^\S+ [A-Z]+ \[\d+\] \S+ ")
@@ -179,6 +182,67 @@ def test_sigterm_after_serving_logs_no_socket_error(tmp_path: Path) -> None:
     assert "Worker exiting" in log
     assert "Bad file descriptor" not in log and "Error while closing socket" not in log, log
     assert "Traceback" not in log, log
+
+
+# config/gunicorn.conf.py, plus a hold: the first worker waits, its signal handlers set and
+# its event loop not yet running, until the test opens the FIFO it claimed.
+_HOLDING_CONFIG = """
+with open({real!r}) as real:
+    exec(compile(real.read(), {real!r}, "exec"))
+_lockstep_post_worker_init = post_worker_init
+
+def post_worker_init(worker):
+    _lockstep_post_worker_init(worker)
+    import os
+    try:
+        os.rename({hold!r}, {held!r})
+    except FileNotFoundError:
+        return
+    with open({held!r}, "rb"):
+        pass
+"""
+
+
+def _status(pid: int, field: str) -> str:
+    """A field of process ``pid``'s /proc status: ``State`` ("T (stopped)", ...), ``ShdPnd``."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(rf"^{field}:\s*(.*)$", status, re.M)
+    assert found is not None, status
+    return found[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGQUIT])
+async def test_stop_while_a_worker_boots_exits_at_once(tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGTERM or SIGQUIT to gunicorn reaching a worker before its event loop runs (while it
+    imports the app) stops that worker at once, not at gunicorn's 20 s graceful timeout."""
+    hold, held = tmp_path / "hold", tmp_path / "held"
+    os.mkfifo(hold)
+    config = tmp_path / "gunicorn.conf.py"
+    config.write_text(_HOLDING_CONFIG.format(real=str(CONFIG), hold=str(hold), held=str(held)))
+    service = Service(tmp_path / "data", workers=1, args=["--config", str(config)])
+    service.spawn()
+    assert service.proc is not None
+    try:
+        await wait_for(held.exists)
+        [worker] = service.worker_pids()
+        # Stopped, the worker keeps the master's signal pending where the test can see it
+        # arrive; continued, it takes the signal while still held, before its loop runs.
+        os.kill(worker, signal.SIGSTOP)
+        await wait_for(lambda: _status(worker, "State").startswith("T"))
+        service.proc.send_signal(sig)
+        await wait_for(lambda: bool(int(_status(worker, "ShdPnd"), 16) & (1 << (sig - 1))))
+        os.kill(worker, signal.SIGCONT)
+        os.close(os.open(held, os.O_WRONLY))  # let it go on
+        try:
+            status = await asyncio.to_thread(service.proc.wait, 5)
+        except subprocess.TimeoutExpired:
+            pytest.fail("gunicorn still running 5 s after its booting worker was signalled")
+    finally:
+        if service.proc.poll() is None:
+            service.kill_all()  # its worker too, even one still stopped or held
+    assert status == 0, service.log()
+    assert "Traceback" not in service.log()
 
 
 def _as_nobody() -> tuple[int, int, str]:

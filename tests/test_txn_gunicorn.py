@@ -187,28 +187,26 @@ async def test_combined_increments_and_transactions_each_get_their_own_value(
     assert versions == sorted(versions) and versions[-1] == 2200
 
 
-# SQLite only: on PostgreSQL a SIGTERM soon after start can wait out gunicorn's graceful
-# timeout for a worker still opening its pool, which would make this test 20 s long.
-@pytest.mark.backends("sqlite")
-async def test_retried_transaction_applies_once_across_a_restart(
-    tmp_path: Path, backend: str
-) -> None:
-    """The same Idempotency-Key, on any worker and after a restart, replays the first answer
-    (a failed condition's included); the transaction applies once."""
+async def test_retried_transaction_applies_once_across_a_restart(hosts: list[Service]) -> None:
+    """The same Idempotency-Key, on any worker (of either host on PostgreSQL) and after a
+    restart, replays the first answer (a failed condition's included); the transaction
+    applies once."""
     body = transfer("x", "y", 5)
     body["else"] = [{"op": "set", "counter": "x", "value": 100}]
     key = {"Idempotency-Key": "move-1"}
-    async with fresh_connections() as http, started(tmp_path, backend, 1) as (host,):
-        status, answer, _ = await post_txn(http, host, body, **key)
+    async with fresh_connections() as http:
+        status, answer, _ = await post_txn(http, hosts[0], body, **key)
         assert (status, answer["succeeded"]) == (200, False)
-        again = [await post_txn(http, host, body, **key) for _ in range(4)]
+        again = [await post_txn(http, hosts[i % len(hosts)], body, **key) for i in range(1, 5)]
         assert [a[:2] for a in again] == [(200, answer)] * 4
-        await asyncio.to_thread(host.stop)
-        await asyncio.to_thread(host.start)
-        status, replayed, _ = await post_txn(http, host, body, **key)
+        for host in hosts:
+            await asyncio.to_thread(host.stop)
+        for host in hosts:
+            await asyncio.to_thread(host.start)
+        status, replayed, _ = await post_txn(http, hosts[-1], body, **key)
         assert (status, replayed) == (200, answer)
-        status, fresh, _ = await post_txn(http, host, body, **{"Idempotency-Key": "move-2"})
+        status, fresh, _ = await post_txn(http, hosts[0], body, **{"Idempotency-Key": "move-2"})
         assert (status, fresh["succeeded"]) == (200, True)
-        async with http.get(host.url + "/counters?prefix=&limit=10") as r:
+        async with http.get(hosts[-1].url + "/counters?prefix=&limit=10") as r:
             stored = {c["name"]: c["value"] for c in (await r.json())["items"]}
     assert stored == {"x": 95, "y": 5}

@@ -124,3 +124,28 @@ async def test_registered_routes_are_the_route_table(client: TestClient[Any, Any
     table = {(r.method, r.path) for r in ROUTES}
     heads = {("HEAD", r.path) for r in ROUTES if r.method == "GET" and r.head}
     assert registered == table | heads
+
+
+async def test_txn_worked_example_moves_stock_once(client: TestClient[Any, Any]) -> None:
+    """The document's POST /txn example, a stock move, does what it says: with one in stock
+    it takes it and writes the order; sent again, the order exists and ``else`` answers."""
+    doc = await (await client.get("/openapi.json")).json()
+    operation = doc["paths"]["/txn"]["post"]
+    [example] = operation["requestBody"]["content"]["application/json"]["schema"]["examples"]
+    assert {"200", "409", "422", "503"} <= operation["responses"].keys()
+    async with client.put("/counters/stock", json={"value": 1}) as r:
+        assert r.status == 200
+    async with client.post("/txn", json=example) as r:
+        assert r.status == 200
+        moved = await r.json()
+    assert moved["succeeded"] is True
+    assert [x.get("name") or x.get("id") for x in moved["results"]] == ["stock", "order-9"]
+    assert moved["results"][0]["value"] == 0
+    async with client.post("/txn", json=example) as r:
+        assert r.status == 200
+        refused = await r.json()
+    assert refused["succeeded"] is False
+    assert refused["results"] == [{"name": "stock", "value": 0, "version": 2}]
+    async with client.get("/items/order-9") as r:
+        assert r.status == 200
+        assert (await r.json())["value"] == {"qty": 1}

@@ -98,6 +98,11 @@ class Subscription:
             self.fall_behind()
         self._ready.set()
 
+    @property
+    def pending(self) -> int:
+        """Entries held for the client, not yet taken by ``next``."""
+        return self._queued
+
     def fall_behind(self) -> None:
         """Drop the commits held for the client; the next ones are read from the log."""
         self._queue.clear()

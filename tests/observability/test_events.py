@@ -8,11 +8,13 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from app.events import EVENTS
+from app.events import EVENTS, Event, Watch
 from app.main import create_app
+from app.settings import Settings
 from app.storage import STORAGE
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.observability.helpers import next_event, read_event
+from tests.support import wait_for
 
 
 async def test_counter_stream_sends_a_snapshot_then_every_commit(
@@ -169,3 +171,37 @@ async def test_streams_end_cleanly_on_shutdown(
     assert await next_event(r.content) == ("shutdown", {})
     assert await asyncio.wait_for(r.content.read(), 5) == b""
     r.close()
+
+
+async def test_slow_reader_holds_a_bounded_backlog_and_still_misses_nothing(
+    aiohttp_client: ClientFactory, settings: Settings
+) -> None:
+    """A live subscription whose client takes nothing while 30 commits land holds at most
+    LOCKSTEP_EVENTS_MAX_PENDING entries, then catches up from the log: every commit once, in
+    order, and live again after.
+
+    Protection: Subscription.offer lets go of its queue past max_pending (app.events).
+    Without it the queue holds all 30 commits, however far behind the client is.
+    """
+    bounded = settings.model_copy(update={"events_max_pending": 5})
+    client = await aiohttp_client(await create_app(bounded))
+    hub, storage = client.app[EVENTS], client.app[STORAGE]
+    sub = await hub.subscribe(Watch(frozenset({("counter", "c")})), None)
+    try:
+        [snapshot] = await sub.next(1) or []
+        assert (snapshot.kind, snapshot.revision) == ("snapshot", 0)
+        assert sub.live
+        for _ in range(30):
+            assert (await client.post("/counters/c/increment")).status == 200
+        last, _ = await storage.feed()
+        await wait_for(lambda: (hub.position or 0) >= last)
+        assert sub.pending <= 5
+        received: list[Event] = []
+        while not received or received[-1].revision < last:
+            received += await sub.next(1) or []
+        assert [e.kind for e in received] == ["change"] * 30
+        assert [e.revision for e in received] == list(range(1, 31))
+        assert [e.changes[0].version for e in received] == list(range(1, 31))
+        assert sub.live
+    finally:
+        hub.unsubscribe(sub)

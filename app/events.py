@@ -22,13 +22,14 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from app.changes import Change, FeedPage, commits
 from app.errors import StorageUnavailable, Unavailable
+from app.snapshots import Event, Snapshot
 from app.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -61,16 +62,6 @@ class Watch:
         return {"kind": self.kind, "prefix": self.prefix, "resources": resources}
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One thing a stream sends: a commit's entries, a snapshot, or a reset."""
-
-    kind: str  # "change" | "snapshot" | "reset"
-    revision: int
-    changes: list[Change] = field(default_factory=list)
-    oldest: int = 0  # for a reset: the oldest revision still in the log
-
-
 class Subscription:
     """One stream's place in the feed: catching up from storage, or live from the hub."""
 
@@ -81,6 +72,7 @@ class Subscription:
         self.last = since
         self.ended: str | None = None  # why it ended: "shutdown"
         self.live = False
+        self._snapshot: Snapshot | None = None  # being read, page by page
         self._queue: deque[Event] = deque()
         self._queued = 0  # entries in the queue
         self._ready = asyncio.Event()
@@ -139,24 +131,27 @@ class Subscription:
 
     async def _catch_up(self) -> list[Event]:
         """The next page from storage; goes live once it reaches the hub's position."""
-        storage, query = self._hub.storage, self.watch.query()
-        if self.last is None:
-            snapshot = await storage.snapshot(**query, inline_max=INLINE_MAX)
-            self.last = snapshot.revision
-            self._go_live_if_caught_up(snapshot.revision)
-            return [Event("snapshot", snapshot.revision, snapshot.changes)]
-        page = await storage.read_changes(self.last, PAGE, **query, inline_max=INLINE_MAX)
+        storage, query, page_size = self._hub.storage, self.watch.query(), self._hub.page
+        if self.last is None and self._snapshot is None:
+            self._snapshot = Snapshot(storage, query, page_size, INLINE_MAX)
+        if self._snapshot is not None:
+            events = await self._snapshot.next()
+            if self._snapshot.revision is not None:
+                self.last = self._snapshot.revision
+                self._snapshot = None
+                self._go_live_if_caught_up(self.last)
+            return events
+        assert self.last is not None
+        page = await storage.read_changes(self.last, page_size, **query, inline_max=INLINE_MAX)
         if self.last < page.purged_through:
-            snapshot = await storage.snapshot(**query, inline_max=INLINE_MAX)
             reset = Event("reset", self.last, oldest=page.purged_through + 1)
-            self.last = snapshot.revision
-            self._go_live_if_caught_up(snapshot.revision)
-            return [reset, Event("snapshot", snapshot.revision, snapshot.changes)]
+            self.last = None
+            return [reset, *await self._catch_up()]
         events = [Event("change", r, entries) for r, entries in commits(page.changes)]
         if events:
             self.last = events[-1].revision
-        if len(page.changes) < PAGE:
-            # Every entry it watches up to the snapshot's revision has been read.
+        if len(page.changes) < page_size:
+            # Every entry it watches up to the page's revision has been read.
             self._go_live_if_caught_up(page.revision)
         return events
 
@@ -173,6 +168,7 @@ class EventHub:
     def __init__(self, storage: Storage, interval: float, max_pending: int = 10_000) -> None:
         self.storage = storage
         self.max_pending = max_pending
+        self.page = PAGE  # entries or resources read at once
         self._interval = interval
         self._subscriptions: set[Subscription] = set()
         self._by_resource: dict[tuple[str, str], set[Subscription]] = {}
@@ -285,7 +281,7 @@ class EventHub:
         assert self.position is not None
         while True:
             page: FeedPage = await self.storage.read_changes(
-                self.position, PAGE, inline_max=INLINE_MAX
+                self.position, self.page, inline_max=INLINE_MAX
             )
             if page.purged_through > self.position:
                 # Fell behind the retention itself: live streams catch up (and reset).
@@ -293,7 +289,7 @@ class EventHub:
                     sub.fall_behind()
             for revision, entries in commits(page.changes):
                 self._dispatch(revision, entries)
-            if len(page.changes) >= PAGE:
+            if len(page.changes) >= self.page:
                 self.position = page.changes[-1].revision
                 continue
             self.position = max(self.position, page.revision, page.purged_through)

@@ -133,14 +133,14 @@ def _deleted() -> Answer:
 def _stream() -> Answer:
     return Answer(
         200,
-        "Server-Sent Events, never ending on their own: without a resume point first "
-        "`event: snapshot`; after `Last-Event-ID` or `since`, every retained commit after it "
-        "(`event: reset` and a snapshot when that is older than the log); then one "
-        "`event: change` per commit touching what the stream watches, its `id:` the "
-        "revision; `: keep-alive` comments when quiet; `event: shutdown` when the service "
-        "stops; with tokens on, `event: unauthorized` (data: status and detail, as a request "
-        "would get now) once the stream's token is revoked or the tokens file becomes "
-        "unusable.",
+        "Server-Sent Events, never ending on their own: without a resume point first `event: "
+        "snapshot` (over the whole feed or a prefix, possibly several: all but the last have "
+        "`more` true and no `id:`); after `Last-Event-ID` or `since`, every retained commit "
+        "after it (`event: reset` and a snapshot when that is older than the log); then one "
+        "`event: change` per commit touching what the stream watches, its `id:` the revision; "
+        "`: keep-alive` comments when quiet; `event: shutdown` when the service stops; with "
+        "tokens on, `event: unauthorized` (data: status and detail, as a request would get now) "
+        "once the stream's token is revoked or the tokens file becomes unusable.",
         {EVENT_STREAM: str},
         ("Cache-Control",),
         (ChangeEvent, SnapshotEvent, ResetEvent),

@@ -135,12 +135,15 @@ class Storage(Protocol):
         prefix: str = "",
         resources: list[tuple[str, str]] | None = None,
         inline_max: int | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
     ) -> FeedPage:
         """The current state of what the filter covers, as one entry per resource.
 
         Read in one snapshot together with the feed's bounds: the states are exactly those
         after ``revision``; each entry carries that revision, and a named resource that
-        does not exist gets ``value`` and ``version`` null.
+        does not exist gets ``value`` and ``version`` null. With ``limit``, only the first
+        ``limit`` resources in (kind, key) order after ``after``: one page of a large state.
         """
         ...
 

@@ -143,10 +143,13 @@ class ChangeEvent(msgspec.Struct):
 
 class SnapshotEvent(msgspec.Struct):
     """The data of an ``event: snapshot`` (its id is the revision it was read at): one entry
-    per resource the stream watches, null if absent."""
+    per resource the stream watches, null if absent. A large part of the feed comes in
+    several: each but the last has ``more`` true and no id, and a later entry for a
+    resource replaces an earlier one; taken in order they are the state at the last's id."""
 
     revision: Revision
     changes: list[Change]
+    more: bool = False
 
 
 class ResetEvent(msgspec.Struct):

@@ -3,8 +3,9 @@
 Every event is one commit (``event: change``, ``id:`` its revision, the commit's entries for
 what the stream watches), so the last id a client received is an exact resume point:
 ``Last-Event-ID`` (sent by EventSource when it reconnects) or ``?since=`` picks up right
-after it. Without one, a stream starts with ``event: snapshot``; with one older than the
-log's retention, with ``event: reset`` and then a snapshot (``app.events``).
+after it. Without one, a stream starts with ``event: snapshot`` (several, the last with the
+id, for a large part of the feed: ``app.snapshots``); with one older than the log's
+retention, with ``event: reset`` and then a snapshot (``app.events``).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from app.auth import TOKENS, still_authorized
 from app.domain import check_name
 from app.envelope import REQUEST_ID
 from app.errors import InvalidInput
-from app.events import EVENTS, Event, Watch
+from app.events import EVENTS, Watch
 from app.logs import REQUEST_ID_HEADER
 from app.metrics import METRICS
 from app.settings import SETTINGS
+from app.snapshots import Event
 from app.storage import Storage
 from app.views.backpressure import PIECE_BYTES, send
 from app.views.changes import feed_filter, revision_param
@@ -56,11 +58,15 @@ async def send_event(
         data = _encode({"oldest": event.oldest})
         await send(request, response, b"event: reset\ndata: " + data + b"\n\n", send_timeout)
         return
-    piece = b'event: %s\nid: %d\ndata: {"revision":%d,"changes":[' % (
-        event.kind.encode(),
-        event.revision,
-        event.revision,
-    )
+    if event.more:
+        # A snapshot page with more to come: no id, so no resume point inside a snapshot.
+        piece = b'event: snapshot\ndata: {"revision":%d,"more":true,"changes":[' % event.revision
+    else:
+        piece = b'event: %s\nid: %d\ndata: {"revision":%d,"changes":[' % (
+            event.kind.encode(),
+            event.revision,
+            event.revision,
+        )
     for n, change in enumerate(event.changes):
         if change.deferred:
             value = await storage.deferred_value(change, snapshot=event.kind == "snapshot")

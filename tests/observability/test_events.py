@@ -8,9 +8,10 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from app.events import EVENTS, Event, Watch
+from app.events import EVENTS, Watch
 from app.main import create_app
 from app.settings import Settings
+from app.snapshots import Event
 from app.storage import STORAGE
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.observability.helpers import next_event, read_event

@@ -127,6 +127,8 @@ def snapshot_query(
     prefix: str,
     resources: list[tuple[str, str]] | None,
     inline_max: int | None = None,
+    after: tuple[str, str] | None = None,
+    limit: int | None = None,
 ) -> tuple[str, list[Any]]:
     """As ``app.storage.sqlite.changes.snapshot_query``, in PostgreSQL's dialect."""
     branches = []
@@ -137,23 +139,36 @@ def snapshot_query(
     ):
         if kind is not None and kind != this_kind:
             continue
+        if after is not None and after[0] > this_kind:
+            continue
         where = []
         if prefix:
             params += [prefix, prefix + NAME_CEILING]
             where.append(f"{key_column} >= ${len(params) - 1} AND {key_column} < ${len(params)}")
+        if after is not None and after[0] == this_kind:
+            params.append(after[1])
+            where.append(f"{key_column} > ${len(params)}")
         if resources is not None:
             params.append([key for k, key in resources if k == this_kind])
             where.append(f"{key_column} = ANY(${len(params)}::text[])")
         condition = f" WHERE {' AND '.join(where)}" if where else ""
-        branches.append(
+        select = (
             f"SELECT '{this_kind}'::text AS kind, {key_column} AS key, {value}, version"
             f" FROM {table}{condition}"
         )
-    inner = " UNION ALL ".join(branches)
+        if limit is not None:
+            select = f"({select} ORDER BY {key_column} LIMIT {int(limit)})"
+        branches.append(select)
+    inner = (
+        " UNION ALL ".join(branches)
+        or "SELECT NULL::text, NULL::text, NULL::text, NULL::boolean, NULL::bigint WHERE false"
+    )
     sql = (
         f"SELECT f.revision, f.purged_through, s.* FROM change_feed AS f"
         f" LEFT JOIN ({inner}) AS s ON true ORDER BY 3, 4"
     )
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
     return sql, params
 
 

@@ -184,8 +184,10 @@ class PostgresStorage:
         prefix: str = "",
         resources: list[tuple[str, str]] | None = None,
         inline_max: int | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
     ) -> FeedPage:
-        sql, params = pg_changes.snapshot_query(kind, prefix, resources, inline_max)
+        sql, params = pg_changes.snapshot_query(kind, prefix, resources, inline_max, after, limit)
         return snapshot_page(await self._read(sql, *params), resources, now_iso())
 
     async def wait_for_change(self, mark: int) -> int:

@@ -123,11 +123,14 @@ def snapshot_query(
     prefix: str,
     resources: list[tuple[str, str]] | None,
     inline_max: int | None = None,
+    after: tuple[str, str] | None = None,
+    limit: int | None = None,
 ) -> tuple[str, tuple[Any, ...]]:
     """The current state of what a filter covers, with the feed's bounds, in one statement.
 
     One statement reads one snapshot, so the revision it answers is exactly the commit the
-    states are as of.
+    states are as of. With ``limit``, one page of it: the first ``limit`` resources in
+    (kind, key) order after ``after``, each table read along its primary key.
     """
     branches = []
     params: list[Any] = []
@@ -137,24 +140,34 @@ def snapshot_query(
     ):
         if kind is not None and kind != this_kind:
             continue
+        if after is not None and after[0] > this_kind:
+            continue
         where = []
         if prefix:
             where.append(f"{key_column} >= ? AND {key_column} < ?")
             params += [prefix, prefix + NAME_CEILING]
+        if after is not None and after[0] == this_kind:
+            where.append(f"{key_column} > ?")
+            params.append(after[1])
         if resources is not None:
             where.append(f"{key_column} IN (SELECT value FROM json_each(?))")
             keys = [key for k, key in resources if k == this_kind]
             params.append(msgspec.json.encode(keys).decode())
         condition = f" WHERE {' AND '.join(where)}" if where else ""
-        branches.append(
+        select = (
             f"SELECT '{this_kind}' AS kind, {key_column} AS key, {value}, version"
             f" FROM {table}{condition}"
         )
-    inner = " UNION ALL ".join(branches)
+        if limit is not None:
+            select = f"SELECT * FROM ({select} ORDER BY {key_column} LIMIT {int(limit)})"
+        branches.append(select)
+    inner = " UNION ALL ".join(branches) or "SELECT NULL, NULL, NULL, NULL, NULL WHERE 0"
     sql = (
         f"SELECT f.revision, f.purged_through, s.* FROM change_feed AS f"
         f" LEFT JOIN ({inner}) AS s ON 1 ORDER BY 3, 4"
     )
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
     return sql, tuple(params)
 
 

@@ -260,8 +260,10 @@ class SQLiteStorage:
         prefix: str = "",
         resources: list[tuple[str, str]] | None = None,
         inline_max: int | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
     ) -> FeedPage:
-        query = sqlite_changes.snapshot_query(kind, prefix, resources, inline_max)
+        query = sqlite_changes.snapshot_query(kind, prefix, resources, inline_max, after, limit)
         rows = await self._read(*query)
         return snapshot_page(rows, resources, now_iso())
 

@@ -89,6 +89,17 @@ async def backend_settings(
         yield settings_for(tmp_path, database_url=url, **overrides)
 
 
+@asynccontextmanager
+async def backend_env(backend: str) -> AsyncIterator[dict[str, str]]:
+    """The environment a gunicorn service needs for a fresh database on ``backend`` (SQLite:
+    none, its data dir holds it)."""
+    if backend == "sqlite":
+        yield {}
+        return
+    async with fresh_postgres_url() as url:
+        yield {"LOCKSTEP_DATABASE_URL": url}
+
+
 # Marks a test whose requests are refused before any storage call (validation, routing,
 # limits): it runs on one backend, since every other would take the same path.
 never_reaches_storage = pytest.mark.backends("sqlite")

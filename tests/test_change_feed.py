@@ -15,9 +15,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import fresh_postgres_url
+from tests.conftest import backend_env, fresh_postgres_url
 from tests.observability.helpers import read_event
-from tests.support import Service
+from tests.support import Service, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -31,13 +31,8 @@ Entry = tuple[int, str, str, int | None]  # revision, kind, key, version
 @asynccontextmanager
 async def service_on(backend: str, tmp_path: Path, **env: str) -> AsyncIterator[Service]:
     """A two-worker gunicorn on a fresh database of ``backend``."""
-    data = tmp_path / "data"
-    if backend == "sqlite":
-        with Service(data, workers=2, env=env) as service:
-            yield service
-        return
-    async with fresh_postgres_url() as url:
-        with Service(data, workers=2, env={"LOCKSTEP_DATABASE_URL": url, **env}) as service:
+    async with backend_env(backend) as database:
+        with Service(tmp_path / "data", workers=2, env={**database, **env}) as service:
             yield service
 
 
@@ -175,39 +170,46 @@ async def test_follower_resuming_at_random_points_gets_exactly_the_log(
     assert final == {name: n for name, n in load.increments.items()}
 
 
-async def test_follower_misses_nothing_across_kill_9_and_a_restart(tmp_path: Path) -> None:
+async def test_follower_misses_nothing_across_kill_9_and_a_restart(
+    backend: str, tmp_path: Path
+) -> None:
     """A worker killed with -9 mid-load, then the whole service restarted: the follower still
     receives the log exactly, and every counter's version is within the increments that
     answered 2xx plus those whose answer was lost."""
-    data = tmp_path / "data"
-    service = Service(data, workers=2)
-    await asyncio.to_thread(service.start)
-    try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=40)) as http:
-            for record in RECORDS:
-                async with http.put(f"{service.url}/items/{record}", json={"value": {}}) as r:
-                    assert r.status == 201
-            load = Load(http, service.url)
-            follower = Follower(http, service.url)
-            writers = [asyncio.create_task(load.increments_forever(i)) for i in range(6)]
-            writers += [asyncio.create_task(load.patches_forever(i)) for i in range(2)]
-            following = asyncio.create_task(follower.follow_until(2**62))
-            await asyncio.sleep(1.5)
-            os.kill(service.worker_pids()[0], signal.SIGKILL)
-            await asyncio.sleep(1.5)
+    async with backend_env(backend) as env:
+        service = Service(tmp_path / "data", workers=2, env=env)
+        await asyncio.to_thread(service.start)
+        try:
+            await follow_across_kill_9_and_a_restart(service)
+        finally:
             await asyncio.to_thread(service.stop)
-            await asyncio.sleep(0.5)
-            await asyncio.to_thread(service.start)
-            await asyncio.sleep(1.5)
-            load.running = False
-            await asyncio.gather(*writers)
-            _, last = await read_log(http, service.url)
-            following.cancel()
-            await asyncio.gather(following, return_exceptions=True)
-            await follower.follow_until(last)
-            log, _ = await read_log(http, service.url)
-    finally:
+
+
+async def follow_across_kill_9_and_a_restart(service: Service) -> None:
+    """The load and the follower of the kill -9 test, and its checks."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=40)) as http:
+        for record in RECORDS:
+            async with http.put(f"{service.url}/items/{record}", json={"value": {}}) as r:
+                assert r.status == 201
+        load = Load(http, service.url)
+        follower = Follower(http, service.url)
+        writers = [asyncio.create_task(load.increments_forever(i)) for i in range(6)]
+        writers += [asyncio.create_task(load.patches_forever(i)) for i in range(2)]
+        following = asyncio.create_task(follower.follow_until(2**62))
+        await asyncio.sleep(1.5)
+        os.kill(service.worker_pids()[0], signal.SIGKILL)
+        await asyncio.sleep(1.5)
         await asyncio.to_thread(service.stop)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(service.start)
+        await asyncio.sleep(1.5)
+        load.running = False
+        await asyncio.gather(*writers)
+        _, last = await read_log(http, service.url)
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        await follower.follow_until(last)
+        log, _ = await read_log(http, service.url)
     check_union(follower.entries, log)
     final = {key: version for _, kind, key, version in log if kind == "counter"}
     for name in COUNTERS:
@@ -263,3 +265,35 @@ async def test_two_hosts_never_show_a_revision_below_one_already_passed(tmp_path
                 await asyncio.to_thread(host.stop)
     assert len(seen) > 200
     assert seen == [entry for entry in log if entry[0] <= since]
+
+
+async def test_short_retention_answers_410_and_streams_reset(backend: str, tmp_path: Path) -> None:
+    """With LOCKSTEP_CHANGES_RETENTION=1, the background purge drops the log: GET /changes from
+    before it answers 410 with ``oldest``, and a stream resuming from there gets event: reset
+    and then a snapshot of the current state, on every new connection."""
+    env = {"LOCKSTEP_CHANGES_RETENTION": "1", "LOCKSTEP_IDEMPOTENCY_PURGE_INTERVAL": "0.2"}
+    async with service_on(backend, tmp_path, **env) as service, aiohttp.ClientSession() as http:
+        for _ in range(3):
+            async with http.post(f"{service.url}/counters/c/increment") as r:
+                assert r.status == 200
+
+        async def purged() -> bool:
+            async with http.get(f"{service.url}/changes", params={"since": "0"}) as r:
+                return r.status == 410
+
+        await wait_for(purged, within=15, step=0.1)
+        async with http.get(f"{service.url}/changes", params={"since": "0"}) as r:
+            assert r.content_type == "application/problem+json"
+            assert (await r.json())["oldest"] == 4
+        async with http.get(f"{service.url}/changes", params={"since": "3"}) as r:
+            assert r.status == 200
+            assert (await r.json())["oldest"] == 4
+        for _ in range(4):  # new connections: both workers answer, whatever each has cached
+            async with http.get(
+                f"{service.url}/counters/c/events", headers={"Last-Event-ID": "1"}
+            ) as r:
+                assert r.status == 200
+                assert await read_event(r.content) == ("reset", None, {"oldest": 4})
+                event, event_id, data = await read_event(r.content)
+                assert (event, event_id) == ("snapshot", 3)
+                assert [(c["value"], c["version"]) for c in data["changes"]] == [(3, 3)]

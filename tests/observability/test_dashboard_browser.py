@@ -251,3 +251,32 @@ def test_dashboard_save_keeps_what_was_not_edited(browser: Any, tmp_path: Path) 
     value = after[after.index(b'"value":') : after.index(b',"version":')]
     old = stored[stored.index(b'"value":') : stored.index(b',"version":')]
     assert value == old.replace(b'"label":"a"', b'"label":"b"')
+
+
+def test_dashboard_resumes_its_stream_after_a_restart(browser: Any, tmp_path: Path) -> None:
+    """When the service restarts, the dashboard reconnects its stream with Last-Event-ID set to
+    the last commit it was sent, and goes on showing changes."""
+    from playwright.sync_api import expect
+
+    service = Service(tmp_path / "data", workers=2).start()
+    try:
+        post(service.url + "/counters/visits/increment")
+        page = browser.new_page()
+        try:
+            page.goto(service.url + "/")
+            value = page.locator('#counters tr[data-name="visits"] td.num')
+            expect(value).to_have_text("1")
+            post(service.url + "/counters/visits/increment")
+            expect(value).to_have_text("2")
+            with urllib.request.urlopen(service.url + "/changes?since=0", timeout=10) as r:
+                last = json.load(r)["next"]
+            with page.expect_request(lambda r: "/events?" in r.url, timeout=30_000) as again:
+                service.stop()
+                service.start()
+            assert again.value.headers.get("last-event-id") == str(last)
+            post(service.url + "/counters/visits/increment", {"by": 5})
+            expect(value).to_have_text("7", timeout=10_000)
+        finally:
+            page.close()
+    finally:
+        service.stop()

@@ -17,11 +17,13 @@ async def test_every_write_names_its_commit_in_increasing_order(client: Client) 
         ("POST", "/counters/a/increment", None),
         ("PUT", "/counters/a", {"value": 5}),
         ("PUT", "/items/doc", {"value": {"k": 1}}),
+        ("PATCH", "/items/doc", {"k": 2}),
         ("DELETE", "/items/doc", None),
         ("DELETE", "/counters/a", None),
     ]
     for method, path, body in writes:
-        async with client.request(method, path, json=body) as r:
+        headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
+        async with client.request(method, path, json=body, headers=headers) as r:
             assert r.status in (200, 201, 204), await r.text()
             seen.append(int(r.headers[REVISION]))
     assert seen == list(range(seen[0], seen[0] + len(writes)))

@@ -16,10 +16,10 @@ import msgspec
 
 from app.domain import Commit, Counter, Record
 
-Kind = Literal["counter", "item"]
-KINDS: tuple[Kind, ...] = ("counter", "item")
+Kind = Literal["counter", "item", "lock"]
+KINDS: tuple[Kind, ...] = ("counter", "item", "lock")
 # The member naming the resource in an entry, by kind.
-KEY_MEMBER: dict[str, str] = {"counter": "name", "item": "id"}
+KEY_MEMBER: dict[str, str] = {"counter": "name", "item": "id", "lock": "name"}
 
 
 @dataclass(slots=True, frozen=True)

@@ -159,6 +159,14 @@ class PreconditionFailed(LockstepError):
     title = "Precondition Failed"
 
 
+class PreconditionRequired(LockstepError):
+    """A request that must name what it changes (``If-Match``) did not; nothing changed."""
+
+    status = 428
+    slug = "precondition-required"
+    title = "Precondition Required"
+
+
 class RecordTooLarge(LockstepError):
     """A PUT or PATCH whose resulting record would exceed the stored-size cap; nothing written."""
 

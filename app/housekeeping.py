@@ -1,7 +1,12 @@
-"""Background upkeep that must never hold up requests: purging expired keys and old changes.
+"""Background upkeep that must never hold up requests: purging expired keys and old changes,
+and ending expired leases.
 
-Both are deleted a bounded batch per write transaction, ``LOCKSTEP_IDEMPOTENCY_PURGE_BATCH``
-rows at most, every ``LOCKSTEP_IDEMPOTENCY_PURGE_INTERVAL`` seconds, in every worker.
+Keys and changes are deleted a bounded batch per write transaction,
+``LOCKSTEP_IDEMPOTENCY_PURGE_BATCH`` rows at most, every
+``LOCKSTEP_IDEMPOTENCY_PURGE_INTERVAL`` seconds, in every worker. Every second, leases past
+their expiry are ended (an ``expired`` entry in the feed, and the lock handed to the next
+waiter), one lock per step and at most that many locks a round: a lease is judged expired
+whenever it is read anyway, so this is what tells watchers and wakes waiters.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from app.domain import iso_time
-from app.errors import StorageUnavailable
+from app.errors import LockTimeout, StorageUnavailable
+from app.leases import CHECK_IN_S, Settle
+from app.locks import LOCKS
 from app.settings import SETTINGS
 from app.storage import STORAGE
 
@@ -49,6 +56,28 @@ async def purge_old_changes(app: web.Application) -> int:
         await asyncio.sleep(0)
 
 
+async def end_expired_leases(app: web.Application) -> int:
+    """Settle every lock whose lease has expired but is still recorded; returns how many."""
+    storage, locks = app[STORAGE], app[LOCKS]
+    names = await storage.ended_locks(app[SETTINGS].idempotency_purge_batch)
+    for name in names:
+        async with locks.hold(f"lock:{name}"):
+            await storage.lock_step(name, Settle())
+    return len(names)
+
+
+async def _expire_forever(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(CHECK_IN_S)
+        try:
+            ended = await end_expired_leases(app)
+        except (StorageUnavailable, LockTimeout) as e:
+            logger.warning("ending expired leases failed: %s", e.detail)
+        else:
+            if ended:
+                logger.debug("ended %d expired leases", ended)
+
+
 async def _purge_forever(app: web.Application) -> None:
     interval = app[SETTINGS].idempotency_purge_interval
     while True:
@@ -68,8 +97,13 @@ async def _purge_forever(app: web.Application) -> None:
 
 async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run the purge loop while the app serves; stop it before storage closes."""
-    task = asyncio.create_task(_purge_forever(app), name="lockstep-purge-keys")
+    tasks = [
+        asyncio.create_task(_purge_forever(app), name="lockstep-purge-keys"),
+        asyncio.create_task(_expire_forever(app), name="lockstep-expire-leases"),
+    ]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

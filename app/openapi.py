@@ -26,15 +26,19 @@ _ERRORS = {
     "valid in its Content-Encoding; or (tokens on) the request has two Authorization headers.",
     401: "A tokens file is configured and the request has no known bearer token.",
     403: "The token's scope does not cover this request.",
-    404: "The counter or record does not exist.",
+    404: "The counter or record does not exist, or the lock is not held.",
     408: "The body did not arrive within LOCKSTEP_BODY_TIMEOUT seconds; the connection is "
     "closed and nothing changed.",
     409: "The change would leave the signed 64-bit range, a transaction's operation cannot "
-    "apply (the detail names it), or a request with the same Idempotency-Key is still in "
-    "flight; nothing changed.",
+    "apply (the detail names it), a request with the same Idempotency-Key is still in "
+    "flight, or a lock stayed held (`lock-held`, with the holder's `owner` and `expires_at`, "
+    "and Retry-After); nothing changed.",
     410: "The change log no longer reaches back to `since` (LOCKSTEP_CHANGES_RETENTION); the "
     "problem's `oldest` is the oldest revision still kept.",
-    412: "An If-Match / If-None-Match precondition failed; nothing changed.",
+    412: "An If-Match / If-None-Match precondition failed, a lock's token is not its "
+    "holder's, or a fence is stale (`fence-stale`: the lock is not held with that token); "
+    "nothing changed.",
+    428: 'The request must name the token it holds: If-Match: "<token>".',
     413: "The body is larger than LOCKSTEP_MAX_BODY_BYTES, or the record would be larger than "
     "LOCKSTEP_MAX_RECORD_BYTES; nothing changed.",
     415: "A body's Content-Encoding must be gzip, deflate or none; PATCH needs "
@@ -44,7 +48,7 @@ _ERRORS = {
     431: "The header lines add up to more than LOCKSTEP_MAX_HEADER_BYTES.",
     503: "The resource's lock or the database was not available in time; retry.",
 }
-_ERROR_HEADERS = {401: ("WWW-Authenticate",), 403: ("WWW-Authenticate",),
+_ERROR_HEADERS = {401: ("WWW-Authenticate",), 403: ("WWW-Authenticate",), 409: ("Retry-After",),
                   415: ("Accept-Encoding", "Accept-Patch"), 503: ("Retry-After",)}  # fmt: skip
 
 
@@ -59,7 +63,7 @@ def _parameters(settings: Settings, name: Json) -> Json:
     revision = {"type": "integer", "minimum": 0}
     wait = {"type": "number", "minimum": 0, "maximum": settings.changes_max_wait, "default": 0}
     params = [
-        _param("name", "path", name, "The counter's name.", required=True),
+        _param("name", "path", name, "The counter's or lock's name.", required=True),
         _param("id", "path", name, "The record's id.", required=True),
         _param("filename", "path", {"enum": sorted(ASSETS)}, "An asset's name.", required=True),
         _param("prefix", "query", name, "Only names starting with this."),
@@ -70,11 +74,15 @@ def _parameters(settings: Settings, name: Json) -> Json:
         _param("since", "query", revision, "Only what was committed after this revision."),
         _param("Last-Event-ID", "header", revision, "Resume a stream after this event id."),
         _param("before", "query", revision, "Only versions below this revision (a `next`)."),
-        _param("kind", "query", {"enum": ["counter", "item"]}, "Only counters, or records."),
+        _param("kind", "query", {"enum": ["counter", "item", "lock"]},
+               "Only counters, records, or locks."),
         _param("wait", "query", wait, "Seconds to wait for an entry when there is none yet."),
         _param("item", "query", names, "A record to watch; repeat for several.", **watch),
         _param("If-Match", "header", tags, "Change only the version named."),
         _param("If-None-Match", "header", tags, "`*`: create only."),
+        _param("Lockstep-Fence", "header", {"type": "string", "pattern": "^.+=[1-9][0-9]*$"},
+               "`<lock>=<token>`: write only while that lock is held with that token, else 412 "
+               "`fence-stale` and nothing is written; several separated by commas."),
         _param("Idempotency-Key", "header", {"type": "string", "minLength": 1, "maxLength": 255},
                "Makes the request exactly-once: a repeat with the same key and request gets the "
                "stored answer (Idempotent-Replayed: true) until the key expires."),

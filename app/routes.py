@@ -31,21 +31,27 @@ from app.views import (
     health,
     history,
     items,
+    locks,
     metrics,
     txn,
 )
 from app.views.bodies import (
+    AcquireBody,
     ChangeEvent,
     ChangesPage,
     Counter,
     CounterPage,
     IncrementBody,
+    Lock,
+    LockPage,
+    LockStatus,
     MergePatch,
     PutBody,
     Record,
     RecordPage,
     RecordVersion,
     RecordVersionPage,
+    RenewBody,
     ResetEvent,
     SetBody,
     SnapshotEvent,
@@ -69,6 +75,7 @@ TAGS = {
     "records": "JSON documents with a version; the ETag is the version in quotes.",
     "changes": "The change log: every commit's changes by revision, and records' history.",
     "transactions": "Conditions and changes over several resources, all or nothing.",
+    "locks": "Leases with fencing tokens: asyncio.Lock's contract across workers and hosts.",
     STREAMS_TAG: "Server-Sent Events, one per commit, resumable by revision.",
     "operations": "Probes, metrics and figures for operators.",
     "reference": "This document and its page.",
@@ -147,7 +154,7 @@ def _stream() -> Answer:
     )
 
 
-_CONDITIONAL = ("If-Match", "If-None-Match")
+_CONDITIONAL = ("If-Match", "If-None-Match", "Lockstep-Fence")
 _PAGE = ("prefix", "after", "limit")
 _RESUME = ("since", "Last-Event-ID")
 
@@ -194,16 +201,48 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/txn", txn.txn, "transactions", "Apply a transaction", "write",
           (_json(200, TxnAnswer, "Which branch ran, its revision, and one result per operation "
                  "of it.", "Lockstep-Revision"),),
-          (*_BAD_BODY, 409),
+          (*_BAD_BODY, 409, 412),
           "If every condition of `if` holds, the operations of `then` run in order, else those "
           "of `else`, each seeing the effects of those before it, all in one commit. A "
           "condition names a `counter` or an `item` and holds one of `cmp` + `value` (a "
           "counter's value: `==` `!=` `<` `<=` `>` `>=`), `version` or `exists`; "
           "a missing resource is absent, for which only `exists: false` holds. An operation "
           "that cannot apply (64-bit overflow, patch or delete of something absent) answers "
-          "409 naming it, and nothing is written. At most LOCKSTEP_TXN_MAX_OPS conditions and "
+          "409 naming it, and nothing is written. A condition `{\"lock\": name, \"token\": "
+          "t}` is a fence: unless that lock is held with that token, 412 `fence-stale` and "
+          "nothing is written. At most LOCKSTEP_TXN_MAX_OPS conditions and "
           "operations (422 above).",
-          body=TxnRequest, idempotent=True),
+          body=TxnRequest, params=("Lockstep-Fence",), idempotent=True),
+    Route("POST", "/locks/{name}", locks.acquire, "locks", "Acquire a lock", "write",
+          (_json(201, Lock, "Held: the token is the ETag; fenced writes name it.", "ETag",
+                 "Lockstep-Revision"),),
+          (*_BAD_BODY, 409),
+          "Takes the lock for `ttl` seconds (1-3600). If it is held, or others queue for it, "
+          "the request queues up to `wait` seconds (0-60): waiters get the lock in the order "
+          "they asked, across workers and hosts, and the next one holds it as soon as it is "
+          "released or expires. Still held after `wait`: 409 `lock-held` with the holder's "
+          "`owner` and `expires_at`, and `Retry-After`. Tokens strictly increase per name.",
+          body=AcquireBody),
+    Route("GET", "/locks/{name}", locks.get_lock, "locks", "Who holds a lock", "read",
+          (_json(200, LockStatus, "Held (asyncio's `locked()`).", "ETag"),), (404, 422),
+          "404 when the lock is free."),
+    Route("PUT", "/locks/{name}", locks.renew, "locks", "Renew a lease", "write",
+          (_json(200, Lock, "Renewed: it now expires `ttl` seconds from now.", "ETag",
+                 "Lockstep-Revision"),),
+          (*_BAD_BODY, 412, 428), "Only the holder renews: `If-Match: \"<token>\"` is "
+          "required (428 without), and a token that does not hold the lock gets 412.",
+          body=RenewBody, params=("If-Match",)),
+    Route("DELETE", "/locks/{name}", locks.release, "locks", "Release a lock", "write",
+          (Answer(204, "Released; the first waiter holds it now.", {},
+                  ("Lockstep-Revision",)),),
+          (412, 422, 428), "Only the holder releases: `If-Match: \"<token>\"` is required "
+          "(428 without), and a token that does not hold the lock gets 412, as releasing an "
+          "unheld asyncio.Lock raises.", params=("If-Match",)),
+    Route("GET", "/locks", locks.list_locks, "locks", "List held locks by name", "read",
+          (_json(200, LockPage, "A page."),), (422,), params=_PAGE),
+    Route("GET", "/locks/{name}/events", locks.lock_events, STREAMS_TAG, "Stream a lock",
+          "read", (_stream(),), (422,),
+          "Every change of its lease: acquired, renewed, released, expired.", params=_RESUME),
     Route("GET", "/healthz", health.healthz, "operations", "Liveness", None,
           (_json(200, Status, "The process is alive."),)),
     Route("GET", "/readyz", health.readyz, "operations", "Readiness", None,

@@ -22,13 +22,29 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.domain import INT64_MAX, INT64_MIN, Commit, Counter, Record, merge_patch, record_size
+from app.domain import (
+    INT64_MAX,
+    INT64_MIN,
+    Commit,
+    Counted,
+    Counter,
+    Deleted,
+    Record,
+    Written,
+    apply_counter_ops,
+    apply_item_ops,
+    merge_patch,
+    record_size,
+)
 from app.errors import LockstepError
 from app.idempotency import Claim, Replay
+from app.leases import Fence
 
 Kind = Literal["counter", "item"]
 Comparison = Literal["==", "!=", "<", "<=", ">", ">="]
-OpName = Literal["get", "set", "increment", "put", "patch", "delete"]
+# "apply": a single-resource request's own op (``value``: its ``CounterOp`` or ``ItemOp``),
+# run as a one-operation transaction when it carries a ``Lockstep-Fence``.
+OpName = Literal["get", "set", "increment", "put", "patch", "delete", "apply"]
 
 _COMPARE: dict[str, Callable[[int, int], bool]] = {
     "==": operator.eq,
@@ -84,6 +100,7 @@ class Txn:
     otherwise: tuple[Operation, ...] = ()
     max_record_bytes: int | None = None
     claim: Claim | None = None
+    fences: tuple[Fence, ...] = ()  # locks that must be held with these tokens, else 412
 
     def names(self, kind: Kind) -> list[str]:
         """The distinct names of ``kind`` the transaction touches, sorted."""
@@ -94,8 +111,9 @@ class Txn:
     def lock_keys(self) -> list[str]:
         """The lock registry keys of every resource named (the combiners' ``kind:name``), in
         the order the transaction names them: the registry sorts them itself."""
-        named = [(c.kind, c.name) for c in self.conditions]
+        named: list[tuple[str, str]] = [(c.kind, c.name) for c in self.conditions]
         named += [(o.kind, o.name) for o in (*self.then, *self.otherwise)]
+        named += [("lock", f.name) for f in self.fences]
         return list(dict.fromkeys(f"{kind}:{name}" for kind, name in named))
 
 
@@ -121,7 +139,8 @@ class DeletedResult:
 
 
 DELETED = DeletedResult()
-Result = CounterResult | ItemResult | DeletedResult
+# An "apply" op's result is the single-resource outcome (``Counted``, ``Written``, ``Deleted``).
+Result = CounterResult | ItemResult | DeletedResult | Counted | Written | Deleted
 
 
 @dataclass(slots=True)
@@ -182,9 +201,11 @@ def evaluate(
     after = Evaluated(succeeded, [], dict(counters), dict(items), commit.revision)
     for index, op in enumerate(ops):
         try:
-            after.results.append(_apply(op, after, commit.time, txn.max_record_bytes))
+            after.results.append(_apply(op, after, commit, txn.max_record_bytes))
         except _CannotApply as e:
             raise TxnConflict(index, branch, str(e)) from None
+        except _Refused as e:
+            raise e.error from None
     return after
 
 
@@ -192,8 +213,33 @@ class _CannotApply(Exception):
     pass
 
 
-def _apply(op: Operation, state: Evaluated, stamp: str, max_bytes: int | None) -> Result:
+class _Refused(Exception):
+    def __init__(self, error: LockstepError) -> None:
+        self.error = error
+
+
+def _apply_one(op: Operation, state: Evaluated, commit: Commit) -> Result:
+    """A single-resource request's op, with exactly its own outcomes."""
+    outcome: Any
+    if op.kind == "counter":
+        after, (outcome,) = apply_counter_ops(
+            op.name, state.counters.get(op.name), [op.value], commit
+        )
+        state.counters[op.name] = after
+    else:
+        final, (outcome,) = apply_item_ops(op.name, state.items.get(op.name), [op.value], commit)
+        state.items[op.name] = final
+    if isinstance(outcome, LockstepError):
+        raise _Refused(outcome)
+    assert isinstance(outcome, Counted | Written | Deleted)
+    return outcome
+
+
+def _apply(op: Operation, state: Evaluated, commit: Commit, max_bytes: int | None) -> Result:
+    if op.op == "apply":
+        return _apply_one(op, state, commit)
     name = op.name
+    stamp = commit.time
     if op.kind == "counter":
         counter = state.counters.get(name)
         if op.op == "get":

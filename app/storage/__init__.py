@@ -15,6 +15,7 @@ from aiohttp import web
 from app.changes import Change, FeedPage
 from app.combining import Batch
 from app.domain import Counter, CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
+from app.leases import Decision, Lease, LockState, Step
 from app.txn import Txn, TxnOutcome
 
 
@@ -61,6 +62,24 @@ class Storage(Protocol):
         A claimed Idempotency-Key is looked up inside that transaction (a stored one replays)
         and the rendered answer, a conflict's included, is stored with the change.
         """
+        ...
+
+    def lock_step(self, name: str, step: Step) -> Awaitable[Decision]:
+        """Read lock ``name`` and its waiters in one write transaction, with the database's
+        clock, decide ``step`` (``app.leases``) and write what it changed, with its
+        change-log entry, committed before the awaitable resolves."""
+        ...
+
+    async def read_lock(self, name: str) -> tuple[LockState, float]:
+        """Lock ``name``'s state as committed (waiters by seq), and the database's now."""
+        ...
+
+    async def list_locks(self, prefix: str, after: str, limit: int) -> list[Lease]:
+        """Up to ``limit`` held (unexpired) locks by name, as ``list_counters`` pages."""
+        ...
+
+    async def ended_locks(self, limit: int) -> list[str]:
+        """Up to ``limit`` names whose lease has expired but is still recorded as held."""
         ...
 
     async def purge_expired_keys(self, limit: int) -> int:

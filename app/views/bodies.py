@@ -116,7 +116,7 @@ class Change(msgspec.Struct, omit_defaults=True):
     ``value`` and ``version`` are null once it is deleted."""
 
     revision: Revision
-    kind: Literal["counter", "item"]
+    kind: Literal["counter", "item", "lock"]
     value: AnyJson
     version: Version | None
     time: Time
@@ -195,6 +195,63 @@ class Stats(msgspec.Struct):
     event_streams: Annotated[Count, Meta(description="Event streams open now.")]
 
 
+# --- /locks ------------------------------------------------------------------------
+
+Ttl = Annotated[float, Meta(ge=1, le=3600, description="Seconds the lease lasts unless renewed.")]
+Owner = Annotated[str, Meta(max_length=200, description="Free text naming the holder.")]
+Token = Annotated[int, Meta(ge=1, description="The fencing token; it only ever increases.")]
+
+
+class AcquireBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Hold the lock for ``ttl`` seconds, waiting up to ``wait`` seconds for it."""
+
+    ttl: Ttl
+    wait: Annotated[float, Meta(ge=0, le=60, description="Seconds to queue for it.")] = 0
+    owner: Owner | None = None
+
+
+class RenewBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Extend the lease to ``ttl`` seconds from now."""
+
+    ttl: Ttl
+
+
+class Lock(msgspec.Struct):
+    """A lease as acquired or renewed, and the commit that recorded it (the ETag is the token)."""
+
+    name: Name
+    token: Token
+    owner: str | None
+    expires_at: Time
+    revision: Revision
+
+
+class LockStatus(msgspec.Struct):
+    """A held lock, and how many requests wait for it."""
+
+    name: Name
+    token: Token
+    owner: str | None
+    expires_at: Time
+    waiting: Count
+
+
+class HeldLock(msgspec.Struct):
+    """A held lock in a listing."""
+
+    name: Name
+    token: Token
+    owner: str | None
+    expires_at: Time
+
+
+class LockPage(msgspec.Struct):
+    """Held locks by name; ``next`` is the ``after`` of the following page (null: the last)."""
+
+    items: list[HeldLock]
+    next: str | None
+
+
 # --- POST /txn ---------------------------------------------------------------------
 
 Comparison = Literal["==", "!=", "<", "<=", ">", ">="]
@@ -204,10 +261,13 @@ TxnOpName = Literal["get", "set", "increment", "put", "patch", "delete"]
 class TxnCondition(msgspec.Struct, forbid_unknown_fields=True):
     """A test on one resource: ``counter`` or ``item``, and ``cmp`` + ``value``, ``version`` or
     ``exists``. ``cmp`` compares a counter's value; a missing resource is absent, for which
-    only ``exists: false`` holds."""
+    only ``exists: false`` holds. ``lock`` + ``token`` is a fence: unless that lock is held
+    with that token the whole transaction is refused (412 fence-stale)."""
 
     counter: Name | None = None
     item: Name | None = None
+    lock: Name | None = None
+    token: Token | None = None
     cmp: Comparison | None = None
     value: Int64 | None = None
     version: Version | None = None

@@ -32,7 +32,7 @@ def feed_filter(request: web.Request) -> tuple[str | None, str]:
     """``kind`` (counter or item) and ``prefix`` query parameters, validated."""
     kind = request.query.get("kind")
     if kind is not None and kind not in KINDS:
-        raise InvalidInput("kind must be counter or item")
+        raise InvalidInput("kind must be counter, item or lock")
     prefix = request.query.get("prefix", "")
     if prefix:
         check_name(prefix, "prefix")

@@ -20,6 +20,7 @@ from app.envelope import PROBLEM, problem_body
 from app.errors import InvalidInput, LockstepError
 from app.idempotency import IN_FLIGHT, Claim, Rendered, Replay, fingerprint
 from app.metrics import METRICS
+from app.views.fences import fenced, fences_of
 
 KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -71,7 +72,14 @@ async def execute(
     op: Op,
     render: Render,
 ) -> web.Response:
-    """Submit ``op`` for ``resource`` and answer its outcome, honouring its claim if any."""
+    """Submit ``op`` for ``resource`` and answer its outcome, honouring its claim if any.
+
+    With ``Lockstep-Fence`` it runs as a transaction of its own instead, behind its fences
+    (``app.views.fences``)."""
+    fences = fences_of(request)
+    if fences:
+        fenced_claim, run = fenced(request, resource, op, fences)
+        return await answer(request, fenced_claim, run, render)
     claim: Claim | None = getattr(op, "claim", None)
     return await answer(request, claim, lambda: combiner.submit(resource, op), render)
 

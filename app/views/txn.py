@@ -18,6 +18,7 @@ from aiohttp import web
 from app.domain import INT64_MAX, INT64_MIN, check_record_size
 from app.errors import InvalidInput, LockstepError, LockTimeout
 from app.idempotency import Claim, Rendered
+from app.leases import Fence
 from app.locks import LOCKS
 from app.metrics import METRICS
 from app.settings import SETTINGS, Settings
@@ -44,6 +45,7 @@ from app.views.bodies import (
     TxnRecord,
 )
 from app.views.common import JSON, REVISION_HEADER, _encode, decode_json, read_body
+from app.views.fences import fences_of
 from app.views.idempotent import answer, claim_for, render_error
 
 # Which ops each kind of resource takes.
@@ -63,7 +65,17 @@ def _target(where: str, counter: str | None, item: str | None) -> tuple[Kind, st
     raise InvalidInput(f"{where} must name exactly one of counter and item")
 
 
+def _fence(where: str, c: TxnCondition) -> Fence:
+    others = (c.counter, c.item, c.cmp, c.value, c.version, c.exists)
+    if c.token is None or any(x is not None for x in others):
+        raise InvalidInput(f"{where}: a lock condition holds lock and token, nothing else")
+    assert c.lock is not None
+    return Fence(c.lock, c.token)
+
+
 def _condition(where: str, c: TxnCondition) -> Condition:
+    if c.token is not None:
+        raise InvalidInput(f"{where}: token goes with lock")
     kind, name = _target(where, c.counter, c.item)
     tests = sum(t is not None for t in (c.cmp, c.version, c.exists))
     if tests != 1:
@@ -105,8 +117,15 @@ def _operation(where: str, o: TxnOperation, record_limit: int) -> Operation:
     return Operation(o.op, kind, name, o.value)
 
 
-def parse_txn(body: TxnBody, settings: Settings, claim: Claim | None = None) -> Txn:
-    """The transaction a decoded body describes; ``InvalidInput`` (422) for anything amiss."""
+def parse_txn(
+    body: TxnBody,
+    settings: Settings,
+    claim: Claim | None = None,
+    fences: tuple[Fence, ...] = (),
+) -> Txn:
+    """The transaction a decoded body describes; ``InvalidInput`` (422) for anything amiss.
+
+    Lock conditions join ``fences`` (those of the ``Lockstep-Fence`` header)."""
     count = len(body.if_) + len(body.then) + len(body.else_)
     if count > settings.txn_max_ops:
         raise InvalidInput(
@@ -114,12 +133,19 @@ def parse_txn(body: TxnBody, settings: Settings, claim: Claim | None = None) -> 
             f" {settings.txn_max_ops} (LOCKSTEP_TXN_MAX_OPS)"
         )
     limit = settings.record_limit
+    fenced = {f.name: f for f in fences}
+    for i, c in enumerate(body.if_):
+        if c.lock is not None:
+            fence = _fence(f"if[{i}]", c)
+            if fenced.setdefault(fence.name, fence) != fence:
+                raise InvalidInput(f"if[{i}]: lock {fence.name!r} is named with two tokens")
     return Txn(
-        tuple(_condition(f"if[{i}]", c) for i, c in enumerate(body.if_)),
+        tuple(_condition(f"if[{i}]", c) for i, c in enumerate(body.if_) if c.lock is None),
         tuple(_operation(f"then[{i}]", o, limit) for i, o in enumerate(body.then)),
         tuple(_operation(f"else[{i}]", o, limit) for i, o in enumerate(body.else_)),
         limit,
         claim,
+        tuple(sorted(fenced.values())),
     )
 
 
@@ -159,7 +185,7 @@ async def txn(request: web.Request) -> web.Response:
         raise InvalidInput("a JSON body is required")
     body = decode_json(raw, TxnBody, settings.max_json_depth, wrapper=_WRAPPER)
     claim = claim_for(request, raw, render)
-    todo = parse_txn(body, settings, claim)
+    todo = parse_txn(body, settings, claim, fences_of(request))
 
     async def run() -> TxnOutcome:
         metrics = request.app[METRICS]

@@ -17,6 +17,17 @@ from app.startup import StartupError
 from app.storage.postgres import changes as pg_changes
 from app.storage.postgres import idempotency as pg_idempotency
 
+# Leases (app.storage.postgres.leases): the row per lock name is never deleted.
+_LEASES = [
+    'CREATE TABLE locks (name TEXT COLLATE "C" PRIMARY KEY, last_token BIGINT NOT NULL,'
+    " token BIGINT, owner TEXT, expires_at DOUBLE PRECISION, ttl DOUBLE PRECISION,"
+    " claim_by DOUBLE PRECISION, waiter BIGINT)",
+    "CREATE INDEX locks_expiry ON locks (expires_at) WHERE token IS NOT NULL",
+    'CREATE TABLE lock_waiters (seq BIGSERIAL PRIMARY KEY, name TEXT COLLATE "C" NOT NULL,'
+    " owner TEXT, ttl DOUBLE PRECISION NOT NULL, alive_until DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX lock_waiters_name ON lock_waiters (name, seq)",
+]
+
 # Names sort byte-wise (COLLATE "C"), as in SQLite, so listings page identically on both
 # backends and a prefix range stays on the primary-key index whatever the server locale.
 MIGRATIONS: list[list[str]] = [
@@ -27,6 +38,7 @@ MIGRATIONS: list[list[str]] = [
     ],
     pg_idempotency.MIGRATION,
     pg_changes.MIGRATION,
+    _LEASES,
 ]
 
 MIN_SERVER_VERSION = (12, 0)  # unnest of several arrays, ON CONFLICT, stable since long before

@@ -22,10 +22,12 @@ from app.domain import (
     now_iso,
 )
 from app.errors import StorageUnavailable
+from app.leases import Decision, Lease, LockState, Step
 from app.settings import Settings
 from app.storage import StorageObserver
 from app.storage.postgres import changes as pg_changes
 from app.storage.postgres import idempotency as pg_idempotency
+from app.storage.postgres import leases as pg_leases
 from app.storage.postgres.pool import UNAVAILABLE, connection, decode_record, error_kind, open_pool
 from app.storage.postgres.txn import run_txn
 from app.storage.postgres.writer import Writer
@@ -100,6 +102,36 @@ class PostgresStorage:
         if self._observer is not None:
             self._observer.committed(time.perf_counter() - started, 1)
         return outcome
+
+    async def lock_step(self, name: str, step: Step) -> Decision:
+        started = time.perf_counter()
+        try:
+            decision = await pg_leases.run_step(self._pool, self._timeout, name, step)
+        except UNAVAILABLE as e:
+            if self._observer is not None:
+                self._observer.failed(error_kind(e) or "other")
+            raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
+        if self._observer is not None:
+            self._observer.committed(time.perf_counter() - started, 1)
+        return decision
+
+    async def read_lock(self, name: str) -> tuple[LockState, float]:
+        for attempt in (1, 2):
+            try:
+                async with connection(self._pool, self._timeout) as conn:
+                    return await pg_leases.read_lock(conn, name)
+            except UNAVAILABLE as e:
+                await self._pool.expire_connections()
+                if attempt == 2:
+                    raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
+        raise AssertionError("unreachable")
+
+    async def list_locks(self, prefix: str, after: str, limit: int) -> list[Lease]:
+        rows = await self._read(pg_leases.LIST_LOCKS, prefix, prefix + NAME_CEILING, after, limit)
+        return [Lease(*row) for row in rows]
+
+    async def ended_locks(self, limit: int) -> list[str]:
+        return [row[0] for row in await self._read(pg_leases.ENDED, limit)]
 
     async def purge_expired_keys(self, limit: int) -> int:
         try:

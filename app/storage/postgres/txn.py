@@ -20,9 +20,12 @@ import asyncpg
 
 from app.changes import counter_changes, item_changes
 from app.clock import KeyTimes
+from app.errors import LockstepError
 from app.idempotency import Stored, to_store, triage
+from app.leases import fence_stale
 from app.storage.postgres import changes as pg_changes
 from app.storage.postgres import idempotency as pg_idempotency
+from app.storage.postgres import leases as pg_leases
 from app.storage.postgres.pool import UNAVAILABLE, Connection, connection
 from app.storage.postgres.schema import lock_key
 from app.storage.postgres.transaction import (
@@ -33,7 +36,7 @@ from app.storage.postgres.transaction import (
     write_items,
 )
 from app.storage.postgres.writer import RETRIES
-from app.txn import Txn, TxnConflict, TxnOutcome, evaluate
+from app.txn import Txn, TxnOutcome, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ async def _apply(conn: Connection, txn: Txn, times: KeyTimes) -> TxnOutcome:
     claim = txn.claim
     keys = [f"counter:{n}" for n in names] + [f"item:{i}" for i in ids]
     keys += [f"idem:{claim.key}"] if claim is not None else []
+    keys += [f"lock:{f.name}" for f in txn.fences]
     # unnest yields the sorted keys in order, so locks are always taken in key order.
     locks = sorted({lock_key(k) for k in keys})
     await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", locks)
@@ -53,13 +57,20 @@ async def _apply(conn: Connection, txn: Txn, times: KeyTimes) -> TxnOutcome:
         run, settled = triage([txn], stored)
         if not run:
             return settled[0]  # a Replay, or KeyReused
+    if txn.fences:
+        stale = await pg_leases.stale_fence(conn, txn.fences)
+        if stale is not None:
+            outcome: TxnOutcome = fence_stale(stale)
+            if claim is not None:
+                rows = to_store([txn], [0], [outcome])
+                await pg_idempotency.store_keys(conn, rows, times.expires_at)
+            return outcome
     counters, items = await read_for_update(conn, names, ids)
     # Last of the locks: from here to COMMIT, write transactions take turns.
     commit = await pg_changes.take_revision(conn)
-    outcome: TxnOutcome
     try:
         outcome = evaluate(txn, counters, items, commit)
-    except TxnConflict as e:
+    except LockstepError as e:
         outcome = e
     else:
         encoded = await write_items(conn, items, outcome.items)

@@ -16,6 +16,7 @@ import sqlite3
 from app.settings import Settings
 from app.startup import StartupError
 from app.storage.sqlite import changes as sqlite_changes
+from app.storage.sqlite import leases as sqlite_leases
 
 MIN_SQLITE = (3, 35, 0)  # RETURNING, and the UPSERT forms used here
 
@@ -35,6 +36,7 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX idempotency_expiry ON idempotency (expires_at)",
     ],
     sqlite_changes.MIGRATION,
+    sqlite_leases.MIGRATION,
 ]
 
 

@@ -29,10 +29,12 @@ from app.errors import StorageUnavailable
 from app.idempotency import (
     claimed_keys,
 )
+from app.leases import Decision, Lease, LockState, Step, read_state
 from app.settings import Settings
 from app.startup import StartupError
 from app.storage import StorageObserver
 from app.storage.sqlite import changes as sqlite_changes
+from app.storage.sqlite import leases as sqlite_leases
 from app.storage.sqlite.connection import error_kind, in_db_thread
 from app.storage.sqlite.file import DatabaseFile, connect_uri, write_marker
 from app.storage.sqlite.idempotency import purge_unit
@@ -179,7 +181,27 @@ class SQLiteStorage:
 
     def apply_txn(self, txn: Txn) -> asyncio.Future[TxnOutcome]:
         times = self._clock.key_times(self._key_ttl) if txn.claim is not None else None
-        return self._writer.submit(txn_unit(txn, times))
+        return self._writer.submit(txn_unit(txn, times, self._clock.expiry_now))
+
+    def lock_step(self, name: str, step: Step) -> asyncio.Future[Decision]:
+        return self._writer.submit(sqlite_leases.step_unit(name, step, self._clock.expiry_now))
+
+    async def read_lock(self, name: str) -> tuple[LockState, float]:
+        now = self._clock.expiry_now()
+        row = await self._read(sqlite_leases.SELECT_LOCK, (name,))
+        waiters = await self._read(sqlite_leases.SELECT_WAITERS, (name,))
+        return read_state(name, row[0] if row else None, waiters), now
+
+    async def list_locks(self, prefix: str, after: str, limit: int) -> list[Lease]:
+        now = self._clock.expiry_now()
+        rows = await self._read(
+            sqlite_leases.LIST_LOCKS, (prefix, prefix + NAME_CEILING, after, now, now, limit)
+        )
+        return [Lease(*row) for row in rows]
+
+    async def ended_locks(self, limit: int) -> list[str]:
+        now = self._clock.expiry_now()
+        return [row[0] for row in await self._read(sqlite_leases.ENDED, (now, now, limit))]
 
     async def purge_expired_keys(self, limit: int) -> int:
         deleted: int = await self._write(purge_unit(self._clock.expiry_now(), limit))

@@ -7,12 +7,14 @@ failed, so the changes commit together with the batch, under its revision, or no
 The registry locks the transaction holds keep the combiners' batches for its resources
 out of that commit, so no resource gets two entries in one revision. With an
 Idempotency-Key, the key is looked up first (a stored one replays) and the rendered
-answer, a 409 included, is stored in the same transaction.
+answer, a 409 included, is stored in the same transaction. Fences (``Lockstep-Fence``) are
+checked first, on the locks' rows as this transaction reads them.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -20,10 +22,13 @@ import msgspec
 from app.changes import counter_changes, item_changes
 from app.clock import KeyTimes
 from app.domain import Counter, Record
+from app.errors import LockstepError
+from app.leases import fence_stale
 from app.storage.sqlite.changes import Pending
 from app.storage.sqlite.idempotency import with_claims
+from app.storage.sqlite.leases import stale_fence
 from app.storage.sqlite.writes import UnitFn
-from app.txn import Evaluated, Txn, TxnConflict, evaluate
+from app.txn import Evaluated, Txn, evaluate
 
 _SELECT_COUNTERS = (
     "SELECT name, value, version FROM counters WHERE name IN (SELECT value FROM json_each(?))"
@@ -46,9 +51,17 @@ def _json(names: list[str]) -> str:
     return msgspec.json.encode(names).decode()
 
 
-def apply_txn(conn: sqlite3.Connection, pending: Pending, txn: Txn) -> Evaluated | TxnConflict:
+def apply_txn(
+    conn: sqlite3.Connection, pending: Pending, txn: Txn, now: Callable[[], float]
+) -> Evaluated | LockstepError:
     """Evaluate ``txn`` on the states read here and write its changes and their change-log
-    entries; returns the outcome, or a ``TxnConflict`` (then nothing was written)."""
+    entries; returns the outcome, or the error that stopped it (then nothing was written).
+
+    ``now`` is the service clock, read here for the fences' leases."""
+    if txn.fences:
+        stale = stale_fence(conn, txn.fences, now())
+        if stale is not None:
+            return fence_stale(stale)
     names, ids = txn.names("counter"), txn.names("item")
     commit = pending.commit
     counters: dict[str, Counter | None] = dict.fromkeys(names)
@@ -59,7 +72,7 @@ def apply_txn(conn: sqlite3.Connection, pending: Pending, txn: Txn) -> Evaluated
         items[i] = Record(i, msgspec.json.decode(value), version, updated_at)
     try:
         done = evaluate(txn, counters, items, commit)
-    except TxnConflict as e:
+    except LockstepError as e:
         return e
     changed = {i: r for i, r in done.items.items() if r is not items[i]}
     encoded = {i: msgspec.json.encode(r.value).decode() for i, r in changed.items() if r}
@@ -84,15 +97,15 @@ def apply_txn(conn: sqlite3.Connection, pending: Pending, txn: Txn) -> Evaluated
     return done
 
 
-def txn_unit(txn: Txn, times: KeyTimes | None) -> UnitFn:
+def txn_unit(txn: Txn, times: KeyTimes | None, now: Callable[[], float]) -> UnitFn:
     """The writer's unit for ``txn``; ``times`` (the service clock's) when it claims a key."""
 
     def unit(conn: sqlite3.Connection, pending: Pending) -> Any:
         def apply(todo: list[Txn]) -> list[Any]:
-            return [apply_txn(conn, pending, t) for t in todo]
+            return [apply_txn(conn, pending, t, now) for t in todo]
 
         if times is None:
-            return apply_txn(conn, pending, txn)
+            return apply_txn(conn, pending, txn, now)
         # A stored key replays instead (app.idempotency); a 409 is stored as any answer.
         return with_claims(conn, [txn], apply, times)[0]
 

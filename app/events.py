@@ -101,6 +101,10 @@ class Subscription:
         self._queued = 0
         self.live = False
 
+    def wake(self) -> None:
+        """Return from a wait in ``next`` now (with whatever is queued, perhaps nothing)."""
+        self._ready.set()
+
     def end(self, reason: str) -> None:
         self.ended = reason
         self._ready.set()

@@ -29,6 +29,7 @@ from app.views.counters import COUNTERS
 from app.views.docs import API_DOCS, ApiDocs
 from app.views.health import HEALTH, Health
 from app.views.items import ITEMS
+from app.views.locks import LOCAL_WAITERS, LocalWaiters
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     setup_observability(app, metrics, access_log)
     app[LOCKS] = LockRegistry(settings.lock_timeout)
     app[IN_FLIGHT] = InFlight()
+    app[LOCAL_WAITERS] = LocalWaiters()
     tokens = setup_auth(app, settings)
     if tokens is not None:
         app[TOKENS] = tokens

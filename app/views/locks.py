@@ -18,7 +18,7 @@ from aiohttp import web
 
 from app.domain import iso_time
 from app.errors import InvalidInput, LockstepError, NotFound, PreconditionRequired, Unavailable
-from app.events import EVENTS, Watch
+from app.events import EVENTS, Subscription, Watch
 from app.leases import (
     CHECK_IN_S,
     Acquire,
@@ -49,10 +49,41 @@ from app.views.common import (
 from app.views.events import stream
 
 
+class LocalWaiters:
+    """This worker's waiting acquires by lock name, woken at once by a change made here.
+
+    A change made by another worker or host reaches them through the feed, within the
+    hub's poll interval; one made in this worker needs no poll.
+    """
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, set[Subscription]] = {}
+
+    def add(self, name: str, sub: Subscription) -> None:
+        self._by_name.setdefault(name, set()).add(sub)
+
+    def discard(self, name: str, sub: Subscription) -> None:
+        subs = self._by_name.get(name)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_name[name]
+
+    def wake(self, name: str) -> None:
+        for sub in self._by_name.get(name, ()):
+            sub.wake()
+
+
+LOCAL_WAITERS = web.AppKey("local_waiters", LocalWaiters)
+
+
 async def run_step(request: web.Request, name: str, step: Step) -> Decision:
     """One step on lock ``name``, in turn with this worker's other requests on it."""
     async with request.app[LOCKS].hold(f"lock:{name}"):
-        return await request.app[STORAGE].lock_step(name, step)
+        decision = await request.app[STORAGE].lock_step(name, step)
+    if decision.entry is not None:
+        request.app[LOCAL_WAITERS].wake(name)
+    return decision
 
 
 def _answer(lease: Lease, revision: int, status: int) -> web.Response:
@@ -93,6 +124,8 @@ async def _wait(
     assert isinstance(queued.outcome, Queued)
     seq, holder = queued.outcome.seq, queued.outcome.holder
     sub = await hub.subscribe(Watch(frozenset({("lock", name)})), queued.revision)
+    local = request.app[LOCAL_WAITERS]
+    local.add(name, sub)
     decision = queued
     try:
         while True:
@@ -121,6 +154,7 @@ async def _wait(
             await asyncio.shield(run_step(request, name, Withdraw(seq)))
         raise
     finally:
+        local.discard(name, sub)
         hub.unsubscribe(sub)
     decision = await run_step(request, name, Withdraw(seq))
     state, now = await request.app[STORAGE].read_lock(name)

@@ -122,6 +122,14 @@ def changes_query(
     return sql, params
 
 
+# A held lock in a snapshot: its lease as recorded (``expires_at`` says whether it has ended).
+_LOCK_VALUE = (
+    "json_build_object('event', 'held', 'token', token, 'owner', owner, 'expires_at',"
+    " to_char(to_timestamp(expires_at) AT TIME ZONE 'UTC',"
+    ' \'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\'))::text'
+)
+
+
 def snapshot_query(
     kind: str | None,
     prefix: str,
@@ -133,15 +141,16 @@ def snapshot_query(
     """As ``app.storage.sqlite.changes.snapshot_query``, in PostgreSQL's dialect."""
     branches = []
     params: list[Any] = []
-    for table, key_column, this_kind, value in (
-        ("counters", "name", "counter", "value::text, false"),
-        ("items", "id", "item", _value_columns(inline_max)),
+    for table, key_column, this_kind, value, version in (
+        ("counters", "name", "counter", "value::text, false", "version"),
+        ("items", "id", "item", _value_columns(inline_max), "version"),
+        ("locks", "name", "lock", f"{_LOCK_VALUE}, false", "token"),
     ):
         if kind is not None and kind != this_kind:
             continue
         if after is not None and after[0] > this_kind:
             continue
-        where = []
+        where = ["token IS NOT NULL"] if this_kind == "lock" else []
         if prefix:
             params += [prefix, prefix + NAME_CEILING]
             where.append(f"{key_column} >= ${len(params) - 1} AND {key_column} < ${len(params)}")
@@ -153,7 +162,7 @@ def snapshot_query(
             where.append(f"{key_column} = ANY(${len(params)}::text[])")
         condition = f" WHERE {' AND '.join(where)}" if where else ""
         select = (
-            f"SELECT '{this_kind}'::text AS kind, {key_column} AS key, {value}, version"
+            f"SELECT '{this_kind}'::text AS kind, {key_column} AS key, {value}, {version}"
             f" FROM {table}{condition}"
         )
         if limit is not None:

@@ -118,6 +118,13 @@ def changes_query(
     return sql, (*params, *params, limit - 1)
 
 
+# A held lock in a snapshot: its lease as recorded (``expires_at`` says whether it has ended).
+_LOCK_VALUE = (
+    "json_object('event', 'held', 'token', token, 'owner', owner, 'expires_at',"
+    " strftime('%Y-%m-%dT%H:%M:%fZ', expires_at, 'unixepoch'))"
+)
+
+
 def snapshot_query(
     kind: str | None,
     prefix: str,
@@ -134,15 +141,16 @@ def snapshot_query(
     """
     branches = []
     params: list[Any] = []
-    for table, key_column, this_kind, value in (
-        ("counters", "name", "counter", "CAST(value AS TEXT), 0"),
-        ("items", "id", "item", _value_columns(inline_max)),
+    for table, key_column, this_kind, value, version in (
+        ("counters", "name", "counter", "CAST(value AS TEXT), 0", "version"),
+        ("items", "id", "item", _value_columns(inline_max), "version"),
+        ("locks", "name", "lock", f"{_LOCK_VALUE}, 0", "token"),
     ):
         if kind is not None and kind != this_kind:
             continue
         if after is not None and after[0] > this_kind:
             continue
-        where = []
+        where = ["token IS NOT NULL"] if this_kind == "lock" else []
         if prefix:
             where.append(f"{key_column} >= ? AND {key_column} < ?")
             params += [prefix, prefix + NAME_CEILING]
@@ -155,7 +163,7 @@ def snapshot_query(
             params.append(msgspec.json.encode(keys).decode())
         condition = f" WHERE {' AND '.join(where)}" if where else ""
         select = (
-            f"SELECT '{this_kind}' AS kind, {key_column} AS key, {value}, version"
+            f"SELECT '{this_kind}' AS kind, {key_column} AS key, {value}, {version}"
             f" FROM {table}{condition}"
         )
         if limit is not None:

@@ -1,5 +1,5 @@
 """Run the real service (gunicorn with config/gunicorn.conf.py on a free port and a temp dir),
-and wait for a condition instead of sleeping."""
+wait for a condition instead of sleeping, and talk to one worker over one connection."""
 
 from __future__ import annotations
 
@@ -201,3 +201,34 @@ class Service:
     ) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.stop()
+
+
+class Connection:
+    """One kept-alive HTTP/1.1 connection, so a test knows which worker serves its requests."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.worker = ""
+
+    @classmethod
+    async def open(cls, service: Service) -> Connection:
+        conn = cls(*await asyncio.open_connection("127.0.0.1", service.port))
+        _, headers, _ = await conn.request("GET", "/healthz")
+        conn.worker = f"{service.port}/{worker_of(headers['x-request-id'])}"
+        return conn
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", *extra: str
+    ) -> tuple[int, dict[str, str], bytes]:
+        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{h}\r\n" for h in extra)
+        self.writer.write(head.encode() + b"Content-Type: application/json\r\n\r\n" + body)
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)
+        }
+        data = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return int(lines[0].split()[1]), headers, data
+
+    def close(self) -> None:
+        self.writer.close()

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import Service, wait_for, worker_of
+from tests.support import Connection, Service, wait_for, worker_of
 from tests.test_txn_gunicorn import fresh_connections, started
 
 pytestmark = pytest.mark.slow
@@ -136,37 +136,6 @@ async def test_holder_whose_lease_expired_while_paused_gets_412_on_its_write(
             **{"Lockstep-Fence": f"p={new['token']}"},
         )
         assert status == 200
-
-
-class Connection:
-    """One kept-alive HTTP/1.1 connection, so a test knows which worker serves its requests."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.worker = ""
-
-    @classmethod
-    async def open(cls, service: Service) -> Connection:
-        conn = cls(*await asyncio.open_connection("127.0.0.1", service.port))
-        _, headers, _ = await conn.request("GET", "/healthz")
-        conn.worker = f"{service.port}/{worker_of(headers['x-request-id'])}"
-        return conn
-
-    async def request(
-        self, method: str, path: str, body: bytes = b"", *extra: str
-    ) -> tuple[int, dict[str, str], bytes]:
-        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
-        head += "".join(f"{h}\r\n" for h in extra)
-        self.writer.write(head.encode() + b"Content-Type: application/json\r\n\r\n" + body)
-        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
-        headers = {
-            k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)
-        }
-        data = await self.reader.readexactly(int(headers.get("content-length", "0")))
-        return int(lines[0].split()[1]), headers, data
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 async def connections_on_every_worker(hosts: list[Service], each: int) -> list[Connection]:

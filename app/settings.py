@@ -203,6 +203,9 @@ class Settings(BaseSettings):
     changes_max_wait: float = Field(
         default=60, ge=0, le=60, description="Longest `wait` a GET /changes long poll may ask for."
     )
+    locks_max_wait: float = Field(
+        default=60, ge=0, le=60, description="Longest `wait` a POST /locks/{name} may ask for."
+    )
     changes_retention: float = Field(
         default=24 * 3600,
         gt=0,

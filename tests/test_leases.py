@@ -217,6 +217,20 @@ async def test_fenced_writes_pass_only_with_the_live_token(client: Client) -> No
     assert (await r.json())["value"] == {"x": 1}
 
 
+async def test_fenced_write_with_idempotency_key_replays_its_first_answer(client: Client) -> None:
+    """A fenced increment retried with its Idempotency-Key applies once and replays, even
+    after the lease ended (the stored answer is replayed, not re-checked)."""
+    _, lease = await acquire(client, "a")
+    headers = {"Lockstep-Fence": f"a={lease['token']}", "Idempotency-Key": "k1"}
+    first = await client.post("/counters/c/increment", headers=headers)
+    assert first.status == 200 and (await first.json())["value"] == 1
+    await client.delete("/locks/a", headers={"If-Match": f'"{lease["token"]}"'})
+    again = await client.post("/counters/c/increment", headers=headers)
+    assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert await again.read() == await first.read()
+    assert (await (await client.get("/counters/c")).json())["value"] == 1
+
+
 async def test_every_refused_lock_request_changes_nothing(client: Client) -> None:
     """Bad bodies, missing or wrong tokens and malformed or stale fences change no state."""
     _, lease = await acquire(client, "a")

@@ -36,6 +36,7 @@ VALID = {
     "/counters/{name}/events": ("/counters/c/events?since=0", {"reset", "snapshot", "change"}),
     "/items/{id}/events": ("/items/i/events?since=0", {"reset", "snapshot", "change"}),
     "/changes/events": ("/changes/events?since=0", {"reset", "snapshot", "change"}),
+    "/locks/{name}/events": ("/locks/l/events?since=0", {"reset", "snapshot", "change"}),
 }
 
 
@@ -84,6 +85,7 @@ async def test_stream_first_events_conform_to_document(
             if len(seen) == 2:  # a change for every stream to send
                 assert (await client.post("/counters/c/increment")).status == 200
                 assert (await client.put("/items/i", json={"value": 1})).status == 201
+                assert (await client.post("/locks/l", json={"ttl": 5})).status == 201
             event, data = await next_event(resp.content)
             validator = OAS31Validator(_schema(events[event]), format_checker=oas31_format_checker)
             assert list(validator.iter_errors(data)) == [], (event, data)

@@ -35,6 +35,7 @@ from app.leases import (
     Withdraw,
 )
 from app.locks import LOCKS
+from app.settings import SETTINGS
 from app.storage import STORAGE
 from app.views.bodies import AcquireBody, HeldLock, Lock, LockPage, LockStatus, RenewBody
 from app.views.common import (
@@ -102,6 +103,9 @@ async def acquire(request: web.Request) -> web.Response:
     name = path_name(request, "name")
     body = await read_json(request, AcquireBody)
     assert body is not None
+    most = request.app[SETTINGS].locks_max_wait
+    if body.wait > most:
+        raise InvalidInput(f"wait must be a number of seconds from 0 to {most:g}")
     first = Acquire(body.owner, body.ttl, body.wait > 0)
     decision = await run_step(request, name, first)
     outcome = decision.outcome

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
 from app.errors import PreconditionFailed
 from app.leases import (
     ALIVE_S,
+    CHECK_IN_S,
     Acquire,
     Acquired,
     Holder,
@@ -25,6 +27,7 @@ from app.leases import (
     decide,
     fence_holds,
 )
+from tests.support import wait_for
 
 Client = TestClient[Any, Any]
 
@@ -180,6 +183,25 @@ async def test_wait_that_runs_out_is_409_and_leaves_no_waiter(client: Client) ->
     body = await r.json()
     assert body["type"].endswith("lock-held") and body["owner"] == "holder"
     assert (await (await client.get("/locks/a")).json())["waiting"] == 0
+
+
+async def test_waiter_whose_client_hangs_up_leaves_the_queue(client: Client) -> None:
+    """A queued acquire whose client disconnects withdraws at its next check-in, so the lock
+    is not handed to nobody when its holder releases."""
+    _, lease = await acquire(client, "a")
+    with pytest.raises(TimeoutError):
+        await client.post(
+            "/locks/a", json={"ttl": 30, "wait": 30}, timeout=aiohttp.ClientTimeout(total=0.3)
+        )
+
+    async def left() -> bool:
+        waiting: int = (await (await client.get("/locks/a")).json())["waiting"]
+        return waiting == 0
+
+    # Well before it would be judged dead for not checking in (ALIVE_S).
+    await wait_for(left, within=ALIVE_S - CHECK_IN_S)
+    await client.delete("/locks/a", headers={"If-Match": f'"{lease["token"]}"'})
+    assert (await client.get("/locks/a")).status == 404
 
 
 async def test_fenced_writes_pass_only_with_the_live_token(client: Client) -> None:

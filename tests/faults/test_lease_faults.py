@@ -103,3 +103,32 @@ async def test_lease_outlives_a_restart_and_then_passes_on_at_expiry(service: Se
         assert expiry <= got < expiry + 1.0, got - expiry
     finally:
         conn.close()
+
+
+async def test_waiter_whose_client_hangs_up_leaves_the_queue(service: Service) -> None:
+    """Under gunicorn (no handler cancellation) a queued acquire whose client closes its
+    connection notices at its next check-in and withdraws."""
+    probe = await Connection.open(service)
+    client = await Connection.open(service)
+    try:
+        status, _, _ = await probe.request("POST", "/locks/h", b'{"ttl": 60}')
+        assert status == 201
+        body = b'{"ttl": 60, "wait": 30}'
+        client.writer.write(
+            b"POST /locks/h HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+        async def queued() -> bool:
+            return await waiting(probe, "h", 1)
+
+        await wait_for(queued, within=10)
+        client.close()
+
+        async def left() -> bool:
+            return not await waiting(probe, "h", 1)
+
+        # Well before it would be judged dead for not checking in (ALIVE_S).
+        await wait_for(left, within=ALIVE_S - CHECK_IN_S)
+    finally:
+        probe.close()
+        client.close()

@@ -230,5 +230,7 @@ class Connection:
         data = await self.reader.readexactly(int(headers.get("content-length", "0")))
         return int(lines[0].split()[1]), headers, data
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()

@@ -149,7 +149,7 @@ async def connections_on_every_worker(hosts: list[Service], each: int) -> list[C
         group = by_worker.setdefault(conn.worker, [])
         (group if len(group) < each else spare).append(conn)
     for conn in spare:
-        conn.close()
+        await conn.close()
     groups = list(by_worker.values())
     assert len(groups) == 2 * len(hosts) and all(len(g) == each for g in groups)
     return [g[i] for i in range(each) for g in groups]
@@ -193,7 +193,7 @@ async def test_waiters_get_the_lock_in_the_order_they_queued_across_workers(
         assert order == list(range(1, len(conns)))
     finally:
         for conn in conns:
-            conn.close()
+            await conn.close()
 
 
 def token_of(body: bytes) -> int:

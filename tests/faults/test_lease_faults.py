@@ -41,7 +41,7 @@ async def test_killed_worker_leaves_no_stuck_waiter(service: Service) -> None:
     """A waiter whose worker is killed -9 is skipped: the waiter behind it gets the lock soon
     after the release (its liveness window), not after the dead one's 60 s ttl."""
     doomed, survivor, spare, probe = await connections_on_every_worker([service], 2)
-    spare.close()
+    await spare.close()
     try:
         status, _, body = await probe.request("POST", "/locks/k", b'{"ttl": 60}')
         assert status == 201
@@ -75,7 +75,7 @@ async def test_killed_worker_leaves_no_stuck_waiter(service: Service) -> None:
         assert took < ALIVE_S + 2 * CHECK_IN_S, took
     finally:
         for conn in (doomed, survivor, probe):
-            conn.close()
+            await conn.close()
 
 
 async def test_lease_outlives_a_restart_and_then_passes_on_at_expiry(service: Service) -> None:
@@ -83,7 +83,7 @@ async def test_lease_outlives_a_restart_and_then_passes_on_at_expiry(service: Se
     once it expires, within ttl + 1 s, never before."""
     conn = await Connection.open(service)
     status, _, body = await conn.request("POST", "/locks/r", b'{"ttl": 4, "owner": "before"}')
-    conn.close()
+    await conn.close()
     assert status == 201
     lease = json.loads(body)
     await asyncio.to_thread(service.stop)
@@ -102,7 +102,7 @@ async def test_lease_outlives_a_restart_and_then_passes_on_at_expiry(service: Se
         expiry = unix(lease["expires_at"])
         assert expiry <= got < expiry + 1.0, got - expiry
     finally:
-        conn.close()
+        await conn.close()
 
 
 async def test_waiter_whose_client_hangs_up_leaves_the_queue(service: Service) -> None:
@@ -122,7 +122,7 @@ async def test_waiter_whose_client_hangs_up_leaves_the_queue(service: Service) -
             return await waiting(probe, "h", 1)
 
         await wait_for(queued, within=10)
-        client.close()
+        await client.close()
 
         async def left() -> bool:
             return not await waiting(probe, "h", 1)
@@ -130,5 +130,5 @@ async def test_waiter_whose_client_hangs_up_leaves_the_queue(service: Service) -
         # Well before it would be judged dead for not checking in (ALIVE_S).
         await wait_for(left, within=ALIVE_S - CHECK_IN_S)
     finally:
-        probe.close()
-        client.close()
+        await probe.close()
+        await client.close()

@@ -18,7 +18,7 @@ from tests.test_txn_gunicorn import fresh_connections, started
 pytestmark = pytest.mark.slow
 
 CLIENTS = 6
-# The 100 rounds pass too (about 20 s on SQLite, 30 s on two PostgreSQL hosts, most
+# The 100 rounds pass too (about 18 s on SQLite, 26 s on two PostgreSQL hosts, most
 # of it waiting for the hub's poll between workers): 20 keep the contention in a suite budget.
 ROUNDS = 20
 

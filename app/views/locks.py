@@ -131,13 +131,18 @@ async def _wait(
     local = request.app[LOCAL_WAITERS]
     local.add(name, sub)
     decision = queued
+    checked_in = loop.time()
     try:
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0 or _gone(request):
                 break
-            if await sub.next(min(CHECK_IN_S, remaining)) is None:
+            wait_for = min(CHECK_IN_S - (loop.time() - checked_in), remaining)
+            if await sub.next(max(0.0, wait_for)) is None:
                 raise Unavailable("shutting down; the lock was not taken")
+            if loop.time() - checked_in < CHECK_IN_S and not await _handed_to(request, name, seq):
+                continue  # a change that is not the hand-over: a read, not a write, tells
+            checked_in = loop.time()
             decision = await run_step(request, name, Poll(seq))
             outcome = decision.outcome
             if isinstance(outcome, Acquired):
@@ -160,12 +165,26 @@ async def _wait(
     finally:
         local.discard(name, sub)
         hub.unsubscribe(sub)
+    if not _gone(request):
+        # Handed over since the last check-in: it came within the wait.
+        decision = await run_step(request, name, Poll(seq))
+        if isinstance(decision.outcome, Acquired):
+            return decision
     decision = await run_step(request, name, Withdraw(seq))
     state, now = await request.app[STORAGE].read_lock(name)
     held = state.holder if state.holder is not None and state.holder.live(now) else holder
     owner, at = (held.owner, held.expires_at) if held is not None else (None, None)
     decision.outcome = LockHeld(name, owner, at, now)
     return decision
+
+
+async def _handed_to(request: web.Request, name: str, seq: int) -> bool:
+    """Whether the lock, as committed, was handed to waiter ``seq`` (or ``seq`` left the queue)."""
+    state, _ = await request.app[STORAGE].read_lock(name)
+    held = state.holder
+    if held is not None and held.waiter == seq:
+        return True
+    return not any(w.seq == seq for w in state.waiters)
 
 
 def _token(request: web.Request, what: str) -> int:

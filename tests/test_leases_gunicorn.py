@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ async def call(
         text = await r.text()
         worker = f"{url.split('/')[2]}/{worker_of(r.headers['X-Request-ID'])}"
         return r.status, (await r.json(content_type=None)) if text else None, worker
+
+
+def unix(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 async def lock_entries(http: aiohttp.ClientSession, service: Service) -> list[Any]:
@@ -106,7 +111,8 @@ async def test_holder_whose_lease_expired_while_paused_gets_412_on_its_write(
     hosts: list[Service],
 ) -> None:
     """A client paused past its ttl finds its fenced write refused and the value untouched,
-    while the waiter that took over writes with its own token."""
+    while the waiter that took over at expiry (on another host, on PostgreSQL) writes with
+    its own token."""
     first, second = hosts[0].url, hosts[-1].url
     async with fresh_connections() as http:
         status, _, _ = await call(http, "PUT", f"{first}/counters/v", {"value": 10})
@@ -114,9 +120,15 @@ async def test_holder_whose_lease_expired_while_paused_gets_412_on_its_write(
         status, old, _ = await call(http, "POST", f"{first}/locks/p", {"ttl": 1, "owner": "slow"})
         assert status == 201
         # "slow" pauses (a GC pause, a stopped VM): its lease ends and the waiter takes over.
-        status, new, _ = await call(
-            http, "POST", f"{second}/locks/p", {"ttl": 30, "wait": 10, "owner": "next"}
+        waiter = asyncio.ensure_future(
+            call(http, "POST", f"{second}/locks/p", {"ttl": 30, "wait": 10, "owner": "next"})
         )
+        # Try-locks meanwhile make every host judge expiry every few ms, not every second.
+        while not waiter.done():
+            status, _, _ = await call(http, "POST", f"{first}/locks/p", {"ttl": 1})
+            assert status == 409
+            await asyncio.sleep(0.01)
+        status, new, _ = await waiter
         assert status == 201 and new["token"] > old["token"]
         status, problem, _ = await call(
             http,
@@ -136,6 +148,11 @@ async def test_holder_whose_lease_expired_while_paused_gets_412_on_its_write(
             **{"Lockstep-Fence": f"p={new['token']}"},
         )
         assert status == 200
+        (taken,) = [e for e in await lock_entries(http, hosts[0]) if e["version"] == new["token"]]
+    # Handed over at expiry by the database's clock, not a moment before (on PostgreSQL the
+    # two hosts' requests are judged by one clock).
+    assert taken["value"]["ended"] == {"token": old["token"], "event": "expired"}
+    assert unix(new["expires_at"]) - 30 >= unix(old["expires_at"]) - 0.001
 
 
 async def connections_on_every_worker(hosts: list[Service], each: int) -> list[Connection]:

@@ -8,7 +8,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from app.leases import ALIVE_S, CHECK_IN_S
 from tests.observability.workers import serving_worker
 from tests.support import Connection, Service, wait_for
-from tests.test_leases_gunicorn import connections_on_every_worker
+from tests.test_leases_gunicorn import connections_on_every_worker, unix
 from tests.test_txn_gunicorn import started
 
 pytestmark = pytest.mark.slow
@@ -31,10 +30,6 @@ async def service(tmp_path: Path, backend: str) -> AsyncIterator[Service]:
 async def waiting(conn: Connection, name: str, count: int) -> bool:
     status, _, body = await conn.request("GET", f"/locks/{name}")
     return status == 200 and json.loads(body)["waiting"] >= count
-
-
-def unix(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 async def test_killed_worker_leaves_no_stuck_waiter(service: Service) -> None:
@@ -105,6 +100,7 @@ async def test_lease_outlives_a_restart_and_then_passes_on_at_expiry(service: Se
         await conn.close()
 
 
+@pytest.mark.backends("sqlite")  # the request's side only: both backends take the same path
 async def test_waiter_whose_client_hangs_up_leaves_the_queue(service: Service) -> None:
     """Under gunicorn (no handler cancellation) a queued acquire whose client closes its
     connection notices at its next check-in and withdraws."""

@@ -84,6 +84,20 @@ def _established_inodes(port: int) -> set[str]:
     return found
 
 
+def process_cpu_seconds(pids: list[str]) -> float | None:
+    """CPU time (user + system) the processes have used so far; None off Linux."""
+    if not Path("/proc/self/stat").exists():
+        return None
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as s:
@@ -162,16 +176,7 @@ class Server:
     def cpu_seconds(self) -> float | None:
         """CPU time (user + system) the workers have used so far; None off Linux."""
         workers = self._workers()
-        if workers is None:
-            return None
-        total = 0
-        for pid in workers:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except FileNotFoundError:
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-        return total / os.sysconf("SC_CLK_TCK")
+        return None if workers is None else process_cpu_seconds(workers)
 
     def connections_per_worker(self) -> list[int] | None:
         """How many client connections each worker holds open now, largest first.

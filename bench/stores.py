@@ -1,7 +1,8 @@
-"""The database servers the peers of ``make bench`` use: Redis and PostgreSQL, on loopback.
+"""The servers the peers of ``make bench`` use: Redis, PostgreSQL and etcd, on loopback.
 
-Each is started from its Debian package's binaries (``redis-server``, ``postgresql``) on a
-free port with its files in a temp directory, and stopped (its files removed) afterwards.
+Each is started from its Debian package's binaries (``redis-server``, ``postgresql``,
+``etcd-server``) on a free port with its files in a temp directory, and stopped (its files
+removed) afterwards.
 PostgreSQL refuses to run as root; as root, its commands run as the ``postgres`` user the
 Debian package creates.
 """
@@ -16,10 +17,12 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from bench.servers import free_port
+from bench.servers import free_port, process_cpu_seconds
 
 
 class StoreMissing(Exception):
@@ -35,6 +38,16 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout:
             return
         time.sleep(0.05)
     raise TimeoutError(f"not listening after {timeout} s:\n{log.read_text(errors='replace')}")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class Redis:
@@ -69,13 +82,7 @@ class Redis:
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        _stop(self._proc)
         if self._dir is not None:
             self._dir.cleanup()
 
@@ -138,3 +145,70 @@ class Postgres:
             self._started = False
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class Etcd:
+    """A one-member etcd cluster (Debian ``etcd-server``), fsyncing its log as shipped.
+
+    Clients reach it through its JSON gateway at ``url`` (``/v3/lease/grant``,
+    ``/v3/lock/lock``, ...), the HTTP face of the gRPC API ``etcdctl lock`` uses.
+    """
+
+    def __init__(self) -> None:
+        self.port, self._peer_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Etcd:
+        binary = shutil.which("etcd")
+        if binary is None:
+            raise StoreMissing("etcd not found: apt-get install etcd-server")
+        self._dir = tempfile.TemporaryDirectory(prefix="lockstep-bench-etcd-")
+        log = Path(self._dir.name) / "etcd.log"
+        peer = f"http://127.0.0.1:{self._peer_port}"
+        args = [
+            *(binary, "--name", "bench", "--data-dir", f"{self._dir.name}/data"),
+            *("--listen-client-urls", self.url, "--advertise-client-urls", self.url),
+            *("--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer),
+            *("--initial-cluster", f"bench={peer}", "--logger", "zap", "--log-outputs", str(log)),
+        ]
+        # The gateway's gRPC client logs to stderr, the server itself to ``log``.
+        with log.with_suffix(".stderr").open("wb") as stderr:
+            self._proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+            )
+        try:
+            _wait_for_port(self.port, self._proc, log, 15)
+            self._wait_healthy(log, 15)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _wait_healthy(self, log: Path, timeout: float) -> None:
+        """Until the member has elected itself leader (``/health`` says so)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(self.url + "/health", timeout=1) as r,
+            ):
+                if b'"true"' in r.read():
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(
+            f"etcd not healthy after {timeout} s:\n{log.read_text(errors='replace')}"
+        )
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the server has used so far; None off Linux."""
+        assert self._proc is not None
+        return process_cpu_seconds([str(self._proc.pid)])
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        _stop(self._proc)
+        if self._dir is not None:
+            self._dir.cleanup()

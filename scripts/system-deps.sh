@@ -13,6 +13,9 @@ packages+=(wrk redis-server)
 # The server the PostgreSQL backend's tests run against (scripts/test-postgres.sh), and the
 # benchmark's PostgreSQL peer.
 packages+=(postgresql)
+# The benchmark's lock peer: make bench (and tests/test_bench_locks.py) starts its own etcd on
+# loopback ports with its data in a temp dir, whether or not the package's service runs.
+packages+=(etcd-server)
 # tests/test_docker.py builds the image with podman and runs it with buildah (no Docker
 # daemon), from a base image debootstrap makes where no container registry is reachable.
 packages+=(podman buildah debootstrap)

@@ -47,8 +47,9 @@ test: $(TEST_STAMP) lint
 	$(BIN)/pytest
 
 # lockstep as `make run` starts it against aiohttp hello world and its peers (durable floor,
-# Redis, PostgreSQL); writes docs/benchmarks.md and docs/benchmarks.png. Needs wrk, and for the
-# peers redis-server and postgresql (Debian packages; scripts/system-deps.sh installs them).
+# Redis, PostgreSQL, etcd's lock); writes docs/benchmarks.md and docs/benchmarks.png. Needs wrk,
+# and for the peers redis-server, postgresql and etcd-server (Debian packages;
+# scripts/system-deps.sh installs them).
 # BENCH_ARGS="--rounds 5 --duration 10", "--only access", "--no-peers" etc.
 bench: $(BENCH_STAMP)
 	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk (or brew install wrk)"; exit 2; }

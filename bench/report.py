@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+from bench.locks import ETCD, LOCK_APPS, LockResult
 from bench.servers import HELLO, LOCKSTEP, REDIS_ALWAYS, VARIANTS
 from bench.workloads import Target
 
@@ -179,6 +180,38 @@ def splits(results: list[Result]) -> list[str]:
     return lines
 
 
+def locks_section(
+    results: list[LockResult], failures: list[str], args: argparse.Namespace
+) -> list[str]:
+    """The lock workloads: lockstep and etcd, cycles/s and their share, one row per service."""
+    if not results and not failures:
+        return []
+    verdict = "**FAILED**: " + "; ".join(failures) if failures else "held in every run"
+    lines = [
+        "## Locks",
+        "",
+        f"{args.connections} clients in one asyncio process, each looping acquire → release "
+        f"for {args.duration:g} s, {args.rounds} rounds, lockstep and etcd back to back in "
+        f"each round. Mutual exclusion (and the API the clients expect): {verdict}.",
+        "",
+        "| workload | service | cycles/s | share of etcd | by round | p50 / p99 ms per cycle "
+        "| CPU µs/cycle | gave up / errors | mutual exclusion |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        for app in r.runs:
+            m = r.median
+            share = by_round = "—"
+            if ETCD in r.runs:
+                share, by_round = f"{r.ratio(app):.2f}", f"{r.paired_ratio(app):.2f}"
+            lines.append(
+                f"| {r.title} | {LOCK_APPS[app]} | {m(app, 0):,.0f} | {share} | {by_round} "
+                f"| {m(app, 1):.1f} / {m(app, 2):.1f} | {m(app, 3):.0f} "
+                f"| {r.gave_up[app]} / {r.errors[app]} | {r.exclusion(app)} |"
+            )
+    return [*lines, ""]
+
+
 METHOD = """\
 ## Method
 
@@ -197,6 +230,19 @@ CPU µs/request counts the gunicorn workers only, not Redis's or PostgreSQL's. E
 after every write run the counter (or the sum of record versions) grew by the number of 2xx
 answers wrk counted, give or take the requests wrk cut off at the end (at most one per
 connection). wrk gives up on a request after 2 s (a timeout).
+
+The lock workloads are driven by `bench/locks.py`, not wrk (a release needs the token its
+acquire answered): every client loops acquire → release, on one contended lock or on one of
+1,000 picked at random (the same picks for both services). lockstep's cycle is `POST
+/locks/{name}` (`ttl` 30, `wait` 10) and `DELETE` with the token in `If-Match`; etcd's is
+`/v3/lock/lock` with a lease and `/v3/lock/unlock`, through the JSON gateway of a one-member
+etcd (Debian `etcd-server`, fsyncing as shipped) started on loopback, each client holding
+one lease for the run as etcd's `concurrency.Session` does. A cycle's time runs from its
+first acquire attempt to the release's answer; *gave up* counts acquires that found the lock
+still held after 10 s, *errors* 5xx answers and broken connections, both retried. CPU
+µs/cycle counts lockstep's gunicorn workers or the etcd process. Mutual exclusion: per lock,
+no client's acquire was answered while another client held it, and lockstep's fencing
+tokens only grew.
 """
 
 
@@ -244,11 +290,14 @@ def write_report(
     started: float,
     load: tuple[tuple[float, float, float], tuple[float, float, float]],
     left_out: list[str],
+    lock_results: list[LockResult],
+    lock_failures: list[str],
 ) -> None:
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_suffix(".png")
-    chart(results, png)
+    if results:
+        chart(results, png)
     command = " ".join(["python -m bench.run", *sys.argv[1:]])
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
     extra = " ".join(args.gunicorn_arg) or "none"
@@ -276,17 +325,20 @@ def write_report(
         f"- **Exactly-once**: {verdict}",
         *([f"- **Left out**: {'; '.join(left_out)}"] if left_out else []),
         "",
-        *table(results),
-        "",
-        "**Targets**:",
-        "",
-        *target_lines(results),
-        "",
-        *[line for r in results if len(r.runs) > 2 for line in peers_table(r)],
-        f"![lockstep, hello world and peers]({png.name})",
-        "",
-        *splits(results),
-        "",
-        METHOD,
     ]
+    if results:
+        lines += [
+            *table(results),
+            "",
+            "**Targets**:",
+            "",
+            *target_lines(results),
+            "",
+            *[line for r in results if len(r.runs) > 2 for line in peers_table(r)],
+            f"![lockstep, hello world and peers]({png.name})",
+            "",
+            *splits(results),
+            "",
+        ]
+    lines += [*locks_section(lock_results, lock_failures, args), METHOD]
     out.write_text("\n".join(lines))

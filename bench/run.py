@@ -12,6 +12,10 @@ request, every row's share of hello world and of the durable Redis peer, and the
 After every write run the exactly-once check of ``bench.workloads`` must hold, for
 lockstep and the peers alike, or the benchmark fails (exit status 1) whatever the speed.
 
+The lock workloads (``bench.locks``) are acquire→release cycles from an asyncio client, not
+wrk, against lockstep's ``/locks`` and, as their peer, etcd's lock service (``bench.stores``
+starts etcd); their mutual-exclusion check must hold likewise.
+
     python -m bench.run [--rounds 3] [--duration 5] [--connections 64] [--only access,read]
                         [--no-peers]
 """
@@ -19,19 +23,24 @@ lockstep and the peers alike, or the benchmark fails (exit status 1) whatever th
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from bench.lock_clients import TTL, WAIT, EtcdLocks, LockError, LockstepLocks
+from bench.locks import ETCD, LOCK_WORKLOADS, ClientFactory, LockResult, LockWorkload, drive
 from bench.report import Result, Run, write_report
 from bench.servers import FLOOR, HELLO, LOCKSTEP, QUIET, ROOT, VARIANTS, Server
-from bench.stores import Postgres, Redis, StoreMissing
+from bench.stores import Etcd, Postgres, Redis, StoreMissing
 from bench.workloads import WORKLOADS, Workload, exactly_once_error
 
 
@@ -103,7 +112,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=5, help="seconds per wrk run (default 5)")
     p.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
     p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
-    p.add_argument("--only", default="", help="comma-separated workload names to run")
+    p.add_argument(
+        "--only", default="", help="comma-separated workload names to run (lock-one, ...)"
+    )
     p.add_argument(
         "--gunicorn-arg",
         action="append",
@@ -119,8 +130,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--peers",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="run the peers (durable floor, Redis, PostgreSQL) on the workloads that name "
-        "them (default; the floor never with --database-url)",
+        help="run the peers (durable floor, Redis, PostgreSQL, etcd) on the workloads that "
+        "name them (default; the floor never with --database-url)",
     )
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-report", action="store_true", help="print only; write no files")
@@ -183,6 +194,61 @@ def run_workload(
     return result
 
 
+def run_lock_workload(
+    workload: LockWorkload,
+    lockstep: Server,
+    etcd: Etcd | None,
+    args: argparse.Namespace,
+    failures: list[str],
+) -> LockResult:
+    """Every round of one lock workload against lockstep and, when it runs, etcd."""
+    lease_ttl = math.ceil(args.duration) + TTL + WAIT  # outlasts the run and its last cycles
+    apps: dict[str, tuple[ClientFactory, Callable[[], float | None]]] = {
+        LOCKSTEP: (
+            lambda session, n: LockstepLocks(session, lockstep.url, f"bench-client-{n}"),
+            lockstep.cpu_seconds,
+        )
+    }
+    if etcd is not None:
+        apps[ETCD] = (lambda session, n: EtcdLocks(session, etcd.url, lease_ttl), etcd.cpu_seconds)
+    result = LockResult(workload.name, workload.title)
+    for round_no in range(1, args.rounds + 1):
+        for app, (clients, cpu_seconds) in apps.items():
+            before = cpu_seconds()
+            totals = asyncio.run(drive(clients, workload, args.connections, args.duration))
+            after = cpu_seconds()
+            used = None if before is None or after is None else after - before
+            broken = result.add(app, totals.measure(used), totals)
+            if broken is not None:
+                failures.append(f"{app} {workload.name} round {round_no}: {broken}")
+                print(f"!!! MUTUAL EXCLUSION FAILED: {app} {workload.name}: {broken}")
+            rate, _, p99, cpu = result.runs[app][-1]
+            print(
+                f"{workload.name:>15} round {round_no}: {app:>14} {rate:8.0f} cycles/s "
+                f"p99 {p99:6.1f} ms {cpu:4.0f} µs CPU, gave up {totals.gave_up}, "
+                f"errors {totals.errors}",
+                flush=True,
+            )
+    return result
+
+
+def start_etcd(
+    lock_workloads: list[LockWorkload],
+    args: argparse.Namespace,
+    stack: contextlib.ExitStack,
+    left_out: list[str],
+) -> Etcd | None:
+    """etcd for the lock workloads' peer rows, if any run and peers are wanted and it starts."""
+    if not lock_workloads or not args.peers:
+        return None
+    try:
+        return stack.enter_context(Etcd())
+    except StoreMissing as e:
+        left_out.append(f"etcd: {e}")
+        print(f"!!! leaving out etcd: {e}", file=sys.stderr)
+        return None
+
+
 def wanted_variants(workloads: list[Workload], args: argparse.Namespace) -> list[str]:
     """The apps this run needs, in the order a round runs them."""
     named = {LOCKSTEP, HELLO} | {n for w in workloads for n in w.peers}
@@ -238,8 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     names = {n for n in args.only.split(",") if n}
     workloads = [w for w in WORKLOADS if not names or w.name in names]
+    lock_workloads = [w for w in LOCK_WORKLOADS if not names or w.name in names]
     failures: list[str] = []
+    lock_failures: list[str] = []
     results: list[Result] = []
+    lock_results: list[LockResult] = []
     started = time.time()
     load_before = os.getloadavg()
     if args.database_url:
@@ -251,17 +320,29 @@ def main(argv: list[str] | None = None) -> int:
     ):
         workdir = Path(tmp)
         servers, left_out = start_servers(wanted_variants(workloads, args), args, workdir, stack)
+        etcd = start_etcd(lock_workloads, args, stack, left_out)
         for workload in workloads:
             results.append(run_workload(workload, servers, args, workdir, failures))
+        for lock_workload in lock_workloads:
+            try:
+                lock_results.append(
+                    run_lock_workload(lock_workload, servers[LOCKSTEP], etcd, args, lock_failures)
+                )
+            except LockError as e:
+                lock_failures.append(f"{lock_workload.name}: {e}")
+                print(f"!!! {lock_workload.name} stopped: {e}", file=sys.stderr)
     load_after = os.getloadavg()
     print()
     for r in results:
         print(r.summary_line())
+    for lock in lock_results:
+        print(lock.summary_line())
     if not args.no_report:
-        write_report(args, results, failures, started, (load_before, load_after), left_out)
-        print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
-    if failures:
-        print("\nBENCHMARK FAILED:", *failures, sep="\n  ", file=sys.stderr)
+        load = (load_before, load_after)
+        write_report(args, results, failures, started, load, left_out, lock_results, lock_failures)
+        print(f"\nwrote {args.out}" + (f" and {args.out.with_suffix('.png')}" if results else ""))
+    if failures or lock_failures:
+        print("\nBENCHMARK FAILED:", *failures, *lock_failures, sep="\n  ", file=sys.stderr)
         return 1
     return 0
 

@@ -125,18 +125,22 @@ class CycleTotals:
 
 
 async def _cycle(
-    client: LockClient, number: int, name: str, totals: CycleTotals, started: float
+    client: LockClient, number: int, name: str, totals: CycleTotals, deadline: float
 ) -> None:
-    """Acquire ``name`` (however many tries it takes), hold it for one turn, release it."""
+    """Acquire ``name`` (retrying until the run's ``deadline``), hold it one turn, release it."""
+    started = time.perf_counter()
     while True:
         try:
             held = await client.acquire(name)
         except LockUnavailable:
             totals.errors += 1
-            continue
+            held = None
+        else:
+            totals.gave_up += held is None
         if held is not None:
             break
-        totals.gave_up += 1
+        if time.perf_counter() >= deadline:
+            return  # a service that stopped answering ends the run, not the benchmark
     totals.holders.took(number, held)
     await asyncio.sleep(0)  # the hold: other clients' answers that have arrived are read now
     totals.holders.letting_go(number, held)
@@ -166,7 +170,7 @@ async def drive(
         async def run(number: int, client: LockClient, deadline: float) -> None:
             pick = workload.picker(number)
             while time.perf_counter() < deadline:
-                await _cycle(client, number, pick(), totals, time.perf_counter())
+                await _cycle(client, number, pick(), totals, deadline)
 
         began = time.perf_counter()
         await asyncio.gather(*(run(n, c, began + duration) for n, c in enumerate(lock_clients)))

@@ -166,6 +166,23 @@ async def test_held_answers_and_server_errors_are_retried(aiohttp_server: Server
     assert fake.holder == {}
 
 
+async def test_a_service_that_only_fails_ends_the_run_at_its_time(
+    aiohttp_server: ServerFactory,
+) -> None:
+    """Acquires that keep failing (5xx) are counted until the run's time is up, then the run
+    ends with no cycle, rather than retrying forever."""
+
+    async def unavailable_service(request: web.Request) -> web.Response:
+        return web.json_response({}, status=503)
+
+    server = await aiohttp_server(FakeLocks().app(acquire=unavailable_service))
+    url = str(server.make_url("")).rstrip("/")
+    run = drive(lambda s, n: LockstepLocks(s, url, "c"), ONE, 2, 0.2)
+    totals = await asyncio.wait_for(run, 5)
+    assert totals.cycles == 0
+    assert totals.errors > 0
+
+
 async def test_a_service_without_the_lease_api_stops_the_workload(
     aiohttp_server: ServerFactory,
 ) -> None:

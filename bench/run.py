@@ -250,8 +250,8 @@ def start_etcd(
 
 
 def wanted_variants(workloads: list[Workload], args: argparse.Namespace) -> list[str]:
-    """The apps this run needs, in the order a round runs them."""
-    named = {LOCKSTEP, HELLO} | {n for w in workloads for n in w.peers}
+    """The apps this run needs, in the order a round runs them (the lock workloads: lockstep)."""
+    named = {LOCKSTEP} | {n for w in workloads for n in (HELLO, *w.peers)}
     if not args.peers:  # the quiet row is lockstep's own
         named &= {LOCKSTEP, HELLO, QUIET}
     if args.database_url:  # the floor is SQLite's: beside PostgreSQL it measures another thing

@@ -1,5 +1,5 @@
-"""The benchmark harness: its exactly-once check, and one short real round of GET /access so it
-cannot rot (``make soak`` runs a round of every workload and peer)."""
+"""The benchmark harness: its exactly-once check, and short real rounds of GET /access and of the
+lock workloads so it cannot rot (``make soak`` runs a round of every workload and peer)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.locks import ETCD, LOCK_APPS, LOCK_WORKLOADS
 from bench.report import Result
 from bench.run import has_errors, parse_args, wanted_variants
 from bench.servers import FLOOR, HELLO, LOCKSTEP, QUIET, REDIS_ALWAYS, ROOT, VARIANTS
@@ -125,6 +126,26 @@ def test_bench_access_round_without_peers_holds_exactly_once(tmp_path: Path) -> 
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
+def _lock_rows_held(report: str) -> None:
+    """Each lock workload has a row for lockstep and for etcd, with cycles, exclusion held."""
+    for workload in LOCK_WORKLOADS:
+        rows = _rows(report, workload.title)
+        assert [r.split("|")[2].strip() for r in rows] == [LOCK_APPS[LOCKSTEP], LOCK_APPS[ETCD]]
+        for row in rows:
+            cells = [c.strip() for c in row.split("|")]
+            assert float(cells[3].replace(",", "")) > 0, row
+            assert cells[-2] == "held", row
+
+
+@pytest.mark.slow
+def test_bench_lock_round_holds_mutual_exclusion_beside_etcd(tmp_path: Path) -> None:
+    """One short round of both lock workloads cycles lockstep's /locks and etcd's lock, with
+    no two clients ever holding one lock, and writes both services' rows."""
+    report = _one_round(tmp_path / "benchmarks.md", "--only=lock-one,lock-1000")
+    assert "(and the API the clients expect): held in every run." in report
+    _lock_rows_held(report)
+
+
 @pytest.mark.slow
 @pytest.mark.soak
 def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
@@ -147,15 +168,17 @@ def test_bench_smoke_round_passes_exactly_once(tmp_path: Path) -> None:
                 cells = [c.strip() for c in row.split("|")]
                 assert float(cells[2].replace(",", "")) > 0, row
                 assert cells[-2] == ("—" if name == HELLO else "held"), row
+    _lock_rows_held(report)
     assert "- GET /access — lockstep as `make run` starts it ≥ 1.50x aiohttp + Redis" in report
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_no_peers_keeps_lockstep_its_quiet_row_and_hello() -> None:
-    """``--no-peers`` runs lockstep (with its quiet row) and hello world only, and a lockstep
-    on PostgreSQL never gets the SQLite floor beside it."""
+    """``--no-peers`` runs lockstep (with its quiet row) and hello world only, a lockstep on
+    PostgreSQL never gets the SQLite floor beside it, and lock workloads alone start lockstep."""
     access = [w for w in WORKLOADS if w.name == "access"]
     assert wanted_variants(access, parse_args(["--no-peers"])) == [LOCKSTEP, HELLO, QUIET]
     assert wanted_variants(access, parse_args([])) == list(VARIANTS)
     on_postgres = parse_args(["--database-url=postgresql://x@y/z"])
     assert FLOOR not in wanted_variants(WORKLOADS, on_postgres)
+    assert wanted_variants([], parse_args([])) == [LOCKSTEP]  # the lock workloads' only app

@@ -187,12 +187,14 @@ def locks_section(
     if not results and not failures:
         return []
     verdict = "**FAILED**: " + "; ".join(failures) if failures else "held in every run"
+    both = any(ETCD in r.runs for r in results)
+    services = "lockstep and etcd back to back in each round" if both else "lockstep alone"
     lines = [
         "## Locks",
         "",
         f"{args.connections} clients in one asyncio process, each looping acquire → release "
-        f"for {args.duration:g} s, {args.rounds} rounds, lockstep and etcd back to back in "
-        f"each round. Mutual exclusion (and the API the clients expect): {verdict}.",
+        f"for {args.duration:g} s, {args.rounds} rounds, {services}. Mutual exclusion (and the "
+        f"API the clients expect): {verdict}.",
         "",
         "| workload | service | cycles/s | share of etcd | by round | p50 / p99 ms per cycle "
         "| CPU µs/cycle | gave up / errors | mutual exclusion |",

@@ -320,9 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     ):
         workdir = Path(tmp)
         servers, left_out = start_servers(wanted_variants(workloads, args), args, workdir, stack)
-        etcd = start_etcd(lock_workloads, args, stack, left_out)
         for workload in workloads:
             results.append(run_workload(workload, servers, args, workdir, failures))
+        # Started after the wrk workloads, so it never idles on the machine beside them.
+        etcd = start_etcd(lock_workloads, args, stack, left_out)
         for lock_workload in lock_workloads:
             try:
                 lock_results.append(

@@ -143,6 +143,7 @@ def test_bench_lock_round_holds_mutual_exclusion_beside_etcd(tmp_path: Path) -> 
     no two clients ever holding one lock, and writes both services' rows."""
     report = _one_round(tmp_path / "benchmarks.md", "--only=lock-one,lock-1000")
     assert "(and the API the clients expect): held in every run." in report
+    assert "lockstep and etcd back to back in each round" in report
     _lock_rows_held(report)
 
 

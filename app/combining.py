@@ -112,10 +112,6 @@ class OpenBatch(Generic[Op]):
             self.take()
         return self._requests
 
-    def done(self) -> bool:
-        """Whether the batch has been settled."""
-        return self._settled
-
     def set_result(self, outcomes: list[Any]) -> None:
         """The batch committed: answer each request with its own outcome."""
         self._settle()

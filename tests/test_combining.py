@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 
 import pytest
 
-import app.storage.sqlite.storage as sqlite_backend
+import app.storage.sqlite.writes as sqlite_writes
 from app.combining import Batch, Combiner, OpenBatch, ops_of
 from app.domain import Counted, CounterOp, CounterOutcome, Increment
 from app.errors import LockTimeout
@@ -241,7 +241,7 @@ async def test_cancellation_storm_applies_exactly_the_claimed_increments(
             applied[id(op)] += 1
         return ops
 
-    monkeypatch.setattr(sqlite_backend, "ops_of", recording_ops_of)
+    monkeypatch.setattr(sqlite_writes, "ops_of", recording_ops_of)
     locks = LockRegistry(timeout=30)
     combiner: Combiner[CounterOp, CounterOutcome] = Combiner("counter", locks, apply)
     rng = random.Random(11)

@@ -22,7 +22,7 @@ from app.domain import (
     Written,
 )
 from app.errors import OutOfRange, PreconditionFailed, StorageUnavailable
-from app.idempotency import Claim, Rendered
+from app.idempotency import Claim, Rendered, Replay
 from app.settings import Settings
 from app.startup import StartupError
 from app.storage.sqlite import SQLiteStorage
@@ -181,6 +181,46 @@ async def test_plain_writes_of_a_batch_share_one_group(storage: SQLiteStorage) -
     assert await storage.get_counter("claimed") == Counter("claimed", 7, 1)
     record = await storage.get_item("doc")
     assert record is not None and record.value == {"a": 1, "b": 2} and record.version == 2
+
+
+async def test_unit_that_raises_fails_alone_in_its_group(storage: SQLiteStorage) -> None:
+    """A write whose computation raises gets its error and writes nothing; its group commits.
+
+    Keyed and unkeyed writes share the group: the failing one claims a key whose response
+    cannot be rendered, so neither its change, nor its log entry, nor its key is stored.
+    """
+
+    def unrenderable(outcome: Any) -> Rendered:
+        raise ValueError("cannot render")
+
+    def render(outcome: Any) -> Rendered:
+        return Rendered(200, {}, b"%d" % value(outcome))
+
+    bad = Claim("key-bad", "fp", unrenderable)
+    good = Claim("key-good", "fp", render)
+    before = storage.batches
+    revision, _ = await storage.feed()
+    results = await asyncio.gather(
+        storage.apply_counter_ops("plain", [Increment(1)]),
+        storage.apply_counter_ops("broken", [Increment(5, bad)]),
+        storage.apply_counter_ops("keyed", [Increment(2, good)]),
+        return_exceptions=True,
+    )
+    assert storage.batches - before == 1
+    assert values(results[0]) == [1]
+    assert isinstance(results[1], ValueError)
+    assert values(results[2]) == [2]
+    assert await storage.get_counter("plain") == Counter("plain", 1, 1)
+    assert await storage.get_counter("broken") is None
+    assert await storage.get_counter("keyed") == Counter("keyed", 2, 1)
+    page = await storage.read_changes(revision, 100)
+    assert sorted(c.key for c in page.changes) == ["keyed", "plain"]
+    replayed, retried = await asyncio.gather(
+        storage.apply_counter_ops("keyed", [Increment(2, good)]),
+        storage.apply_counter_ops("broken", [Increment(5, Claim("key-bad", "fp", render))]),
+    )
+    assert replayed == [Replay(Rendered(200, {}, b"2"))]
+    assert values(retried) == [5]
 
 
 async def test_failed_group_write_rolls_back_the_group_only(

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import msgspec
 
 from app.changes import Change, FeedPage, feed_page, snapshot_page
 from app.clock import ServiceClock
-from app.combining import Batch, ops_of
+from app.combining import Batch
 from app.domain import (
     NAME_CEILING,
     Counter,
@@ -26,9 +25,6 @@ from app.domain import (
     now_iso,
 )
 from app.errors import StorageUnavailable
-from app.idempotency import (
-    claimed_keys,
-)
 from app.leases import Decision, Lease, LockState, Step, read_state
 from app.settings import Settings
 from app.startup import StartupError
@@ -49,12 +45,9 @@ from app.storage.sqlite.writer import Writer, probe
 from app.storage.sqlite.writes import (
     CounterWrites,
     ItemWrites,
-    Later,
     Unit,
-    counter_unit,
-    item_unit,
+    decode_record,
     purge_changes_unit,
-    read_record,
 )
 from app.txn import Txn, TxnOutcome
 
@@ -79,7 +72,7 @@ class SQLiteStorage:
         self._db_file = db_file
         self._observer = observer
         self._poll_interval = settings.events_poll_interval
-        self._key_ttl = settings.idempotency_ttl
+        self._key_times = partial(self._clock.key_times, settings.idempotency_ttl)
         self._writer = Writer(
             writer_db,
             settings.max_batch,
@@ -162,25 +155,13 @@ class SQLiteStorage:
     def apply_counter_ops(
         self, name: str, ops: Batch[CounterOp]
     ) -> asyncio.Future[list[CounterOutcome]]:
-        return self._writer.submit(Later(self._counter_unit, name, ops))
+        return self._writer.submit(CounterWrites(name, ops, self._key_times))
 
     def apply_item_ops(self, item_id: str, ops: Batch[ItemOp]) -> asyncio.Future[list[ItemOutcome]]:
-        return self._writer.submit(Later(self._item_unit, item_id, ops))
-
-    def _counter_unit(self, name: str, batch: Batch[CounterOp]) -> Unit:
-        ops = ops_of(batch)
-        if claimed_keys(ops):
-            return counter_unit(name, ops, self._clock.key_times(self._key_ttl))
-        return CounterWrites(name, ops)
-
-    def _item_unit(self, item_id: str, batch: Batch[ItemOp]) -> Unit:
-        ops = ops_of(batch)
-        if claimed_keys(ops):
-            return item_unit(item_id, ops, self._clock.key_times(self._key_ttl))
-        return ItemWrites(item_id, ops)
+        return self._writer.submit(ItemWrites(item_id, ops, self._key_times))
 
     def apply_txn(self, txn: Txn) -> asyncio.Future[TxnOutcome]:
-        times = self._clock.key_times(self._key_ttl) if txn.claim is not None else None
+        times = self._key_times() if txn.claim is not None else None
         return self._writer.submit(txn_unit(txn, times, self._clock.expiry_now))
 
     def lock_step(self, name: str, step: Step) -> asyncio.Future[Decision]:
@@ -232,9 +213,9 @@ class SQLiteStorage:
 
     async def get_item(self, item_id: str) -> Record | None:
         rows = await self._read(
-            "SELECT value, version, updated_at FROM items WHERE id = ?", (item_id,)
+            "SELECT id, value, version, updated_at FROM items WHERE id = ?", (item_id,)
         )
-        return read_record(item_id, rows[0]) if rows else None
+        return decode_record(rows[0]) if rows else None
 
     async def list_items(self, prefix: str, after: str, limit: int) -> list[Record]:
         rows = await self._read(
@@ -242,7 +223,7 @@ class SQLiteStorage:
             " AND id > ? ORDER BY id LIMIT ?",
             (prefix, prefix + NAME_CEILING, after, limit),
         )
-        return [Record(r[0], msgspec.json.decode(r[1]), r[2], r[3]) for r in rows]
+        return [decode_record(r) for r in rows]
 
     async def feed(self) -> tuple[int, int]:
         rows = await self._read("SELECT revision, purged_through FROM change_feed", ())

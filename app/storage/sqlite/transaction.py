@@ -1,8 +1,8 @@
 """The write transaction: one batch of units, taken in turns by the workers, with savepoints.
 
 ``run_batch`` runs on the writer connection's thread: it takes the workers' writer turn,
-then runs every unit of the batch in one ``BEGIN IMMEDIATE ... COMMIT``, each unit (or
-group of plain writes) under a savepoint of its own so one failure never fails the batch.
+then runs every unit of the batch in one ``BEGIN IMMEDIATE ... COMMIT``, each unit (or a
+table's group of writes) under a savepoint of its own so one failure never fails the batch.
 ``checkpoint`` bounds the WAL between batches, also in the writer turn.
 """
 
@@ -55,11 +55,11 @@ def run_batch(
 def run_transaction(conn: sqlite3.Connection, units: list[Unit]) -> list[tuple[bool, Any]]:
     """Each unit's ``(ok, result or error)``, in order, once they have all committed.
 
-    Plain writes (``Writes``) of one table are run as one group; anything else runs alone
-    under a savepoint of its own.
+    The resources' writes (``Writes``) to one table run as one group; anything else runs
+    alone. Each group and each other unit has a savepoint of its own.
     """
     results: list[tuple[bool, Any]] = [(False, None)] * len(units)
-    groups: dict[type[Writes[Any]], list[tuple[int, Writes[Any]]]] = {}
+    groups: dict[type[Writes[Any, Any]], list[tuple[int, Writes[Any, Any]]]] = {}
     conn.execute("BEGIN IMMEDIATE")
     try:
         pending = Pending.open(conn)
@@ -73,7 +73,7 @@ def run_transaction(conn: sqlite3.Connection, units: list[Unit]) -> list[tuple[b
             run_group = partial(write_group, kind, writes)
             ok, value = in_savepoint(conn, pending, run_group)
             for n, (i, _) in enumerate(group):
-                results[i] = (True, value[n]) if ok else (False, value)
+                results[i] = value[n] if ok else (False, value)
         # The change-log entries commit with the changes they describe, or not at all.
         pending.write(conn)
         conn.execute("COMMIT")
@@ -88,8 +88,11 @@ def run_transaction(conn: sqlite3.Connection, units: list[Unit]) -> list[tuple[b
 
 
 def write_group(
-    kind: type[Writes[Any]], writes: list[Writes[Any]], conn: sqlite3.Connection, pending: Pending
-) -> list[list[Any]]:
+    kind: type[Writes[Any, Any]],
+    writes: list[Writes[Any, Any]],
+    conn: sqlite3.Connection,
+    pending: Pending,
+) -> list[tuple[bool, Any]]:
     return kind.write_all(conn, writes, pending)
 
 

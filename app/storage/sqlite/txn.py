@@ -25,7 +25,7 @@ from app.domain import Counter, Record
 from app.errors import LockstepError
 from app.leases import fence_stale
 from app.storage.sqlite.changes import Pending
-from app.storage.sqlite.idempotency import with_claims
+from app.storage.sqlite.idempotency import claims_of
 from app.storage.sqlite.leases import stale_fence
 from app.storage.sqlite.writes import UnitFn
 from app.txn import Evaluated, Txn, evaluate
@@ -101,12 +101,13 @@ def txn_unit(txn: Txn, times: KeyTimes | None, now: Callable[[], float]) -> Unit
     """The writer's unit for ``txn``; ``times`` (the service clock's) when it claims a key."""
 
     def unit(conn: sqlite3.Connection, pending: Pending) -> Any:
-        def apply(todo: list[Txn]) -> list[Any]:
-            return [apply_txn(conn, pending, t, now) for t in todo]
+        def apply(todo: list[Txn]) -> tuple[None, list[Any]]:
+            return None, [apply_txn(conn, pending, t, now) for t in todo]
 
-        if times is None:
-            return apply_txn(conn, pending, txn, now)
         # A stored key replays instead (app.idempotency); a 409 is stored as any answer.
-        return with_claims(conn, [txn], apply, times)[0]
+        claims = claims_of(conn, [([txn], times)])
+        _, (outcome,) = claims.run([txn], apply)
+        claims.store(conn)
+        return outcome
 
     return unit

@@ -27,10 +27,7 @@ from app.storage.sqlite.transaction import (
     run_batch,
 )
 from app.storage.sqlite.turn import TurnKeeper
-from app.storage.sqlite.writes import (
-    Later,
-    Unit,
-)
+from app.storage.sqlite.writes import Unit, Writes
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +36,11 @@ WRITE_TROUBLE = frozenset({"full", "io", "readonly"})
 CHECKPOINT_RETRY_S = 0.5  # after a reader blocked a checkpoint, the next try waits this long
 
 
-class Writer(BatchQueue["Unit | Later"]):
+class Writer(BatchQueue[Unit]):
     """The worker's only writer: queues units and commits them in batches, in order.
 
-    A combiner's batch arrives as a ``Later``: its unit is made, and the combiner's queue
-    for that resource taken, only when the batch starts, after the queue has gathered.
+    A resource's write takes its ops (a combiner's batch closes) only when the batch
+    starts, after the queue has gathered.
 
     Between batches it keeps the WAL bounded: once the WAL file is larger than
     ``wal_limit`` bytes it runs a TRUNCATE checkpoint (SQLite's own PASSIVE autocheckpoint
@@ -77,13 +74,15 @@ class Writer(BatchQueue["Unit | Later"]):
         # Why writes have been failing (disk full, I/O, read-only), until one succeeds.
         self.trouble: str | None = None
 
-    async def _run_batch(self, items: list[Unit | Later]) -> list[Outcome]:
+    async def _run_batch(self, items: list[Unit]) -> list[Outcome]:
         started = time.perf_counter()
         try:
             # A combiner's batch is taken here, after the queue gathered (app.combining).
-            units = [i.make() if isinstance(i, Later) else i for i in items]
+            for unit in items:
+                if isinstance(unit, Writes):
+                    unit.take()
             results = await self._turns.run(
-                partial(in_db_thread, self._db, run_batch, units, self._turn_fd, self._db_file)
+                partial(in_db_thread, self._db, run_batch, items, self._turn_fd, self._db_file)
             )
         except Exception as e:
             self._report(e)

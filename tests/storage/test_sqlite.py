@@ -117,6 +117,23 @@ async def test_failing_unit_rolls_back_only_itself(storage: SQLiteStorage) -> No
     assert await storage.get_counter("half") is None
 
 
+async def test_lone_failing_unit_writes_nothing(storage: SQLiteStorage) -> None:
+    """A batch's only unit failing after writing leaves no row and no revision behind."""
+
+    def broken(conn: sqlite3.Connection, pending: Pending) -> None:
+        conn.execute("INSERT INTO counters (name, value) VALUES ('half', 1)")
+        raise ValueError("boom")
+
+    await storage.apply_counter_ops("before", [Increment(1)])
+    revision, _ = await storage.feed()
+    with pytest.raises(ValueError, match="boom"):
+        await storage._writer.submit(broken)
+    assert await storage.get_counter("half") is None
+    assert await storage.feed() == (revision, 0)
+    assert values(await storage.apply_counter_ops("after", [Increment(1)])) == [1]
+    assert (await storage.feed())[0] == revision + 1
+
+
 async def test_readonly_database_answers_storage_unavailable(
     settings: Settings, storage: SQLiteStorage
 ) -> None:

@@ -55,25 +55,41 @@ def run_batch(
 def run_transaction(conn: sqlite3.Connection, units: list[Unit]) -> list[tuple[bool, Any]]:
     """Each unit's ``(ok, result or error)``, in order, once they have all committed.
 
-    The resources' writes (``Writes``) to one table run as one group; anything else runs
-    alone. Each group and each other unit has a savepoint of its own.
+    The resources' writes (``Writes``) to one table run as one step; anything else is a
+    step alone. Each step has a savepoint of its own, unless it is the transaction's only
+    one: then its failure rolls back the whole transaction, to the same effect.
     """
+    steps: list[tuple[list[int], UnitFn]] = []
+    groups: dict[type[Writes[Any, Any]], tuple[list[int], list[Writes[Any, Any]]]] = {}
+    for i, unit in enumerate(units):
+        if isinstance(unit, Writes):
+            group = groups.get(type(unit))
+            if group is None:
+                group = groups[type(unit)] = ([], [])
+                steps.append((group[0], partial(write_group, type(unit), group[1])))
+            group[0].append(i)
+            group[1].append(unit)
+        else:
+            steps.append(([i], partial(alone, unit)))
     results: list[tuple[bool, Any]] = [(False, None)] * len(units)
-    groups: dict[type[Writes[Any, Any]], list[tuple[int, Writes[Any, Any]]]] = {}
     conn.execute("BEGIN IMMEDIATE")
     try:
         pending = Pending.open(conn)
-        for i, unit in enumerate(units):
-            if isinstance(unit, Writes):
-                groups.setdefault(type(unit), []).append((i, unit))
-            else:
-                results[i] = in_savepoint(conn, pending, unit)
-        for kind, group in groups.items():
-            writes = [w for _, w in group]
-            run_group = partial(write_group, kind, writes)
-            ok, value = in_savepoint(conn, pending, run_group)
-            for n, (i, _) in enumerate(group):
-                results[i] = value[n] if ok else (False, value)
+        if len(steps) == 1:
+            indexes, step = steps[0]
+            try:
+                done = step(conn, pending)
+            except Exception as e:
+                if conn.in_transaction:  # SQLite may have rolled back by itself (disk full)
+                    conn.execute("ROLLBACK")
+                return [(False, e)] * len(units)
+            for i, outcome in zip(indexes, done, strict=True):
+                results[i] = outcome
+        else:
+            for indexes, step in steps:
+                ok, value = in_savepoint(conn, pending, step)
+                for n, i in enumerate(indexes):
+                    results[i] = value[n] if ok else (False, value)
         # The change-log entries commit with the changes they describe, or not at all.
         pending.write(conn)
         conn.execute("COMMIT")
@@ -94,6 +110,10 @@ def write_group(
     pending: Pending,
 ) -> list[tuple[bool, Any]]:
     return kind.write_all(conn, writes, pending)
+
+
+def alone(unit: UnitFn, conn: sqlite3.Connection, pending: Pending) -> list[tuple[bool, Any]]:
+    return [(True, unit(conn, pending))]
 
 
 def in_savepoint(conn: sqlite3.Connection, pending: Pending, unit: UnitFn) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
@@ -22,9 +22,12 @@ KINDS: tuple[Kind, ...] = ("counter", "item", "lock")
 KEY_MEMBER: dict[str, str] = {"counter": "name", "item": "id", "lock": "name"}
 
 
-@dataclass(slots=True, frozen=True)
-class Change:
-    """One resource's change in one commit; ``value`` is JSON text, None once deleted."""
+class Change(NamedTuple):
+    """One resource's change in one commit; ``value`` is JSON text, None once deleted.
+
+    A tuple, not a dataclass: every write makes one per resource it changes, and a tuple is
+    the cheapest object to make; its first six fields are the row it is stored as.
+    """
 
     revision: int
     kind: str

@@ -19,7 +19,7 @@ snapshot starts over after an ``event: reset``.
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.changes import Change
@@ -109,7 +109,7 @@ class Snapshot:
             return [Event("snapshot", self._log_at, changes, more=True)] if changes else []
         # Every entry is now the state as of this read's revision.
         self.revision = max(self._log_at, log.revision)
-        final = [replace(c, revision=self.revision) for c in changes]
+        final = [c._replace(revision=self.revision) for c in changes]
         return [Event("snapshot", self.revision, final)]
 
     def _read_at(self, position: Position) -> int:

@@ -11,7 +11,6 @@ retention, with ``event: reset`` and then a snapshot (``app.events``).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import msgspec
 from aiohttp import web
@@ -72,7 +71,7 @@ async def send_event(
             value = await storage.deferred_value(change, snapshot=event.kind == "snapshot")
             if value is None:
                 raise ValueGone(f"revision {change.revision} of {change.key!r} left the log")
-            change = replace(change, value=value, deferred=False)
+            change = change._replace(value=value, deferred=False)
         piece += (b"," if n else b"") + _encode(change.to_json())
         if len(piece) >= PIECE_BYTES:
             await send(request, response, piece, send_timeout)

@@ -52,7 +52,7 @@ class Pending:
         conn.execute("UPDATE change_feed SET revision = ?", (self.commit.revision,))
         conn.executemany(
             f"INSERT INTO changes ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-            [(c.revision, c.kind, c.key, c.value, c.version, c.time) for c in self.entries],
+            [c[:6] for c in self.entries],
         )
 
 

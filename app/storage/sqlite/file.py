@@ -89,6 +89,7 @@ class DatabaseFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._name = str(path)  # os.stat of a Path converts it to text every time
         self._opened = _identity(os.stat(path))
         self.gone: DatabaseGone | None = None
 
@@ -96,7 +97,7 @@ class DatabaseFile:
         """Raise ``DatabaseGone`` unless the path still names the file opened (sticky)."""
         if self.gone is None:
             try:
-                same = _identity(os.stat(self.path)) == self._opened
+                same = _identity(os.stat(self._name)) == self._opened
             except FileNotFoundError:
                 same = False
             if same:

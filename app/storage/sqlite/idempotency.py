@@ -113,7 +113,7 @@ def claims_of(
     conn: sqlite3.Connection, units: Sequence[tuple[list[Any], KeyTimes | None]]
 ) -> Claims:
     """The ``Claims`` of units given as ``(ops, times)``, ``times`` set where keys are claimed."""
-    keys = [k for ops, _ in units for k in claimed_keys(ops)]
+    keys = [k for ops, times in units if times is not None for k in claimed_keys(ops)]
     return Claims(conn, keys, [t for _, t in units if t is not None])
 
 

@@ -15,6 +15,7 @@ from app.domain import Counted, DeleteCounter, DeleteItem, Increment, PatchItem,
 from app.settings import Settings
 from app.storage import Storage
 from app.storage.backends import open_storage
+from app.storage.sqlite import changes as sqlite_changes
 from app.storage.sqlite.schema import MIGRATIONS
 from tests.conftest import settings_for
 
@@ -166,6 +167,40 @@ async def test_sqlite_database_from_before_revisions_is_migrated(tmp_path: Path)
         assert outcome.counter.version == 2
     finally:
         await storage.close()
+
+
+async def test_sqlite_log_indexes_only_records_by_resource(tmp_path: Path) -> None:
+    """A database at schema 3 gets the records-only index; history and the feed still read.
+
+    Counter entries stay out of any per-resource index (a write's entry lands on the log's
+    last pages), and the feed finds entries after ``since`` by revision whatever its filter.
+    """
+    settings = settings_for(tmp_path)
+    path = settings.sqlite_path
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as conn:
+        for statement in [s for migration in MIGRATIONS[:3] for s in migration]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 3")
+    storage = await open_storage(settings)
+    try:
+        await storage.apply_item_ops("doc", [PutItem({"a": 1})])
+        await storage.apply_counter_ops("c", [Increment(1)])
+        await storage.apply_item_ops("doc", [PutItem({"a": 2})])
+        history = await storage.item_versions("doc", 100, 10)
+        assert [c.version for c in history] == [2, 1]
+        page = await storage.read_changes(1, 10, kind="item", prefix="d")
+        assert [(c.kind, c.key, c.version) for c in page.changes] == [("item", "doc", 2)]
+    finally:
+        await storage.close()
+    with sqlite3.connect(path) as conn:
+        indexes = dict(conn.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'index'"))
+        assert "changes_resource" not in indexes
+        assert "WHERE kind = 'item'" in indexes["changes_item"]
+        for kind, prefix in (("item", "d"), ("counter", "")):
+            sql, params = sqlite_changes.changes_query(0, 10, kind, prefix, None)
+            plan = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            assert "changes_revision" in plan and "AUTOMATIC" not in plan
 
 
 async def _poison_the_log(settings: Settings) -> None:

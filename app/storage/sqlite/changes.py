@@ -27,6 +27,13 @@ MIGRATION = [
     "CREATE INDEX changes_resource ON changes (kind, key, revision)",
 ]
 
+# Only records' entries are indexed by resource (their history is paged by id); a counter's
+# entry then lands on the log's last pages, not on a random page of a resource index.
+ITEM_INDEX_MIGRATION = [
+    "DROP INDEX changes_resource",
+    "CREATE INDEX changes_item ON changes (key, revision) WHERE kind = 'item'",
+]
+
 _COLUMNS = "revision, kind, key, value, version, time"
 
 
@@ -94,13 +101,15 @@ def changes_query(
     The page ends with the commit of its ``limit``-th entry, all of it, so a commit is never
     split between two pages. ``kind``, the key ``prefix`` and ``resources`` (kind, key) filter.
     """
+    # The unary + keeps kind and key from choosing an index: the entries after ``since`` are
+    # found by revision, the log's order, whatever the filter (no scan of a resource's past).
     where = ["revision > ?"]
     params: list[Any] = [since]
     if kind is not None:
-        where.append("kind = ?")
+        where.append("+kind = ?")
         params.append(kind)
     if prefix:
-        where.append("key >= ? AND key < ?")
+        where.append("+key >= ? AND +key < ?")
         params += [prefix, prefix + NAME_CEILING]
     if resources is not None:
         where.append("kind || ':' || key IN (SELECT value FROM json_each(?))")

@@ -2,10 +2,10 @@
 
 All three work on the database the service's own settings name (``LOCKSTEP_DATA_DIR``,
 ``LOCKSTEP_DATABASE_URL``), while the service runs. ``backup`` makes a consistent copy of
-a SQLite file (``pg_dump`` does that for PostgreSQL); ``export`` writes counters and
-records as NDJSON (``app.export_format``) to stdout and ``import`` loads that into an
-empty database of either backend, which is also how a SQLite database moves to
-PostgreSQL. Every failure is one line on stderr and a non-zero exit status.
+a SQLite file (``pg_dump`` does that for PostgreSQL); ``export`` writes counters, records
+and the locks' last fencing tokens as NDJSON (``app.export_format``) to stdout and
+``import`` loads that into an empty database of either backend, which is also how a
+SQLite database moves to PostgreSQL. Every failure is one line on stderr and a non-zero exit status.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ async def _export_postgres(settings: Settings, out: BinaryIO) -> None:
 
 
 def _import(settings: Settings, args: argparse.Namespace) -> int:
-    counters, records = asyncio.run(_import_into(settings, _stdin_lines()))
-    print(f"imported counters: {counters}, records: {records}")
+    counters, records, locks = asyncio.run(_import_into(settings, _stdin_lines()))
+    print(f"imported counters: {counters}, records: {records}, locks: {locks}")
     return 0
 
 
@@ -113,7 +113,7 @@ def _stdin_lines() -> Iterator[bytes]:
     yield from sys.stdin.buffer
 
 
-async def _import_into(settings: Settings, lines: Iterator[bytes]) -> tuple[int, int]:
+async def _import_into(settings: Settings, lines: Iterator[bytes]) -> tuple[int, int, int]:
     # Opening the storage creates or migrates the schema exactly as the service does.
     storage = await open_storage(settings)
     await storage.close()

@@ -1,11 +1,13 @@
-"""The export format: NDJSON that carries counters and records from one database to another.
+"""The export format: NDJSON that carries counters, records and the locks' fencing tokens
+from one database to another.
 
 One JSON object per line, each tagged by ``type``::
 
-    {"type":"lockstep-export","version":1}                                  always first
+    {"type":"lockstep-export","version":2}                                  always first
     {"type":"counter","name":"visits","value":42,"version":7}               by name
     {"type":"record","id":"cfg","value":{"a":1},"version":3,"updated_at":"…"}  by id
-    {"type":"end","counters":1,"records":1}                                 always last
+    {"type":"lock","name":"payments","last_token":42}                       by name
+    {"type":"end","counters":1,"records":1,"locks":1}                       always last
 
 A record's value is carried as the exact JSON text the database holds, so values (integers
 of any size included), versions and timestamps come back byte for byte, and exporting an
@@ -14,18 +16,26 @@ in ascending byte order of its names, which is also how an import finds a repeat
 without holding every name in memory. The ``end`` line tells a complete export from one
 that was cut off. Idempotency keys are not carried: they only matter to retries of
 requests already answered.
+
+A lock carries only the last fencing token it issued: the import stores it free, with that
+token as the floor, so the next lease on the new database gets a greater token than any a
+holder on the old one could still present (a lease held at export ends there; its holder's
+fenced writes are refused). Version 1 exports, from before locks were carried, read as
+before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import msgspec
 
 from app.domain import INT64_MAX, INT64_MIN, NAME_RE, NAME_RULE
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no lock lines
 
 Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 # What app.domain.now_iso writes: RFC 3339 UTC, milliseconds.
@@ -50,18 +60,28 @@ class RecordLine(msgspec.Struct, tag="record", tag_field="type", forbid_unknown_
     updated_at: Timestamp
 
 
+class LockLine(msgspec.Struct, tag="lock", tag_field="type", forbid_unknown_fields=True):
+    name: str
+    last_token: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
+
+
 class End(msgspec.Struct, tag="end", tag_field="type", forbid_unknown_fields=True):
     counters: int
     records: int
+    locks: int = 0  # absent in version 1
 
 
-Row = CounterLine | RecordLine
-_decoder = msgspec.json.Decoder(Header | CounterLine | RecordLine | End)
+Row = CounterLine | RecordLine | LockLine
+_decoder = msgspec.json.Decoder(Header | CounterLine | RecordLine | LockLine | End)
 _encoder = msgspec.json.Encoder()
 
 
 class BadExport(Exception):
     """The input is not a complete, well-formed lockstep export; the message says where."""
+
+
+# The tables an import fills or requires empty.
+TABLES = ("counters", "items", "idempotency", "locks")
 
 
 class TargetNotEmpty(Exception):
@@ -90,29 +110,45 @@ def record_line(item_id: str, value_json: str, version: int, updated_at: str) ->
     )
 
 
-def end_line(counters: int, records: int) -> bytes:
-    return _encoder.encode(End(counters, records)) + b"\n"
+def lock_line(name: str, last_token: int) -> bytes:
+    return _encoder.encode(LockLine(name, last_token)) + b"\n"
+
+
+def end_line(counters: int, records: int, locks: int = 0) -> bytes:
+    return _encoder.encode(End(counters, records, locks)) + b"\n"
 
 
 CounterRow = tuple[str, int, int]  # name, value, version
 RecordRow = tuple[str, str, int, str]  # id, value as JSON text, version, updated_at
+LockRow = tuple[str, int]  # name, last_token: stored free
 
 
-def in_batches(
-    rows: Iterable[Row], size: int = 1000
-) -> Iterator[tuple[list[CounterRow], list[RecordRow]]]:
+@dataclass(slots=True)
+class Batch:
+    """Rows of each table for one round of ``executemany``."""
+
+    counters: list[CounterRow] = field(default_factory=list)
+    records: list[RecordRow] = field(default_factory=list)
+    locks: list[LockRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.counters) + len(self.records) + len(self.locks)
+
+
+def in_batches(rows: Iterable[Row], size: int = 1000) -> Iterator[Batch]:
     """``rows`` as database rows, in batches of at most ``size`` for ``executemany``."""
-    counters: list[CounterRow] = []
-    records: list[RecordRow] = []
+    batch = Batch()
     for row in rows:
         if isinstance(row, CounterLine):
-            counters.append((row.name, row.value, row.version))
+            batch.counters.append((row.name, row.value, row.version))
+        elif isinstance(row, RecordLine):
+            batch.records.append((row.id, bytes(row.value).decode(), row.version, row.updated_at))
         else:
-            records.append((row.id, bytes(row.value).decode(), row.version, row.updated_at))
-        if len(counters) + len(records) >= size:
-            yield counters, records
-            counters, records = [], []
-    yield counters, records
+            batch.locks.append((row.name, row.last_token))
+        if len(batch) >= size:
+            yield batch
+            batch = Batch()
+    yield batch
 
 
 def read_export(lines: Iterable[bytes]) -> Iterator[Row]:
@@ -122,7 +158,7 @@ def read_export(lines: Iterable[bytes]) -> Iterator[Row]:
     rolls everything back when a later line turns out bad (or the ``end`` line is missing).
     """
     started = ended = False
-    counters = records = 0
+    counts: dict[type[Row], int] = {CounterLine: 0, RecordLine: 0, LockLine: 0}
     last: dict[type[Row], bytes] = {}
     number = 0
     for number, raw in enumerate(lines, 1):
@@ -140,36 +176,46 @@ def read_export(lines: Iterable[bytes]) -> Iterator[Row]:
         if not started:
             if not isinstance(line, Header):
                 raise BadExport(f"line {number}: not a lockstep export (no header line)")
-            if line.version != FORMAT_VERSION:
+            if line.version not in READABLE_VERSIONS:
                 raise BadExport(
                     f"line {number}: export format version {line.version}; this lockstep"
-                    f" reads version {FORMAT_VERSION}"
+                    f" reads versions {READABLE_VERSIONS[0]} to {FORMAT_VERSION}"
                 )
             started = True
         elif isinstance(line, Header):
             raise BadExport(f"line {number}: a second header line")
         elif isinstance(line, End):
-            if (line.counters, line.records) != (counters, records):
-                raise BadExport(
-                    f"line {number}: the end line counts {line.counters} counters and"
-                    f" {line.records} records, but {counters} and {records} came before it"
-                )
+            _check_end(number, line, counts)
             ended = True
         else:
-            if isinstance(line, CounterLine):
-                if records:
-                    raise BadExport(f"line {number}: a counter after the records")
-                counters += 1
-                name = line.name
-            else:
-                records += 1
-                name = line.id
-            _check_order(number, name, last, type(line))
+            kind = type(line)
+            later = _KINDS[_KINDS.index(kind) + 1 :]
+            if any(counts[k] for k in later):
+                raise BadExport(
+                    f"line {number}: a {_WHAT[kind]} after the {_WHAT[later[0]]}s"
+                    " (counters, then records, then locks)"
+                )
+            counts[kind] += 1
+            _check_order(number, line.id if isinstance(line, RecordLine) else line.name, last, kind)
             yield line
     if not started:
         raise BadExport("the input is empty: expected a lockstep export")
     if not ended:
         raise BadExport(f"the export ends at line {number} without its end line: it was cut off")
+
+
+_KINDS: tuple[type[Row], ...] = (CounterLine, RecordLine, LockLine)
+_WHAT: dict[type[Row], str] = {CounterLine: "counter", RecordLine: "record", LockLine: "lock"}
+
+
+def _check_end(number: int, end: End, counts: dict[type[Row], int]) -> None:
+    said = (end.counters, end.records, end.locks)
+    came = (counts[CounterLine], counts[RecordLine], counts[LockLine])
+    if said != came:
+        raise BadExport(
+            f"line {number}: the end line counts {said[0]} counters, {said[1]} records and"
+            f" {said[2]} locks, but {came[0]}, {came[1]} and {came[2]} came before it"
+        )
 
 
 def _check_order(number: int, name: str, last: dict[type[Row], bytes], kind: type[Row]) -> None:

@@ -14,7 +14,10 @@ import aiohttp
 import pytest
 
 from app.cli import main
+from app.main import create_app
+from app.storage.sqlite.copy import backup
 from tests.backup.writers import Writers
+from tests.conftest import ClientFactory, settings_for
 from tests.faults.load import integrity
 from tests.support import Service
 
@@ -101,3 +104,29 @@ def test_backup_refuses_existing_file_and_postgres(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pg_dump" in err
     assert not (tmp_path / "pg.db").exists()
+
+
+async def test_restored_backup_keeps_every_lock_and_its_last_token(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A backup is the whole file, locks included: restored, a held lease is still held with
+    its token, and the next lease gets a greater token than any issued before."""
+    (tmp_path / "restored").mkdir()
+    source = await aiohttp_client(await create_app(settings_for(tmp_path)))
+    for _ in range(2):
+        r = await source.post("/locks/p", json={"ttl": 60})
+        assert r.status == 201
+        token = (await r.json())["token"]
+        if token == 1:
+            r = await source.delete("/locks/p", headers={"If-Match": '"1"'})
+            assert r.status == 204
+    copy = tmp_path / "restored" / "data" / "lockstep.db"
+    copy.parent.mkdir()
+    backup(settings_for(tmp_path).sqlite_path, copy, 5000)
+    restored = await aiohttp_client(await create_app(settings_for(tmp_path / "restored")))
+    r = await restored.get("/locks/p")
+    assert r.status == 200 and (await r.json())["token"] == 2
+    r = await restored.delete("/locks/p", headers={"If-Match": '"2"'})
+    assert r.status == 204
+    r = await restored.post("/locks/p", json={"ttl": 60})
+    assert r.status == 201 and (await r.json())["token"] == 3

@@ -1,4 +1,5 @@
-"""`lockstep export` and `import`: SQLite to PostgreSQL and back, exactly; only into empty."""
+"""`lockstep export` and `import`: SQLite to PostgreSQL and back, exactly; only into empty;
+fencing tokens keep increasing across the move."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from app.main import create_app
 from app.settings import Settings
 from tests.backup.cli import lockstep
-from tests.conftest import ClientFactory, fresh_postgres_url, settings_for
+from tests.conftest import ClientFactory, backend_settings, fresh_postgres_url, settings_for
 
 INT64_MAX = 2**63 - 1
 DOC = {
@@ -54,6 +55,8 @@ async def _fill(client: TestClient[Any, Any]) -> None:
         assert r.status == 201
     r = await client.delete("/items/gone")
     assert r.status == 204
+    r = await client.post("/locks/job", json={"ttl": 60})
+    assert r.status == 201
 
 
 async def test_sqlite_export_postgres_import_export_is_identical(
@@ -69,14 +72,15 @@ async def test_sqlite_export_postgres_import_export_is_identical(
     exported = await lockstep(sqlite, "export")
     assert exported.returncode == 0, exported.stderr
     lines = [json.loads(line) for line in exported.stdout.splitlines()]
-    assert lines[0] == {"type": "lockstep-export", "version": 1}
-    assert lines[-1] == {"type": "end", "counters": 12, "records": 3}
+    assert lines[0] == {"type": "lockstep-export", "version": 2}
+    assert lines[-2] == {"type": "lock", "name": "job", "last_token": 1}
+    assert lines[-1] == {"type": "end", "counters": 12, "records": 3, "locks": 1}
     assert [x["name"] for x in lines if x["type"] == "counter"][:4] == ["A", "Z9", "a", "a-b"]
     async with fresh_postgres_url() as url:
         postgres = settings_for(tmp_path / "pg", database_url=url)
         loaded = await lockstep(postgres, "import", stdin=exported.stdout)
         assert loaded.returncode == 0, loaded.stderr
-        assert loaded.stdout == b"imported counters: 12, records: 3\n"
+        assert loaded.stdout == b"imported counters: 12, records: 3, locks: 1\n"
         again = await lockstep(postgres, "export")
         assert again.returncode == 0, again.stderr
         assert again.stdout == exported.stdout
@@ -142,3 +146,50 @@ async def test_import_of_cut_off_export_writes_nothing(
     for path in ("/counters", "/items"):
         r = await client.get(path)
         assert await r.json() == {"items": [], "next": None}, path
+
+
+async def test_tokens_after_import_exceed_every_token_issued_before_it(
+    aiohttp_client: ClientFactory, backend: str, tmp_path: Path
+) -> None:
+    """Export → import into a new database ends a held lease, and the next lease's token is
+    greater than any issued before, so an old holder's fenced write is refused.
+
+    Protection: the export's lock lines; without them tokens start at 1 again, and the
+    holder of the old token 1 writes through the new lease 1.
+    """
+    for side in ("old", "new"):
+        (tmp_path / side).mkdir()
+    async with backend_settings(backend, tmp_path / "old") as old:
+        source = await aiohttp_client(await create_app(old))
+        tokens = []
+        for _ in range(2):
+            r = await source.post("/locks/p", json={"ttl": 60})
+            assert r.status == 201
+            tokens.append((await r.json())["token"])
+            if len(tokens) == 1:
+                r = await source.delete("/locks/p", headers={"If-Match": f'"{tokens[0]}"'})
+                assert r.status == 204
+        r = await source.put("/counters/c", json={"value": 1})
+        assert r.status == 200
+        exported = await lockstep(old, "export")
+        assert exported.returncode == 0, exported.stderr
+        await source.close()  # before its database goes
+    async with backend_settings(backend, tmp_path / "new") as new:
+        loaded = await lockstep(new, "import", stdin=exported.stdout)
+        assert loaded.returncode == 0, loaded.stderr
+        assert loaded.stdout == b"imported counters: 1, records: 0, locks: 1\n"
+        target = await aiohttp_client(await create_app(new))
+        r = await target.get("/locks/p")
+        assert r.status == 404  # the lease held at export ended with the move
+        r = await target.post("/locks/p", json={"ttl": 60})
+        assert r.status == 201
+        token = (await r.json())["token"]
+        for stale in tokens:
+            r = await target.put(
+                "/counters/c", json={"value": 666}, headers={"Lockstep-Fence": f"p={stale}"}
+            )
+            assert r.status == 412 and (await r.json())["type"].endswith("fence-stale")
+        assert token > max(tokens)
+        r = await target.get("/counters/c")
+        assert (await r.json())["value"] == 1
+        await target.close()

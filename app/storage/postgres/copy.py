@@ -1,7 +1,7 @@
 """Export from and import into a PostgreSQL database, while instances may be serving it.
 
 An export reads in one ``REPEATABLE READ`` read-only transaction (one committed state,
-streamed through a cursor); an import locks both tables against writers, checks that the
+streamed through a cursor); an import locks the tables against writers, checks that the
 database is empty, and writes everything in one transaction. Backups of a PostgreSQL
 database are ``pg_dump``'s job.
 """
@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator, Iterable
 import asyncpg
 
 from app.export_format import (
+    TABLES,
     Row,
     TargetNotEmpty,
     counter_line,
     end_line,
     header_line,
     in_batches,
+    lock_line,
     record_line,
 )
 from app.settings import Settings
@@ -52,12 +54,18 @@ async def export_lines(settings: Settings) -> AsyncIterator[bytes]:
             ):
                 records += 1
                 yield record_line(item_id, value, version, updated_at)
+            locks = 0
+            async for name, last_token in conn.cursor(
+                "SELECT name, last_token FROM locks ORDER BY name", prefetch=BATCH
+            ):
+                locks += 1
+                yield lock_line(name, last_token)
     finally:
         await conn.close()
-    yield end_line(counters, records)
+    yield end_line(counters, records, locks)
 
 
-async def import_rows(settings: Settings, rows: Iterable[Row]) -> tuple[int, int]:
+async def import_rows(settings: Settings, rows: Iterable[Row]) -> tuple[int, int, int]:
     """Load ``rows`` into the empty database in one transaction; returns the counts.
 
     The schema must exist already (``app.storage.open_storage`` creates it). Raises
@@ -68,10 +76,10 @@ async def import_rows(settings: Settings, rows: Iterable[Row]) -> tuple[int, int
     try:
         async with conn.transaction():
             # Instances writing meanwhile wait for the commit instead of slipping rows in.
-            await conn.execute("LOCK TABLE counters, items, idempotency IN EXCLUSIVE MODE")
+            await conn.execute(f"LOCK TABLE {', '.join(TABLES)} IN EXCLUSIVE MODE")
             held = [
                 table
-                for table in ("counters", "items", "idempotency")
+                for table in TABLES
                 if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})")
             ]
             if held:
@@ -81,18 +89,23 @@ async def import_rows(settings: Settings, rows: Iterable[Row]) -> tuple[int, int
         await conn.close()
 
 
-async def _insert_all(conn: asyncpg.Connection, rows: Iterable[Row]) -> tuple[int, int]:
-    total_counters = total_records = 0
-    for counters, records in in_batches(rows, BATCH):
-        if counters:
+async def _insert_all(conn: asyncpg.Connection, rows: Iterable[Row]) -> tuple[int, int, int]:
+    total_counters = total_records = total_locks = 0
+    for batch in in_batches(rows, BATCH):
+        if batch.counters:
             await conn.executemany(
-                "INSERT INTO counters (name, value, version) VALUES ($1, $2, $3)", counters
+                "INSERT INTO counters (name, value, version) VALUES ($1, $2, $3)", batch.counters
             )
-        if records:
+        if batch.records:
             await conn.executemany(
                 "INSERT INTO items (id, value, version, updated_at) VALUES ($1, $2, $3, $4)",
-                records,
+                batch.records,
             )
-        total_counters += len(counters)
-        total_records += len(records)
-    return total_counters, total_records
+        if batch.locks:
+            await conn.executemany(
+                "INSERT INTO locks (name, last_token) VALUES ($1, $2)", batch.locks
+            )
+        total_counters += len(batch.counters)
+        total_records += len(batch.records)
+        total_locks += len(batch.locks)
+    return total_counters, total_records, total_locks

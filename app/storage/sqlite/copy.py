@@ -15,12 +15,14 @@ from contextlib import closing
 from pathlib import Path
 
 from app.export_format import (
+    TABLES,
     Row,
     TargetNotEmpty,
     counter_line,
     end_line,
     header_line,
     in_batches,
+    lock_line,
     record_line,
 )
 
@@ -84,7 +86,7 @@ def _fsync(path: Path) -> None:
 def export_lines(path: Path, busy_timeout_ms: int) -> Iterator[bytes]:
     """The database as export lines (``app.export_format``), streamed.
 
-    Both queries run in one read transaction: one committed state, however long it takes.
+    Every query runs in one read transaction: one committed state, however long it takes.
     """
     with closing(_open_existing(path, busy_timeout_ms)) as conn:
         try:
@@ -99,18 +101,24 @@ def export_lines(path: Path, busy_timeout_ms: int) -> Iterator[bytes]:
             for row in conn.execute("SELECT id, value, version, updated_at FROM items ORDER BY id"):
                 records += 1
                 yield record_line(*row)
+            locks = 0
+            for name, last_token in conn.execute(
+                "SELECT name, last_token FROM locks ORDER BY name"
+            ):
+                locks += 1
+                yield lock_line(name, last_token)
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             raise CopyError(f"cannot read {path}: {e}") from e
-    yield end_line(counters, records)
+    yield end_line(counters, records, locks)
 
 
-def import_rows(path: Path, busy_timeout_ms: int, rows: Iterable[Row]) -> tuple[int, int]:
+def import_rows(path: Path, busy_timeout_ms: int, rows: Iterable[Row]) -> tuple[int, int, int]:
     """Load ``rows`` into the empty database at ``path`` in one transaction.
 
     The schema must exist already (``app.storage.open_storage`` creates it). Returns how
-    many counters and records were written; raises ``TargetNotEmpty`` and writes nothing
-    if the database is not empty. An exception from ``rows`` rolls everything back.
+    many counters, records and locks were written; raises ``TargetNotEmpty`` and writes
+    nothing if the database is not empty. An exception from ``rows`` rolls everything back.
     """
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -119,7 +127,7 @@ def import_rows(path: Path, busy_timeout_ms: int, rows: Iterable[Row]) -> tuple[
         try:
             held = [
                 table
-                for table in ("counters", "items", "idempotency")
+                for table in TABLES
                 if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]
             ]
             if held:
@@ -132,13 +140,17 @@ def import_rows(path: Path, busy_timeout_ms: int, rows: Iterable[Row]) -> tuple[
     return done
 
 
-def _insert_all(conn: sqlite3.Connection, rows: Iterable[Row]) -> tuple[int, int]:
-    total_counters = total_records = 0
-    for counters, records in in_batches(rows):
-        conn.executemany("INSERT INTO counters (name, value, version) VALUES (?, ?, ?)", counters)
+def _insert_all(conn: sqlite3.Connection, rows: Iterable[Row]) -> tuple[int, int, int]:
+    total_counters = total_records = total_locks = 0
+    for batch in in_batches(rows):
         conn.executemany(
-            "INSERT INTO items (id, value, version, updated_at) VALUES (?, ?, ?, ?)", records
+            "INSERT INTO counters (name, value, version) VALUES (?, ?, ?)", batch.counters
         )
-        total_counters += len(counters)
-        total_records += len(records)
-    return total_counters, total_records
+        conn.executemany(
+            "INSERT INTO items (id, value, version, updated_at) VALUES (?, ?, ?, ?)", batch.records
+        )
+        conn.executemany("INSERT INTO locks (name, last_token) VALUES (?, ?)", batch.locks)
+        total_counters += len(batch.counters)
+        total_records += len(batch.records)
+        total_locks += len(batch.locks)
+    return total_counters, total_records, total_locks

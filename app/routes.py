@@ -164,9 +164,11 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/access", counters.access, "counters", "Count one access", "write",
           (Answer(200, "The value after this request's increment.",
                   {"text/plain": str, JSON: Counter}, ("Cache-Control",)),),
-          (409,), "Increments counter `access` and answers `Resource accessed N times.`, or "
-          "JSON when `Accept` weighs `application/json` above zero and not below `text/plain`. "
-          "It changes state, so it needs the write scope and HEAD is refused.", head=False),
+          (400, 409, 412), "Increments counter `access` and answers `Resource accessed N "
+          "times.`, or JSON when `Accept` weighs `application/json` above zero and not below "
+          "`text/plain`. It changes state, so it needs the write scope and HEAD is refused; "
+          "with `Lockstep-Fence` it counts only while those leases are held (else 412 "
+          "`fence-stale`).", params=("Lockstep-Fence",), head=False),
     Route("POST", "/counters/{name}/increment", counters.increment, "counters",
           "Add to a counter", "write",
           (_json(200, Counter, "The value after this increment.", "ETag", "Lockstep-Revision"),),

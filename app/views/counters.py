@@ -36,6 +36,7 @@ from app.views.common import (
     raise_if_error,
     read_body,
 )
+from app.views.fences import fenced, fences_of
 from app.views.idempotent import claim_for, execute
 
 # The write combiner every counter change goes through.
@@ -94,8 +95,14 @@ def wants_json(accept: str) -> bool:
 
 
 async def access(request: web.Request) -> web.Response:
-    """Count one access and say how many there have been, this one included."""
-    counted = raise_if_error(await request.app[COUNTERS].submit(ACCESS, _ONE))
+    """Count one access and say how many there have been, this one included; with
+    ``Lockstep-Fence`` only while its leases are held."""
+    fences = fences_of(request)
+    if fences:
+        _, run = fenced(request, ACCESS, _ONE, fences)
+        counted = raise_if_error(await run())
+    else:
+        counted = raise_if_error(await request.app[COUNTERS].submit(ACCESS, _ONE))
     assert isinstance(counted, Counted)
     headers = counted_headers(counted)
     headers.update(NO_STORE)

@@ -107,14 +107,22 @@ never_reaches_storage = pytest.mark.backends("sqlite")
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Give each test that needs a backend every one in ``BACKENDS``, or those it is marked with."""
-    if "backend" in metafunc.fixturenames:
-        marker = metafunc.definition.get_closest_marker("backends")
-        metafunc.parametrize("backend", marker.args if marker else BACKENDS, indirect=True)
+    for fixture in ("backend", "module_backend"):
+        if fixture in metafunc.fixturenames:
+            marker = metafunc.definition.get_closest_marker("backends")
+            metafunc.parametrize(fixture, marker.args if marker else BACKENDS, indirect=True)
 
 
 @pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
     """The backend this run of the test uses ("sqlite" or "postgres")."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(scope="module")
+def module_backend(request: pytest.FixtureRequest) -> str:
+    """The backend of a service that a whole module's tests share; they run grouped by it."""
     name: str = request.param
     return name
 

@@ -1,22 +1,28 @@
 """Leases under real gunicorn with 2 workers (two such hosts on PostgreSQL): mutual exclusion,
-fencing of a holder whose lease expired, fairness across workers and hosts."""
+fencing of a holder whose lease expired, fairness across workers and hosts.
+
+One service per backend (one pair of hosts on PostgreSQL) serves every test of the module,
+each on lock and counter names of its own: starting and stopping gunicorn is most of what
+a fresh one per test would cost.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from tests.support import Connection, Service, wait_for, worker_of
 from tests.test_txn_gunicorn import fresh_connections, started
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 CLIENTS = 6
 # The issue's 100 rounds pass too (about 18 s on SQLite, 26 s on two PostgreSQL hosts, most
@@ -24,11 +30,48 @@ CLIENTS = 6
 ROUNDS = 20
 
 
-@pytest.fixture
-async def hosts(tmp_path: Path, backend: str) -> AsyncIterator[list[Service]]:
+@asynccontextmanager
+async def module_services(
+    tmp_path_factory: pytest.TempPathFactory, backend: str, count: int
+) -> AsyncIterator[list[Service]]:
+    """``count`` hosts on one fresh database of ``backend`` for a whole module, started
+    without a tokens file from the developer's shell (as every test's environment is), and
+    killed at the end: how they stop plays no part here, and a graceful stop takes a second."""
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("LOCKSTEP_TOKENS_FILE", raising=False)
+        async with started(tmp_path_factory.mktemp(backend), backend, count) as hosts:
+            try:
+                yield hosts
+            finally:
+                for host in hosts:
+                    if host.proc is not None and host.proc.poll() is None:
+                        host.kill_all()
+
+
+def ready(hosts: list[Service]) -> list[Service]:
+    """``hosts``, each serving with all its workers (a test before may have killed a worker,
+    which gunicorn replaces, or stopped a host)."""
+    for host in hosts:
+        assert host.proc is not None
+        if host.proc.poll() is not None:
+            host.start()
+        host.wait_ready()
+    return hosts
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_hosts(
+    tmp_path_factory: pytest.TempPathFactory, module_backend: str
+) -> AsyncIterator[list[Service]]:
     """One service on SQLite; two hosts on one database on PostgreSQL."""
-    async with started(tmp_path, backend, 2 if backend == "postgres" else 1) as hosts:
+    count = 2 if module_backend == "postgres" else 1
+    async with module_services(tmp_path_factory, module_backend, count) as hosts:
         yield hosts
+
+
+@pytest.fixture
+def hosts(module_hosts: list[Service]) -> list[Service]:
+    return ready(module_hosts)
 
 
 async def call(
@@ -45,17 +88,19 @@ def unix(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-async def lock_entries(http: aiohttp.ClientSession, service: Service) -> list[Any]:
-    """Every lock entry of the change feed, in revision order."""
+async def lock_entries(http: aiohttp.ClientSession, service: Service, name: str) -> list[Any]:
+    """Every entry of lock ``name`` in the change feed, in revision order."""
     entries: list[Any] = []
     since = 0
     while True:
-        async with http.get(f"{service.url}/changes?kind=lock&since={since}&limit=1000") as r:
+        async with http.get(
+            f"{service.url}/changes?kind=lock&prefix={name}&since={since}&limit=1000"
+        ) as r:
             assert r.status == 200
             page = await r.json()
         if not page["changes"]:
             return entries
-        entries += page["changes"]
+        entries += [e for e in page["changes"] if e["name"] == name]
         since = page["next"]
 
 
@@ -90,7 +135,7 @@ async def test_six_clients_counting_under_the_lock_lose_no_increment(
 
         await asyncio.gather(*(client(n) for n in range(CLIENTS)))
         status, counter, _ = await call(http, "GET", f"{hosts[0].url}/counters/n")
-        entries = await lock_entries(http, hosts[-1])
+        entries = await lock_entries(http, hosts[-1], "m")
     assert status == 200 and counter["value"] == CLIENTS * ROUNDS
     assert len(workers) >= 2
     tokens = [e["value"]["token"] for e in entries if e["value"]["event"] == "acquired"]
@@ -148,7 +193,8 @@ async def test_holder_whose_lease_expired_while_paused_gets_412_on_its_write(
             **{"Lockstep-Fence": f"p={new['token']}"},
         )
         assert status == 200
-        (taken,) = [e for e in await lock_entries(http, hosts[0]) if e["version"] == new["token"]]
+        entries = await lock_entries(http, hosts[0], "p")
+        (taken,) = [e for e in entries if e["version"] == new["token"]]
     # Handed over at expiry by the database's clock, not a moment before (on PostgreSQL the
     # two hosts' requests are judged by one clock).
     assert taken["value"]["ended"] == {"token": old["token"], "event": "expired"}

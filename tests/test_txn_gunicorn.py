@@ -26,7 +26,8 @@ OPENING = 1000
 
 @asynccontextmanager
 async def started(tmp_path: Path, backend: str, count: int) -> AsyncIterator[list[Service]]:
-    """``count`` gunicorn masters (2 workers each) on one fresh database of ``backend``."""
+    """``count`` gunicorn masters (2 workers each) on one fresh database of ``backend``,
+    started together and stopped together (hosts on PostgreSQL migrate one at a time)."""
     async with contextlib.AsyncExitStack() as stack:
         env: dict[str, str] = {}
         if backend == "postgres":
@@ -35,8 +36,13 @@ async def started(tmp_path: Path, backend: str, count: int) -> AsyncIterator[lis
         hosts = [Service(tmp_path / f"host{i}" / "data", 2, env) for i in range(count)]
         for host in hosts:
             host.data_dir.parent.mkdir(parents=True, exist_ok=True)
-            stack.callback(host.stop)
-            await asyncio.to_thread(host.start)
+
+        async def stop_all() -> None:
+            spawned = [h for h in hosts if h.proc is not None]
+            await asyncio.gather(*(asyncio.to_thread(h.stop) for h in spawned))
+
+        stack.push_async_callback(stop_all)
+        await asyncio.gather(*(asyncio.to_thread(h.start) for h in hosts))
         yield hosts
 
 

@@ -1,4 +1,9 @@
-"""Leases under kill -9 and restarts, against real gunicorn with 2 workers, on both backends."""
+"""Leases under kill -9 and restarts, against real gunicorn with 2 workers, on both backends.
+
+One service per backend serves every test of the module, each on a lock of its own; a
+test starts with the service serving on all its workers again after the one before killed
+a worker or restarted it.
+"""
 
 from __future__ import annotations
 
@@ -8,69 +13,34 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from app.leases import ALIVE_S, CHECK_IN_S
 from tests.observability.workers import serving_worker
 from tests.support import Connection, Service, wait_for
-from tests.test_leases_gunicorn import connections_on_every_worker, unix
-from tests.test_txn_gunicorn import started
+from tests.test_leases_gunicorn import connections_on_every_worker, module_services, ready, unix
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_service(
+    tmp_path_factory: pytest.TempPathFactory, module_backend: str
+) -> AsyncIterator[Service]:
+    async with module_services(tmp_path_factory, module_backend, 1) as hosts:
+        yield hosts[0]
 
 
 @pytest.fixture
-async def service(tmp_path: Path, backend: str) -> AsyncIterator[Service]:
-    async with started(tmp_path, backend, 1) as hosts:
-        yield hosts[0]
+def service(module_service: Service) -> Service:
+    return ready([module_service])[0]
 
 
 async def waiting(conn: Connection, name: str, count: int) -> bool:
     status, _, body = await conn.request("GET", f"/locks/{name}")
     return status == 200 and json.loads(body)["waiting"] >= count
-
-
-async def test_killed_worker_leaves_no_stuck_waiter(service: Service) -> None:
-    """A waiter whose worker is killed -9 is skipped: the waiter behind it gets the lock soon
-    after the release (its liveness window), not after the dead one's 60 s ttl."""
-    doomed, survivor, spare, probe = await connections_on_every_worker([service], 2)
-    await spare.close()
-    try:
-        status, _, body = await probe.request("POST", "/locks/k", b'{"ttl": 60}')
-        assert status == 201
-        token = json.loads(body)["token"]
-        first = asyncio.create_task(doomed.request("POST", "/locks/k", b'{"ttl": 60, "wait": 60}'))
-
-        async def one_queued() -> bool:
-            return await waiting(probe, "k", 1)
-
-        await wait_for(one_queued, within=10)
-        second = asyncio.create_task(
-            survivor.request("POST", "/locks/k", b'{"ttl": 60, "wait": 30, "owner": "next"}')
-        )
-
-        async def both_queued() -> bool:
-            return await waiting(probe, "k", 2)
-
-        await wait_for(both_queued, within=10)
-        client_port = doomed.writer.get_extra_info("sockname")[1]
-        victim = serving_worker(service.worker_pids(), service.port, client_port)
-        assert victim is not None
-        os.kill(victim, signal.SIGKILL)
-        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
-            await first
-        released = time.monotonic()
-        status, _, _ = await probe.request("DELETE", "/locks/k", b"", f'If-Match: "{token}"')
-        assert status == 204
-        status, _, body = await asyncio.wait_for(second, 30)
-        took = time.monotonic() - released
-        assert status == 201 and json.loads(body)["owner"] == "next"
-        assert took < ALIVE_S + 2 * CHECK_IN_S, took
-    finally:
-        for conn in (doomed, survivor, probe):
-            await conn.close()
 
 
 async def test_lease_outlives_a_restart_and_then_passes_on_at_expiry(service: Service) -> None:
@@ -128,3 +98,45 @@ async def test_waiter_whose_client_hangs_up_leaves_the_queue(service: Service) -
     finally:
         await probe.close()
         await client.close()
+
+
+# Last in the module: a test after it would first wait for gunicorn's replacement worker.
+async def test_killed_worker_leaves_no_stuck_waiter(service: Service) -> None:
+    """A waiter whose worker is killed -9 is skipped: the waiter behind it gets the lock soon
+    after the release (its liveness window), not after the dead one's 60 s ttl."""
+    doomed, survivor, spare, probe = await connections_on_every_worker([service], 2)
+    await spare.close()
+    try:
+        status, _, body = await probe.request("POST", "/locks/k", b'{"ttl": 60}')
+        assert status == 201
+        token = json.loads(body)["token"]
+        first = asyncio.create_task(doomed.request("POST", "/locks/k", b'{"ttl": 60, "wait": 60}'))
+
+        async def one_queued() -> bool:
+            return await waiting(probe, "k", 1)
+
+        await wait_for(one_queued, within=10)
+        second = asyncio.create_task(
+            survivor.request("POST", "/locks/k", b'{"ttl": 60, "wait": 30, "owner": "next"}')
+        )
+
+        async def both_queued() -> bool:
+            return await waiting(probe, "k", 2)
+
+        await wait_for(both_queued, within=10)
+        client_port = doomed.writer.get_extra_info("sockname")[1]
+        victim = serving_worker(service.worker_pids(), service.port, client_port)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await first
+        released = time.monotonic()
+        status, _, _ = await probe.request("DELETE", "/locks/k", b"", f'If-Match: "{token}"')
+        assert status == 204
+        status, _, body = await asyncio.wait_for(second, 30)
+        took = time.monotonic() - released
+        assert status == 201 and json.loads(body)["owner"] == "next"
+        assert took < ALIVE_S + 2 * CHECK_IN_S, took
+    finally:
+        for conn in (doomed, survivor, probe):
+            await conn.close()

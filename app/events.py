@@ -22,8 +22,9 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -60,6 +61,13 @@ class Watch:
         """The filter as ``Storage.read_changes`` and ``Storage.snapshot`` take it."""
         resources = None if self.resources is None else sorted(self.resources)
         return {"kind": self.kind, "prefix": self.prefix, "resources": resources}
+
+
+class Listener(Protocol):
+    """Told of every entry of one kind the hub reads, and of the hub's closing."""
+
+    def seen(self, change: Change) -> None: ...
+    def close(self) -> None: ...
 
 
 class Subscription:
@@ -177,6 +185,7 @@ class EventHub:
         self._subscriptions: set[Subscription] = set()
         self._by_resource: dict[tuple[str, str], set[Subscription]] = {}
         self._broad: set[Subscription] = set()  # whole feed, by kind and prefix
+        self._listeners: dict[str, Listener] = {}  # by kind
         self._waiters = 0
         self._moved = asyncio.Event()  # set, and replaced, whenever the position moves
         self.position: int | None = None  # the last revision read (None: not following)
@@ -211,6 +220,24 @@ class EventHub:
             raise
         return sub
 
+    def listen(self, kind: str, listener: Listener) -> None:
+        """Hand ``listener`` every entry of ``kind`` read while the hub follows the log."""
+        self._listeners[kind] = listener
+
+    @contextlib.asynccontextmanager
+    async def following(self) -> AsyncIterator[None]:
+        """Keep reading the log (and telling listeners) for as long as the block runs."""
+        if self._closed:
+            yield
+            return
+        self._waiters += 1
+        try:
+            await self._follow()
+            yield
+        finally:
+            self._waiters -= 1
+            self._stop_if_idle()
+
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscriptions.discard(sub)
         self._broad.discard(sub)
@@ -243,6 +270,8 @@ class EventHub:
         self._closed = True
         for sub in list(self._subscriptions):
             sub.end("shutdown")
+        for listener in self._listeners.values():
+            listener.close()
         self._moved.set()
         task, self._task = self._task, None
         if task is not None:
@@ -304,6 +333,9 @@ class EventHub:
     def _dispatch(self, revision: int, entries: list[Change]) -> None:
         touched: dict[Subscription, list[Change]] = {}
         for change in entries:
+            listener = self._listeners.get(change.kind)
+            if listener is not None:
+                listener.seen(change)
             for sub in self._by_resource.get((change.kind, change.key), ()):
                 touched.setdefault(sub, []).append(change)
             for sub in self._broad:

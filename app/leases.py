@@ -319,6 +319,8 @@ def _entry(
     """
     if after is not None and (before is None or after.token != before.token):
         value: dict[str, Any] = {"event": "acquired", **_lease_json(after)}
+        if after.claim_by is not None and after.waiter is not None:
+            value["waiter"] = after.waiter  # handed to it: its worker wakes it alone
         if ended:
             token, event = ended[-1]
             value["ended"] = {"token": token, "event": event}

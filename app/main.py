@@ -13,6 +13,7 @@ from app.auth import TOKENS, setup_auth
 from app.combining import Combiner
 from app.envelope import ENVELOPE, check_enveloped, envelope_for
 from app.events import EVENTS, EventHub
+from app.handovers import HAND_OVERS, HandOvers
 from app.housekeeping import purge_ctx
 from app.idempotency import IN_FLIGHT, InFlight
 from app.limits import parser_limits
@@ -29,7 +30,6 @@ from app.views.counters import COUNTERS
 from app.views.docs import API_DOCS, ApiDocs
 from app.views.health import HEALTH, Health
 from app.views.items import ITEMS
-from app.views.locks import LOCAL_WAITERS, LocalWaiters
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORAGE] = storage
     settings = app[SETTINGS]
     app[EVENTS] = EventHub(storage, settings.events_poll_interval, settings.events_max_pending)
+    app[EVENTS].listen("lock", app[HAND_OVERS])
     locks = app[LOCKS]
     metrics = app[METRICS]
     app[COUNTERS] = Combiner("counter", locks, storage.apply_counter_ops, metrics)
@@ -84,7 +85,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     setup_observability(app, metrics, access_log)
     app[LOCKS] = LockRegistry(settings.lock_timeout)
     app[IN_FLIGHT] = InFlight()
-    app[LOCAL_WAITERS] = LocalWaiters()
+    app[HAND_OVERS] = HandOvers()
     tokens = setup_auth(app, settings)
     if tokens is not None:
         app[TOKENS] = tokens

@@ -72,6 +72,7 @@ def test_release_hands_the_lock_to_the_first_live_waiter() -> None:
         "token": 5,
         "owner": "w3",
         "expires_at": "1970-01-01T00:00:31.000Z",
+        "waiter": 3,
         "ended": {"token": 4, "event": "released"},
     }
     collected = decide(d.after, Poll(3), now=1.5)

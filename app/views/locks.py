@@ -2,10 +2,10 @@
 
 Every step runs under the registry key ``lock:<name>`` in this worker and in one write
 transaction of the database (``Storage.lock_step``, rules in ``app.leases``). An acquire
-that cannot take the lock at once and may wait joins the queue, then waits for the
-lock's next change in the feed (a subscription of this worker's hub) or a check-in tick,
-and checks in: the database hands the lock on to the first live waiter, and its request
-collects it. One that runs out of ``wait``, whose client went away, or that is cancelled
+that cannot take the lock at once and may wait joins the queue, then waits until the lock
+is handed to it (``app.handovers``: woken alone, by the step in this worker or by the
+hub reading the entry) or a check-in tick, and checks in: the database hands the lock on
+to the first live waiter, and its request collects it. One that runs out of ``wait``, whose client went away, or that is cancelled
 withdraws from the queue.
 """
 
@@ -18,7 +18,8 @@ from aiohttp import web
 
 from app.domain import iso_time
 from app.errors import InvalidInput, LockstepError, NotFound, PreconditionRequired, Unavailable
-from app.events import EVENTS, Subscription, Watch
+from app.events import EVENTS, Watch
+from app.handovers import HAND_OVERS
 from app.leases import (
     CHECK_IN_S,
     Acquire,
@@ -50,40 +51,13 @@ from app.views.common import (
 from app.views.events import stream
 
 
-class LocalWaiters:
-    """This worker's waiting acquires by lock name, woken at once by a change made here.
-
-    A change made by another worker or host reaches them through the feed, within the
-    hub's poll interval; one made in this worker needs no poll.
-    """
-
-    def __init__(self) -> None:
-        self._by_name: dict[str, set[Subscription]] = {}
-
-    def add(self, name: str, sub: Subscription) -> None:
-        self._by_name.setdefault(name, set()).add(sub)
-
-    def discard(self, name: str, sub: Subscription) -> None:
-        subs = self._by_name.get(name)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._by_name[name]
-
-    def wake(self, name: str) -> None:
-        for sub in self._by_name.get(name, ()):
-            sub.wake()
-
-
-LOCAL_WAITERS = web.AppKey("local_waiters", LocalWaiters)
-
-
 async def run_step(request: web.Request, name: str, step: Step) -> Decision:
     """One step on lock ``name``, in turn with this worker's other requests on it."""
     async with request.app[LOCKS].hold(f"lock:{name}"):
         decision = await request.app[STORAGE].lock_step(name, step)
-    if decision.entry is not None:
-        request.app[LOCAL_WAITERS].wake(name)
+    held = decision.after.holder
+    if decision.entry is not None and held is not None and held.waiter is not None:
+        request.app[HAND_OVERS].handed(name, held.waiter)  # no poll when it waits here
     return decision
 
 
@@ -125,46 +99,56 @@ async def _wait(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     hub = request.app[EVENTS]
+    hand_overs = request.app[HAND_OVERS]
     assert isinstance(queued.outcome, Queued)
     seq, holder = queued.outcome.seq, queued.outcome.holder
-    sub = await hub.subscribe(Watch(frozenset({("lock", name)})), queued.revision)
-    local = request.app[LOCAL_WAITERS]
-    local.add(name, sub)
+    # Registered before anything else runs: a hand-over in this worker cannot slip past.
+    handed = hand_overs.add(name, seq)
     decision = queued
     checked_in = loop.time()
     try:
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0 or _gone(request):
-                break
-            wait_for = min(CHECK_IN_S - (loop.time() - checked_in), remaining)
-            if await sub.next(max(0.0, wait_for)) is None:
-                raise Unavailable("shutting down; the lock was not taken")
-            if loop.time() - checked_in < CHECK_IN_S and not await _handed_to(request, name, seq):
-                continue  # a change that is not the hand-over: a read, not a write, tells
-            checked_in = loop.time()
-            decision = await run_step(request, name, Poll(seq))
-            outcome = decision.outcome
-            if isinstance(outcome, Acquired):
-                if _gone(request):
-                    # Nobody is left to use it: pass it on at once.
-                    await run_step(request, name, Release(outcome.lease.token))
-                return decision
-            assert isinstance(outcome, Queued)
-            holder = outcome.holder
-            if outcome.seq == 0:
-                # Judged dead (it could not check in in time): queue again, at the back.
-                decision = await run_step(request, name, first)
-                if not isinstance(decision.outcome, Queued):
+        async with hub.following():
+            # The hub may have read a hand-over to us before we registered: look once.
+            behind = hub.position is None or hub.position > queued.revision
+            if behind and await _handed_to(request, name, seq):
+                handed.set()
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or _gone(request):
+                    break
+                wait_for = min(CHECK_IN_S - (loop.time() - checked_in), remaining)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, wait_for)):
+                        await handed.wait()
+                if hand_overs.closed:
+                    raise Unavailable("shutting down; the lock was not taken")
+                if not handed.is_set() and loop.time() - checked_in < CHECK_IN_S:
+                    continue
+                handed.clear()
+                checked_in = loop.time()
+                decision = await run_step(request, name, Poll(seq))
+                outcome = decision.outcome
+                if isinstance(outcome, Acquired):
+                    if _gone(request):
+                        # Nobody is left to use it: pass it on at once.
+                        await run_step(request, name, Release(outcome.lease.token))
                     return decision
-                seq = decision.outcome.seq
+                assert isinstance(outcome, Queued)
+                holder = outcome.holder
+                if outcome.seq == 0:
+                    # Judged dead (it could not check in in time): queue again, at the back.
+                    decision = await run_step(request, name, first)
+                    if not isinstance(decision.outcome, Queued):
+                        return decision
+                    hand_overs.discard(name, seq)
+                    seq = decision.outcome.seq
+                    handed = hand_overs.add(name, seq)
     except BaseException:
         with contextlib.suppress(Exception):
             await asyncio.shield(run_step(request, name, Withdraw(seq)))
         raise
     finally:
-        local.discard(name, sub)
-        hub.unsubscribe(sub)
+        hand_overs.discard(name, seq)
     if not _gone(request):
         # Handed over since the last check-in: it came within the wait.
         decision = await run_step(request, name, Poll(seq))

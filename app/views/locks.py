@@ -5,8 +5,8 @@ transaction of the database (``Storage.lock_step``, rules in ``app.leases``). An
 that cannot take the lock at once and may wait joins the queue, then waits until the lock
 is handed to it (``app.handovers``: woken alone, by the step in this worker or by the
 hub reading the entry) or a check-in tick, and checks in: the database hands the lock on
-to the first live waiter, and its request collects it. One that runs out of ``wait``, whose client went away, or that is cancelled
-withdraws from the queue.
+to the first live waiter, and its request collects it. One that runs out of ``wait``, whose
+client went away, or that is cancelled withdraws from the queue.
 """
 
 from __future__ import annotations

@@ -6,10 +6,13 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
+from app.changes import Change
 from app.errors import PreconditionFailed
+from app.handovers import HandOvers
 from app.leases import (
     ALIVE_S,
     CHECK_IN_S,
@@ -325,3 +328,14 @@ async def test_lock_routes_are_in_the_openapi_document(client: Client) -> None:
     assert set(doc["paths"]["/locks/{name}"]) == {"post", "get", "put", "delete"}
     assert "/locks/{name}/events" in doc["paths"]
     assert "Lockstep-Fence" in doc["components"]["parameters"]
+
+
+async def test_a_hand_over_wakes_only_the_waiter_it_names() -> None:
+    """The hub hands a lock's entry to the worker's waiters; only the one it names wakes."""
+    waiters = HandOvers()
+    first, second, other = waiters.add("a", 3), waiters.add("a", 6), waiters.add("b", 3)
+    entry = {"event": "acquired", "token": 5, "waiter": 6}
+    waiters.seen(Change(9, "lock", "a", msgspec.json.encode(entry).decode(), 5, "t"))
+    assert (first.is_set(), second.is_set(), other.is_set()) == (False, True, False)
+    waiters.close()
+    assert first.is_set() and other.is_set()

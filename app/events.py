@@ -177,11 +177,20 @@ class Subscription:
 class EventHub:
     """Follows the change log while anyone listens, and fans each commit out to subscriptions."""
 
-    def __init__(self, storage: Storage, interval: float, max_pending: int = 10_000) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        interval: float,
+        max_pending: int = 10_000,
+        hurried_interval: float | None = None,
+    ) -> None:
         self.storage = storage
         self.max_pending = max_pending
         self.page = PAGE  # entries or resources read at once
         self._interval = interval
+        # While anyone follows hurried (a queued lock acquire), the log is read this often.
+        self._hurried_interval = interval if hurried_interval is None else hurried_interval
+        self._hurried = 0
         self._subscriptions: set[Subscription] = set()
         self._by_resource: dict[tuple[str, str], set[Subscription]] = {}
         self._broad: set[Subscription] = set()  # whole feed, by kind and prefix
@@ -225,17 +234,20 @@ class EventHub:
         self._listeners[kind] = listener
 
     @contextlib.asynccontextmanager
-    async def following(self) -> AsyncIterator[None]:
-        """Keep reading the log (and telling listeners) for as long as the block runs."""
+    async def following(self, hurried: bool = False) -> AsyncIterator[None]:
+        """Keep reading the log (and telling listeners) for as long as the block runs;
+        ``hurried``: every hurried interval rather than every poll interval."""
         if self._closed:
             yield
             return
         self._waiters += 1
+        self._hurried += hurried
         try:
             await self._follow()
             yield
         finally:
             self._waiters -= 1
+            self._hurried -= hurried
             self._stop_if_idle()
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -296,6 +308,13 @@ class EventHub:
         mark = -1
         while True:
             try:
+                if self._hurried:
+                    # Read the log itself each time: a wait for a change would sleep a poll
+                    # interval, and the next read tells as much as a change check would.
+                    await self._advance()
+                    await asyncio.sleep(self._hurried_interval)
+                    mark = -1
+                    continue
                 mark = await self.storage.wait_for_change(mark)
                 await self._advance()
                 # Under a steady stream of commits, read at most once an interval.

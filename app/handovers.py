@@ -40,6 +40,10 @@ class HandOvers:
             if not waiters:
                 del self._waiting[name]
 
+    def waiting(self, name: str) -> int:
+        """How many acquires of lock ``name`` wait in this worker."""
+        return len(self._waiting.get(name, ()))
+
     def handed(self, name: str, seq: int) -> None:
         """Lock ``name`` was handed to waiter ``seq``: wake it if it waits in this worker."""
         event = self._waiting.get(name, {}).get(seq)

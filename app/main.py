@@ -39,7 +39,12 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     storage = await open_storage(app[SETTINGS], app[METRICS])
     app[STORAGE] = storage
     settings = app[SETTINGS]
-    app[EVENTS] = EventHub(storage, settings.events_poll_interval, settings.events_max_pending)
+    app[EVENTS] = EventHub(
+        storage,
+        settings.events_poll_interval,
+        settings.events_max_pending,
+        settings.locks_poll_interval,
+    )
     app[EVENTS].listen("lock", app[HAND_OVERS])
     locks = app[LOCKS]
     metrics = app[METRICS]

@@ -206,6 +206,15 @@ class Settings(BaseSettings):
     locks_max_wait: float = Field(
         default=60, ge=0, le=60, description="Longest `wait` a POST /locks/{name} may ask for."
     )
+    locks_poll_interval: float = Field(
+        default=0.005,
+        gt=0,
+        le=10,
+        description=(
+            "Seconds between change-log reads while a lock acquire waits in the worker (how"
+            " soon a hand-over made by another worker or host is seen)."
+        ),
+    )
     changes_retention: float = Field(
         default=24 * 3600,
         gt=0,

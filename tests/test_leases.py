@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -10,9 +11,10 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
+import app.views.locks
 from app.changes import Change
 from app.errors import PreconditionFailed
-from app.handovers import HandOvers
+from app.handovers import HAND_OVERS, HandOvers
 from app.leases import (
     ALIVE_S,
     CHECK_IN_S,
@@ -30,6 +32,9 @@ from app.leases import (
     decide,
     fence_holds,
 )
+from app.main import create_app
+from app.storage import STORAGE
+from tests.conftest import ClientFactory, settings_for
 from tests.support import wait_for
 
 Client = TestClient[Any, Any]
@@ -339,3 +344,20 @@ async def test_a_hand_over_wakes_only_the_waiter_it_names() -> None:
     assert (first.is_set(), second.is_set(), other.is_set()) == (False, True, False)
     waiters.close()
     assert first.is_set() and other.is_set()
+
+
+async def test_a_hand_over_by_another_worker_is_seen_within_the_lock_poll_interval(
+    aiohttp_client: ClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiter learns of a hand-over it did not see made from its hub's hurried reads."""
+    monkeypatch.setattr(app.views.locks, "CHECK_IN_S", 30.0)  # no check-in collects it
+    settings = settings_for(tmp_path, events_poll_interval=5, locks_poll_interval=0.01)
+    client = await aiohttp_client(await create_app(settings))
+    _, first = await acquire(client, "a")
+    waiting = asyncio.ensure_future(acquire(client, "a", wait=10, owner="second"))
+    await wait_for(lambda: client.app[HAND_OVERS].waiting("a") == 1)
+    # Straight to storage, as another worker's release: nothing in this worker wakes it.
+    await client.app[STORAGE].lock_step("a", Release(first["token"]))
+    async with asyncio.timeout(1):
+        status, second = await waiting
+    assert status == 201 and second["token"] == first["token"] + 1

@@ -107,7 +107,7 @@ async def _wait(
     decision = queued
     checked_in = loop.time()
     try:
-        async with hub.following():
+        async with hub.following(hurried=True):
             # The hub may have read a hand-over to us before we registered: look once.
             behind = hub.position is None or hub.position > queued.revision
             if behind and await _handed_to(request, name, seq):

@@ -13,6 +13,38 @@ from typing import Any
 _PATH_SHOWN = 200
 
 
+# What each status means across the API, as the OpenAPI document explains it.
+STATUS_MEANINGS = {
+    400: "The body is not UTF-8 JSON, nests too deeply, repeats a key, ended early, or is not "
+    "valid in its Content-Encoding; or (tokens on) the request has two Authorization headers.",
+    401: "A tokens file is configured and the request has no known bearer token.",
+    403: "The token's scope does not cover this request.",
+    404: "The counter or record does not exist, or the lock is not held.",
+    408: "The body did not arrive within LOCKSTEP_BODY_TIMEOUT seconds; the connection is "
+    "closed and nothing changed.",
+    409: "The change would leave the signed 64-bit range, a transaction's operation cannot "
+    "apply (the detail names it), a request with the same Idempotency-Key is still in "
+    "flight, or a lock stayed held (`lock-held`, with the holder's `owner` and `expires_at`, "
+    "and Retry-After); nothing changed.",
+    410: "The change log no longer reaches back to `since` (LOCKSTEP_CHANGES_RETENTION); the "
+    "problem's `oldest` is the oldest revision still kept.",
+    412: "An If-Match / If-None-Match precondition failed, a lock's token is not its "
+    "holder's, or a fence is stale (`fence-stale`: the lock is not held with that token); "
+    "nothing changed.",
+    428: 'The request must name the token it holds: If-Match: "<token>".',
+    413: "The body is larger than LOCKSTEP_MAX_BODY_BYTES, or the record would be larger than "
+    "LOCKSTEP_MAX_RECORD_BYTES; nothing changed.",
+    415: "A body's Content-Encoding must be gzip, deflate or none; PATCH needs "
+    "Content-Type: application/merge-patch+json.",
+    422: "A bad name, query parameter or body field, or an Idempotency-Key reused for a "
+    "different request.",
+    431: "The header lines add up to more than LOCKSTEP_MAX_HEADER_BYTES.",
+    503: "The resource's lock or the database was not available in time; retry.",
+}
+STATUS_HEADERS = {401: ("WWW-Authenticate",), 403: ("WWW-Authenticate",), 409: ("Retry-After",),
+                  415: ("Accept-Encoding", "Accept-Patch"), 503: ("Retry-After",)}  # fmt: skip
+
+
 class LockstepError(Exception):
     """Base of every error the service answers with a 4xx/5xx problem body."""
 

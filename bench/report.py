@@ -255,8 +255,8 @@ def chart(results: list[Result], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = ["\n".join(textwrap.wrap(r.title.replace("/counters/{k}/", "…/"), 16)) for r in results]
-    colors = ["#2a6", "#bbb", "#7c7", "#222", "#c33", "#e99", "#36a"]
-    color = dict(zip(VARIANTS, colors, strict=True))
+    colors = ["#2a6", "#bbb", "#7c7", "#222", "#c33", "#e99", "#36a", "#b7e"]
+    color = dict(zip(VARIANTS, colors, strict=False))
     fig, ax = plt.subplots(figsize=(11, 4.8))
     labelled: set[str] = set()
     for x, r in enumerate(results):

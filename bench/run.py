@@ -17,7 +17,7 @@ wrk, against lockstep's ``/locks`` and, as their peer, etcd's lock service (``be
 starts etcd); their mutual-exclusion check must hold likewise.
 
     python -m bench.run [--rounds 3] [--duration 5] [--connections 64] [--only access,read]
-                        [--no-peers]
+                        [--no-peers] [--baseline ../lockstep-before]
 """
 
 from __future__ import annotations
@@ -39,7 +39,17 @@ from pathlib import Path
 from bench.lock_clients import TTL, WAIT, EtcdLocks, LockError, LockstepLocks
 from bench.locks import ETCD, LOCK_WORKLOADS, ClientFactory, LockResult, LockWorkload, drive
 from bench.report import Result, Run, write_report
-from bench.servers import FLOOR, HELLO, LOCKSTEP, QUIET, ROOT, VARIANTS, Server
+from bench.servers import (
+    BASELINE,
+    FLOOR,
+    HELLO,
+    LOCKSTEP,
+    QUIET,
+    ROOT,
+    VARIANTS,
+    Server,
+    add_baseline,
+)
 from bench.stores import Etcd, Postgres, Redis, StoreMissing
 from bench.workloads import WORKLOADS, Workload, exactly_once_error
 
@@ -133,6 +143,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the peers (durable floor, Redis, PostgreSQL, etcd) on the workloads that "
         "name them (default; the floor never with --database-url)",
     )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of lockstep (after its `make run` set it up) to run beside "
+        "lockstep in every round of the HTTP workloads: an A/B of two versions in one run",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-report", action="store_true", help="print only; write no files")
     return p.parse_args(argv)
@@ -151,7 +167,7 @@ def run_workload(
     failures: list[str],
 ) -> Result:
     """Every round of one workload against lockstep, hello world and the peers it names."""
-    names = [n for n in (LOCKSTEP, HELLO, *workload.peers) if n in servers]
+    names = [n for n in (LOCKSTEP, HELLO, BASELINE, *workload.peers) if n in servers]
     result = Result(workload.name, workload.title, workload.targets)
     for name in names:
         result.runs[name], result.errors[name], result.timeouts[name] = [], 0, 0
@@ -256,6 +272,7 @@ def wanted_variants(workloads: list[Workload], args: argparse.Namespace) -> list
         named &= {LOCKSTEP, HELLO, QUIET}
     if args.database_url:  # the floor is SQLite's: beside PostgreSQL it measures another thing
         named.discard(FLOOR)
+    named |= {BASELINE} if args.baseline and workloads else set()
     return [n for n in VARIANTS if n in named]
 
 
@@ -288,6 +305,7 @@ def start_servers(
             extra_args=args.gunicorn_arg,
             ready_path=variant.ready_path,
             env=env,
+            root=variant.root,
         )
         server.launch()
         servers[name] = server
@@ -299,6 +317,8 @@ def start_servers(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.baseline:
+        add_baseline(args.baseline)
     if shutil.which("wrk") is None:
         print("wrk not found: install it (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
         return 2

@@ -35,9 +35,11 @@ class Variant:
     ready_path: str = "/readyz"
     counts: bool = True
     store: str = ""
+    root: Path = ROOT  # the checkout whose gunicorn, config and code run (``--baseline``)
 
 
 LOCKSTEP, HELLO, QUIET, FLOOR = "lockstep", "hello", "quiet", "floor"
+BASELINE = "baseline"  # another checkout of lockstep, as its ``make run`` starts it
 REDIS_ALWAYS, REDIS_EVERYSEC, POSTGRES = "redis-always", "redis-everysec", "postgres"
 # In the order each round runs them.
 VARIANTS = {
@@ -122,8 +124,10 @@ class Server:
         extra_args: list[str] | None = None,
         ready_path: str = "/readyz",
         env: dict[str, str] | None = None,
+        root: Path = ROOT,
     ) -> None:
         self.name = name
+        self.root = root
         self.workdir = workdir
         self.app = app
         self.extra_args = extra_args or []
@@ -144,12 +148,14 @@ class Server:
         env.update(self.env)
         env.setdefault("WEB_CONCURRENCY", "2")
         env.pop("GUNICORN_CMD_ARGS", None)
-        args = [GUNICORN, "--config", str(CONFIG), "--bind", f"127.0.0.1:{self.port}"]
+        config = self.root / CONFIG.relative_to(ROOT)
+        gunicorn = GUNICORN if self.root == ROOT else str(self.root / ".venv" / "bin" / "gunicorn")
+        args = [gunicorn, "--config", str(config), "--bind", f"127.0.0.1:{self.port}"]
         args += self.extra_args
         if self.app is not None:
             args.append(self.app)
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(args, cwd=self.root, env=env, stdout=log, stderr=log)
 
     def wait_ready(self, timeout: float = 30) -> Server:
         assert self.proc is not None
@@ -229,3 +235,15 @@ class Server:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def add_baseline(root: Path) -> None:
+    """Add another checkout of lockstep (its own ``.venv``, made by its ``make run``) as a row."""
+    commit = subprocess.run(
+        ["git", "-C", str(root), "log", "-1", "--format=%h %cs"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    VARIANTS[BASELINE] = Variant(BASELINE, f"lockstep at {commit}, as its `make run` starts it",
+                                 root=root.resolve())  # fmt: skip

@@ -114,14 +114,17 @@ def _rows(report: str, title: str) -> list[str]:
 @pytest.mark.slow
 def test_bench_access_round_without_peers_holds_exactly_once(tmp_path: Path) -> None:
     """One short round of GET /access with ``--no-peers`` runs lockstep, its quiet row and
-    hello world, holds exactly-once, and writes the table, the split line and the chart."""
+    hello world, and with ``--baseline`` another checkout (here this one) beside them; holds
+    exactly-once, and writes the table, the split line and the chart."""
     out = tmp_path / "benchmarks.md"
-    report = _one_round(out, "--only=access", "--no-peers")
+    report = _one_round(out, "--only=access", "--no-peers", f"--baseline={ROOT}")
     [row] = _rows(report, "GET /access")
     assert float(row.split("|")[2].replace(",", "")) > 0, row
     for name in (LOCKSTEP, HELLO, QUIET):
         [row] = _rows(report, VARIANTS[name].title)
         assert [c.strip() for c in row.split("|")][-2] == ("—" if name == HELLO else "held"), row
+    [row] = [x for x in report.splitlines() if x.startswith("| lockstep at ")]
+    assert [c.strip() for c in row.split("|")][-2] == "held", row
     assert any(x.startswith("- GET /access: ") for x in report.splitlines())
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 

@@ -1,7 +1,7 @@
 """Access control: the check of a request's token against its route's scope.
 
-Each route's scope is declared in the route table (``app.routes``); the envelope
-(``app.envelope``) runs ``authorize`` with it before every handler when a tokens file is
+Each route's scope is declared in the route table (``app.routes``); a middleware
+(``app.middleware``) runs ``authorize`` with it before every handler when a tokens file is
 configured. With none, the service is open and pays nothing.
 The token itself is never logged or stored; only its SHA-256 is compared (app/tokens.py).
 """
@@ -22,8 +22,8 @@ from app.tokens import Scope, TokensFileError, TokenStore
 
 logger = logging.getLogger(__name__)
 
-# The scope of a route declared without one (the catch-all answering 404/405, routes added
-# after create_app): read for safe methods, write for the rest.
+# The scope of a request no route of the table matched (404s, 405s, routes added after
+# create_app): read for safe methods, write for the rest.
 BY_METHOD: Final = "by-method"
 RouteScope = Scope | Literal["by-method"] | None
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

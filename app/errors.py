@@ -1,4 +1,4 @@
-"""Domain errors: raised by validation, locks and storage, mapped to problem bodies by the envelope.
+"""Domain errors: raised by validation, locks and storage, mapped to problem bodies by a middleware.
 
 Each error knows its HTTP status and a stable problem ``type`` slug, so the mapping lives
 in one place and storage code never imports anything from aiohttp.

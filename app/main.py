@@ -11,7 +11,6 @@ from aiohttp import web
 from app.access_log import AccessLog
 from app.auth import TOKENS, setup_auth
 from app.combining import Combiner
-from app.envelope import ENVELOPE, check_enveloped, envelope_for
 from app.events import EVENTS, EventHub
 from app.handovers import HAND_OVERS, HandOvers
 from app.housekeeping import purge_ctx
@@ -19,10 +18,11 @@ from app.idempotency import IN_FLIGHT, InFlight
 from app.limits import parser_limits
 from app.locks import LOCKS, LockRegistry
 from app.metrics import METRICS, Metrics
+from app.middleware import middlewares
 from app.observe import setup_lock_sampler, setup_observability
 from app.openapi import openapi_document
 from app.parser_errors import answer_parser_errors
-from app.routes import setup_routes
+from app.routes import route_scopes, setup_routes
 from app.settings import SETTINGS, Settings
 from app.storage import STORAGE
 from app.storage.backends import open_storage
@@ -63,14 +63,9 @@ async def _mark_shutting_down(app: web.Application) -> None:
         await app[EVENTS].close()
 
 
-async def _check_routes(app: web.Application) -> None:
-    check_enveloped(app)
-
-
 async def create_app(settings: Settings | None = None) -> web.Application:
     """Build the application; nothing is opened until the app starts."""
     settings = settings or Settings()
-    # No middleware: every route's handler runs in the envelope instead (see app.envelope).
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         handler_args=parser_limits(settings.max_header_bytes),
@@ -94,11 +89,11 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     tokens = setup_auth(app, settings)
     if tokens is not None:
         app[TOKENS] = tokens
-    app[ENVELOPE] = envelope_for(settings.max_header_bytes, metrics, tokens, access_log)
-    setup_routes(app, app[ENVELOPE])
+    app.middlewares.extend(
+        middlewares(settings.max_header_bytes, metrics, access_log, tokens, route_scopes())
+    )
+    setup_routes(app)
     app[API_DOCS] = ApiDocs(partial(openapi_document, settings))
-    # First, before anything is opened: routes can still be added after create_app.
-    app.on_startup.insert(0, _check_routes)
     # Opened in this order, closed in reverse. When one fails to open, aiohttp's gunicorn
     # worker closes none of those already open, so none before storage (which fails when
     # the database cannot be opened) may start a task.

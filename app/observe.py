@@ -1,9 +1,9 @@
 """Per-request observation: the request metrics and the access line, plus the lock gauges.
 
-The envelope (``app.envelope``) calls ``answered`` for every request once its final status
-is known, problem bodies included. Its cost per request is a clock read, two dictionary
-tallies (flushed to Prometheus once a second) and, with the access log on, one line
-appended to its buffer (``app.access_log``).
+The outermost middleware (``app.middleware``) calls ``answered`` for every request once its
+final status is known, problem bodies included. Its cost per request is a clock read, two
+dictionary tallies (flushed to Prometheus once a second) and, with the access log on, one
+line appended to its buffer (``app.access_log``).
 """
 
 from __future__ import annotations
@@ -35,18 +35,13 @@ def answered(
     request: web.Request,
     metrics: Metrics,
     access_log: AccessLog | None,
-    route: str | None,
     context: RequestContext,
     status: int,
     started: float,
 ) -> None:
-    """Count and time one answered request, and buffer its access line (when the log is on).
-
-    ``route`` is the metrics label, or None for the route template that matched.
-    """
+    """Count and time one answered request, and buffer its access line (when the log is on)."""
     elapsed = time.perf_counter() - started
-    if route is None:
-        route = route_label(request)
+    route = route_label(request)
     metrics.observe_request(route, request.method, status, elapsed)
     if access_log is not None:
         access_log.line(request, route, status, elapsed, context.lock_wait, context.request_id)

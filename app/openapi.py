@@ -78,7 +78,7 @@ def _answer(answer: Answer, idempotent: bool, schema: dict[Any, Json]) -> Json:
 
 def _operation(route: Route, schema: dict[Any, Json]) -> Json:
     errors = {*route.errors, 431}
-    # With tokens on, the envelope may refuse the token (or two Authorization headers).
+    # With tokens on, the middleware may refuse the token (or two Authorization headers).
     errors |= {400, 401, 403, 503} if route.scope is not None else set()
     errors |= {409, 422} if route.idempotent else set()
     responses = {str(a.status): _answer(a, route.idempotent, schema) for a in route.answers}

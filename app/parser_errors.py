@@ -1,6 +1,6 @@
 """What a request the HTTP parser refuses gets: one log line and a problem body, nothing echoed.
 
-aiohttp answers those requests itself, before any route or envelope runs: it logs a
+aiohttp answers those requests itself, before any route or middleware runs: it logs a
 traceback at ERROR and sends a plain-text 400 quoting the offending bytes — up to 100 of a
 header too long for ``max_field_size``, or the whole line holding a forbidden byte. That
 line may be ``Authorization: Bearer lst_…``, so a real token reached the error log and went
@@ -9,7 +9,7 @@ back in the body, and any client could write tracebacks into the log at will.
 aiohttp has no hook for this answer (aio-libs/aiohttp#9882): an app's ``handler_args`` reach
 the connection's ``RequestHandler``, but its class is fixed and ``handle_error`` builds the
 body from the exception's message. So ``answer_parser_errors`` replaces that one method;
-every other error it handles (a 500 or 504 from outside the envelope) still goes to
+every other error it handles (a 500 or 504 from outside the middlewares) still goes to
 aiohttp's own.
 
 One parser error is not malformed HTTP: a body in a Content-Encoding aiohttp has no decoder
@@ -26,8 +26,8 @@ import logging
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 
-from app.envelope import problem_response
 from app.errors import LockstepError, MalformedRequest, UnsupportedEncoding
+from app.problems import problem_response
 
 logger = logging.getLogger(__name__)
 

@@ -2,11 +2,9 @@
 
 Each ``Route`` names its method, path, handler, token scope, request and answer bodies
 (msgspec structs, ``app.views.bodies``), documented errors, and whether it takes an
-``Idempotency-Key``. ``setup_routes`` registers the table in the envelope, which checks
-each route's scope; ``app.openapi`` builds the OpenAPI document from the same table.
-
-A last catch-all route answers 404, or 405 with ``Allow`` when the path exists for other
-methods, as aiohttp's router would, but as a problem body.
+``Idempotency-Key``. ``setup_routes`` registers the table with aiohttp's router,
+``route_scopes`` gives the middleware (``app.middleware``) each route's scope, and
+``app.openapi`` builds the OpenAPI document from the same table.
 """
 
 from __future__ import annotations
@@ -18,9 +16,6 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from app.envelope import Envelope
-from app.errors import MethodNotAllowed, NoSuchPath
-from app.metrics import UNMATCHED
 from app.tokens import Scope
 from app.views import (
     changes,
@@ -305,27 +300,22 @@ ROUTES: tuple[Route, ...] = (
 )  # fmt: skip
 
 
-def setup_routes(app: web.Application, envelope: Envelope) -> None:
-    """Register every route of the table, each in the envelope with its scope."""
+def setup_routes(app: web.Application) -> None:
+    """Register every route of the table; a GET answers HEAD too unless its route says not."""
     router = app.router
     for route in ROUTES:
-        handler = envelope(route.handler, scope=route.scope)
         if route.method == "GET":
-            router.add_get(route.path, handler, allow_head=route.head)
+            router.add_get(route.path, route.handler, allow_head=route.head)
         else:
-            router.add_route(route.method, route.path, handler)
-    # Last: aiohttp tries it after every other resource, whatever the path.
-    router.add_route("*", "/{tail:.*}", envelope(unmatched, route=UNMATCHED))
+            router.add_route(route.method, route.path, route.handler)
 
 
-async def unmatched(request: web.Request) -> web.StreamResponse:
-    """404, or 405 when some route has the path but not the method."""
-    allowed: set[str] = set()
-    for resource in request.app.router.resources():
-        if resource is not request.match_info.route.resource:
-            _, methods = await resource.resolve(request)
-            allowed |= methods
-    path = request.rel_url.raw_path
-    if allowed:
-        raise MethodNotAllowed(path, allowed)
-    raise NoSuchPath(path)
+def route_scopes() -> dict[tuple[str, str], Scope | None]:
+    """The token scope of each method and path template registered; HEAD's is its GET's."""
+    scopes = {(route.method, route.path): route.scope for route in ROUTES}
+    scopes.update(
+        (("HEAD", route.path), route.scope)
+        for route in ROUTES
+        if route.method == "GET" and route.head
+    )
+    return scopes

@@ -24,7 +24,6 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from app.envelope import ENVELOPE
 from app.main import create_app
 from app.settings import Settings
 
@@ -59,7 +58,7 @@ async def measure(name: str, requests: int, concurrency: int) -> float:
     """CPU µs per request for one shape, after a warm-up wave."""
     with tempfile.TemporaryDirectory() as tmp:
         app = await create_app(Settings(data_dir=Path(tmp)))
-        app.router.add_get("/hello", app[ENVELOPE](_hello))
+        app.router.add_get("/hello", _hello)
         runner = web.AppRunner(app)
         await runner.setup()
         try:

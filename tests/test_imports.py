@@ -79,12 +79,12 @@ def test_walk_sees_imports_inside_functions_and_type_checking_blocks() -> None:
     """A lazy or type-checking-only import is an edge like any other."""
     source = (
         "from typing import TYPE_CHECKING\n"
-        "if TYPE_CHECKING:\n    from app.envelope import Envelope\n"
+        "if TYPE_CHECKING:\n    from app.middleware import Scopes\n"
         "def f():\n    from .views import common\n    import app.main\n"
     )
-    modules = {"app.envelope", "app.views", "app.views.common", "app.main", "app.keys"}
+    modules = {"app.middleware", "app.views", "app.views.common", "app.main", "app.keys"}
     found = imports_of(source, "app.keys", "app", modules)
-    assert found == {"app.envelope", "app.views.common", "app.main"}
+    assert found == {"app.middleware", "app.views.common", "app.main"}
 
 
 def test_cycle_finder_reports_a_circle_through_three_modules() -> None:

@@ -13,7 +13,7 @@ from openapi_spec_validator.validation import OpenAPIV31SpecValidator
 
 from app.main import create_app
 from app.openapi import openapi_document
-from app.routes import ROUTES
+from app.routes import ROUTES, route_scopes
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 
 
@@ -37,8 +37,7 @@ async def test_openapi_paths_match_route_table(client: TestClient[Any, Any]) -> 
         info = route.resource.get_info() if route.resource else {}
         path = info.get("formatter", info.get("path"))
         # aiohttp adds HEAD beside every GET it may answer; HEAD is implied by GET in HTTP.
-        # "*" is the catch-all that answers 404/405 for everything else.
-        if route.method not in ("HEAD", "*"):
+        if route.method != "HEAD":
             routed.add((route.method, path))
     assert routed == documented
 
@@ -50,7 +49,7 @@ async def test_every_operation_documents_the_431_it_answers(client: TestClient[A
     doc = await (await client.get("/openapi.json")).json()
     padding = {"X-Pad": "p" * 16 * 1024}
     for path, item in doc["paths"].items():
-        # The envelope refuses the headers before any handler, so any parameter value will do.
+        # A middleware refuses the headers before any handler, so any parameter value will do.
         url = re.sub(r"\{\w+\}", "n", path)
         for method, op in item.items():
             resp = await client.request(method.upper(), url, headers=padding)
@@ -114,16 +113,18 @@ def test_document_states_the_route_tables_scopes_bodies_and_idempotent_flags(
 
 @never_reaches_storage
 async def test_registered_routes_are_the_route_table(client: TestClient[Any, Any]) -> None:
-    """aiohttp's router holds exactly the table's routes (plus HEAD beside GET, and the
-    catch-all), each wrapped in the envelope."""
+    """aiohttp's router holds exactly the table's routes and handlers (plus HEAD beside GET),
+    and the middleware knows the scope of each."""
     registered = {
-        (r.method, r.resource.canonical)
+        (r.method, r.resource.canonical if r.resource else "?", r.handler)
         for r in client.app.router.routes()
-        if r.resource is not None and r.method != "*"
     }
-    table = {(r.method, r.path) for r in ROUTES}
-    heads = {("HEAD", r.path) for r in ROUTES if r.method == "GET" and r.head}
+    table = {(r.method, r.path, r.handler) for r in ROUTES}
+    heads = {("HEAD", r.path, r.handler) for r in ROUTES if r.method == "GET" and r.head}
     assert registered == table | heads
+    scopes = route_scopes()
+    assert scopes.keys() == {(method, path) for method, path, _ in registered}
+    assert all(scopes[r.method, r.path] == r.scope for r in ROUTES)
 
 
 async def test_txn_worked_example_moves_stock_once(client: TestClient[Any, Any]) -> None:

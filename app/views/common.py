@@ -51,7 +51,7 @@ def json_response(
 
 
 def raise_if_error(outcome: T | LockstepError) -> T:
-    """Turn an operation's error outcome into the exception the envelope maps."""
+    """Turn an operation's error outcome into the exception the middleware maps."""
     if isinstance(outcome, LockstepError):
         raise outcome
     return outcome

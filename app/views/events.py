@@ -17,11 +17,11 @@ from aiohttp import web
 
 from app.auth import TOKENS, still_authorized
 from app.domain import check_name
-from app.envelope import REQUEST_ID
 from app.errors import InvalidInput
 from app.events import EVENTS, Watch
 from app.logs import REQUEST_ID_HEADER
 from app.metrics import METRICS
+from app.middleware import REQUEST_ID
 from app.settings import SETTINGS
 from app.snapshots import Event
 from app.storage import Storage
@@ -100,7 +100,7 @@ async def stream(request: web.Request, watch: Watch) -> web.StreamResponse:
             "Cache-Control": "no-store",
             # Reverse proxies must pass events through as they come, not buffer them.
             "X-Accel-Buffering": "no",
-            # Set here: the envelope only adds it to answers not yet started.
+            # Set here: the middleware only adds it to answers not yet started.
             REQUEST_ID_HEADER: request[REQUEST_ID],
         }
     )

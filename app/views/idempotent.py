@@ -2,7 +2,7 @@
 
 Handlers of state-changing endpoints describe their success response as a pure
 ``render(outcome) -> Rendered``. Without a key the outcome's error is raised for the
-envelope and the success is rendered as usual. With a key the same ``render``
+middleware and the success is rendered as usual. With a key the same ``render``
 travels inside the op into the write transaction (see ``app.idempotency``), where the
 response is stored together with the change; the first request answers exactly those
 bytes, and a repeat answers them again with ``Idempotent-Replayed: true``.
@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from app.combining import Combiner
-from app.envelope import PROBLEM, problem_body
 from app.errors import InvalidInput, LockstepError
 from app.idempotency import IN_FLIGHT, Claim, Rendered, Replay, fingerprint
 from app.metrics import METRICS
+from app.problems import PROBLEM, problem_body
 from app.views.fences import fenced, fences_of
 
 KEY_HEADER = "Idempotency-Key"
@@ -31,7 +31,7 @@ Render = Callable[[Any], Rendered]
 
 
 def render_error(error: LockstepError) -> Rendered:
-    """The problem response the envelope would have sent for ``error``."""
+    """The problem response the middleware would have sent for ``error``."""
     body = problem_body(error.status, error.title, error.detail, error.slug)
     return Rendered(error.status, {"Content-Type": PROBLEM, **error.headers}, body)
 

@@ -16,7 +16,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
 from app.access_log import ACCESS_LOG, FLUSH_BYTES, AccessLog, client_address
-from app.envelope import ENVELOPE
 from app.logs import ACCESS_LOGGER, LogFormatter, request_id_from
 from app.main import create_app
 from tests.conftest import ClientFactory, settings_for
@@ -108,7 +107,7 @@ async def test_unhandled_error_logged_once_with_the_id_the_client_gets(
         raise RuntimeError("secret internal detail")
 
     app = await create_app(settings_for(tmp_path, log_format="json"))
-    app.router.add_get("/boom", app[ENVELOPE](boom))
+    app.router.add_get("/boom", boom)
     client = await aiohttp_client(app)
     caplog.set_level(logging.INFO)
     r = await client.get("/boom", headers={"X-Request-ID": "crash-1"})

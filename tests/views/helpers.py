@@ -1,5 +1,5 @@
 """Assertions and shortcuts shared by the handler tests (tests/views, and the hostile-input
-and envelope tests beside them)."""
+and middleware tests beside them)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of the envelope: unknown paths, unexpected errors, routes that skip it."""
+"""Tests of the middlewares: unknown paths, unexpected errors, routes added after create_app."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from app.envelope import ENVELOPE
 from app.main import create_app
 from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.views.helpers import Client, assert_problem
@@ -30,14 +29,14 @@ async def test_unexpected_error_is_500_problem_without_internals(
         raise RuntimeError("secret internals")
 
     app = await create_app(settings_for(tmp_path))
-    app.router.add_get("/boom", app[ENVELOPE](boom))
+    app.router.add_get("/boom", boom)
     client = await aiohttp_client(app)
-    with caplog.at_level(logging.ERROR, logger="app.envelope"):
+    with caplog.at_level(logging.ERROR, logger="app.middleware"):
         async with client.get("/boom") as r:
             body = await assert_problem(r, 500, None, "an unexpected error occurred")
             assert "secret" not in await r.text()
     assert body["title"] == "Internal Server Error"
-    errors = [rec for rec in caplog.records if rec.name == "app.envelope"]
+    errors = [rec for rec in caplog.records if rec.name == "app.middleware"]
     assert len(errors) == 1
     assert errors[0].exc_info is not None
     assert "secret internals" in str(errors[0].exc_info[1])
@@ -45,7 +44,7 @@ async def test_unexpected_error_is_500_problem_without_internals(
 
 @never_reaches_storage
 async def test_unknown_path_and_method_are_counted_unmatched(client: Client) -> None:
-    """404s and 405s land under the (unmatched) route label, not the catch-all's template."""
+    """404s and 405s land under the (unmatched) route label, never a path or template."""
     async with client.get("/nowhere/at/all") as r:
         assert r.status == 404
         assert r.headers["X-Request-ID"]
@@ -56,16 +55,3 @@ async def test_unknown_path_and_method_are_counted_unmatched(client: Client) -> 
     assert 'route="(unmatched)",status="404"' in text
     assert 'route="(unmatched)",status="405"' in text
     assert "{tail}" not in text
-
-
-async def test_app_with_a_route_outside_the_envelope_refuses_to_start(tmp_path: Path) -> None:
-    """A handler registered without the envelope would answer without ids, limits or tokens."""
-
-    async def bare(request: web.Request) -> web.Response:
-        return web.Response(text="no envelope")
-
-    app = await create_app(settings_for(tmp_path))
-    app.router.add_get("/bare", bare)
-    app.freeze()
-    with pytest.raises(RuntimeError, match="GET /bare"):
-        await app.startup()  # refused first, before storage is opened

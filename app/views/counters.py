@@ -65,8 +65,8 @@ def wants_json(accept: str) -> bool:
 
     Each media range's weight is its ``q`` (1 when absent); a type is weighted by the most
     specific range that matches it (``application/json`` over ``application/*`` over
-    ``*/*``), and ``q=0`` means "not acceptable". Without "json" in the header at all, the
-    answer is text at once: the classic hit counter's fast path.
+    ``*/*``), and ``q=0`` means "not acceptable". JSON must be asked for by name: without
+    "json" in the header (``*/*``, ``application/*``) the answer is the classic text.
     """
     if "json" not in accept:
         return False
@@ -133,12 +133,7 @@ async def increment(request: web.Request) -> web.Response:
         else None
     )
     by = 1 if body is None else body.by
-    claim = claim_for(request, raw, _render_counted)
-    condition = conditions(request)
-    if by == 1 and claim is None and condition is None:
-        op = _ONE
-    else:
-        op = Increment(by, claim, condition)
+    op = Increment(by, claim_for(request, raw, _render_counted), conditions(request))
     return await execute(request, request.app[COUNTERS], name, op, _render_counted)
 
 

@@ -6,7 +6,7 @@ future; one writer task per worker takes every waiting request (after ``GATHER_T
 turns), and runs one ``BEGIN IMMEDIATE``, one upsert ``... RETURNING`` adding each
 counter's count, and ``COMMIT`` for all of them in aiosqlite's thread (WAL,
 ``synchronous=FULL``, the same ``flock`` turn between workers); then each request gets its
-own value. No envelope, metrics, request id, lock registry, combiner, idempotency or
+own value. No middleware, metrics, request id, lock registry, combiner, idempotency or
 validation: so lockstep's share of *this* app's req/s is what its own code costs, and this
 app's share of hello world's is what a durable commit per batch costs on the machine.
 

@@ -79,7 +79,7 @@ def counter_changes(
     return changes
 
 
-def item_changes(
+def record_changes(
     before: Mapping[str, Record | None],
     after: Mapping[str, Record | None],
     encoded: Mapping[str, str],
@@ -87,18 +87,18 @@ def item_changes(
 ) -> list[Change]:
     """The entries of the records that changed; ``encoded`` holds their values as JSON text."""
     changes = []
-    for item_id, record in after.items():
-        old = before.get(item_id)
+    for record_id, record in after.items():
+        old = before.get(record_id)
         if record is None:
             if old is not None:
-                changes.append(Change(commit.revision, "item", item_id, None, None, commit.time))
+                changes.append(Change(commit.revision, "item", record_id, None, None, commit.time))
         elif record is not old:
             changes.append(
                 Change(
                     commit.revision,
                     "item",
-                    item_id,
-                    encoded[item_id],
+                    record_id,
+                    encoded[record_id],
                     record.version,
                     commit.time,
                 )

@@ -1,7 +1,7 @@
 """What the operations mean, independent of HTTP and of the database.
 
 Storage backends read a resource's current state inside a write transaction, hand it
-to ``apply_counter_ops`` / ``apply_item_ops`` together with every operation queued for
+to ``apply_counter_ops`` / ``apply_record_ops`` together with every operation queued for
 that resource, and write back the single resulting state. Each operation gets its own
 outcome (a value, a record or an error), exactly as if the operations had run one at a
 time in queue order.
@@ -203,14 +203,14 @@ class Record:
 
 
 @dataclass(slots=True, frozen=True)
-class PutItem:
+class PutRecord:
     value: Any
     precondition: Precondition = NO_PRECONDITION
     claim: Claim | None = None
 
 
 @dataclass(slots=True, frozen=True)
-class PatchItem:
+class PatchRecord:
     patch: Any
     precondition: Precondition = NO_PRECONDITION
     claim: Claim | None = None
@@ -218,12 +218,12 @@ class PatchItem:
 
 
 @dataclass(slots=True, frozen=True)
-class DeleteItem:
+class DeleteRecord:
     precondition: Precondition = NO_PRECONDITION
     claim: Claim | None = None
 
 
-ItemOp = PutItem | PatchItem | DeleteItem
+RecordOp = PutRecord | PatchRecord | DeleteRecord
 
 
 @dataclass(slots=True, frozen=True)
@@ -236,7 +236,7 @@ class Written:
 
 
 # Replay as for counters.
-ItemOutcome = Written | Deleted | LockstepError | Replay
+RecordOutcome = Written | Deleted | LockstepError | Replay
 
 
 # A record's size is that of the smallest PUT body that writes it back: {"value":<value>}.
@@ -283,11 +283,11 @@ def iso_time(seconds: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
-def apply_item_ops(
-    item_id: str, current: Record | None, ops: list[ItemOp], commit: Commit
-) -> tuple[Record | None, list[ItemOutcome]]:
+def apply_record_ops(
+    record_id: str, current: Record | None, ops: list[RecordOp], commit: Commit
+) -> tuple[Record | None, list[RecordOutcome]]:
     """Apply ``ops`` in order to a record whose stored state is ``current`` (None: absent)."""
-    outcomes: list[ItemOutcome] = []
+    outcomes: list[RecordOutcome] = []
     record = current
     stamp, revision = commit.time, commit.revision
     for op in ops:
@@ -296,14 +296,14 @@ def apply_item_ops(
         except PreconditionFailed as e:
             outcomes.append(e)
             continue
-        if isinstance(op, PutItem):
+        if isinstance(op, PutRecord):
             version = 1 if record is None else record.version + 1
             created = record is None
-            record = Record(item_id, op.value, version, stamp)
+            record = Record(record_id, op.value, version, stamp)
             outcomes.append(Written(record, revision, created))
         elif record is None:
             outcomes.append(NotFound("no such record"))
-        elif isinstance(op, PatchItem):
+        elif isinstance(op, PatchRecord):
             value = merge_patch(record.value, op.patch)
             if op.max_bytes is not None:
                 try:
@@ -311,7 +311,7 @@ def apply_item_ops(
                 except RecordTooLarge as e:
                     outcomes.append(e)
                     continue
-            record = Record(item_id, value, record.version + 1, stamp)
+            record = Record(record_id, value, record.version + 1, stamp)
             outcomes.append(Written(record, revision))
         else:
             record = None

@@ -104,9 +104,9 @@ def counter_line(name: str, value: int, version: int = 1) -> bytes:
     return _encoder.encode(CounterLine(name, value, version)) + b"\n"
 
 
-def record_line(item_id: str, value_json: str, version: int, updated_at: str) -> bytes:
+def record_line(record_id: str, value_json: str, version: int, updated_at: str) -> bytes:
     return (
-        _encoder.encode(RecordLine(item_id, msgspec.Raw(value_json), version, updated_at)) + b"\n"
+        _encoder.encode(RecordLine(record_id, msgspec.Raw(value_json), version, updated_at)) + b"\n"
     )
 
 

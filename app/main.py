@@ -26,10 +26,10 @@ from app.routes import route_scopes, setup_routes
 from app.settings import SETTINGS, Settings
 from app.storage import STORAGE
 from app.storage.backends import open_storage
-from app.views.counters import COUNTERS
+from app.views.counters import COUNTER_WRITES
 from app.views.docs import API_DOCS, ApiDocs
 from app.views.health import HEALTH, Health
-from app.views.items import ITEMS
+from app.views.records import RECORD_WRITES
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     app[EVENTS].listen("lock", app[HAND_OVERS])
     locks = app[LOCKS]
     metrics = app[METRICS]
-    app[COUNTERS] = Combiner("counter", locks, storage.apply_counter_ops, metrics)
-    app[ITEMS] = Combiner("item", locks, storage.apply_item_ops, metrics)
+    app[COUNTER_WRITES] = Combiner("counter", locks, storage.apply_counter_ops, metrics)
+    app[RECORD_WRITES] = Combiner("item", locks, storage.apply_record_ops, metrics)
     yield
     await app[EVENTS].close()
     await storage.close()

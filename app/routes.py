@@ -25,9 +25,9 @@ from app.views import (
     events,
     health,
     history,
-    items,
     locks,
     metrics,
+    records,
     txn,
 )
 from app.views.bodies import (
@@ -180,20 +180,21 @@ ROUTES: tuple[Route, ...] = (
           "write", (_deleted(),), (404, 412, 422), params=_CONDITIONAL, idempotent=True),
     Route("GET", "/counters", counters.list_counters, "counters", "List counters by name",
           "read", (_json(200, CounterPage, "A page."),), (422,), params=_PAGE),
-    Route("GET", "/items/{id}", items.get_item, "records", "Get a record", "read",
+    Route("GET", "/items/{id}", records.get_record, "records", "Get a record", "read",
           (_json(200, Record, "The record.", "ETag"),), (404, 422)),
-    Route("PUT", "/items/{id}", items.put_item, "records", "Create or replace a record", "write",
+    Route("PUT", "/items/{id}", records.put_record, "records", "Create or replace a record",
+          "write",
           (_json(200, Record, "Replaced.", "ETag"), _json(201, Record, "Created.", "ETag")),
           (*_BAD_BODY, 412), "`If-None-Match: *` creates only; `If-Match` replaces only that "
           "version.", body=PutBody, params=_CONDITIONAL, idempotent=True),
-    Route("PATCH", "/items/{id}", items.patch_item, "records", "Merge-patch a record", "write",
+    Route("PATCH", "/items/{id}", records.patch_record, "records", "Merge-patch a record", "write",
           (_json(200, Record, "Patched.", "ETag"),), (*_BAD_BODY, 404, 412),
           "Applies an RFC 7396 JSON Merge Patch: `null` deletes a member, arrays are replaced "
           "whole.", body=MergePatch, body_media="application/merge-patch+json",
           params=_CONDITIONAL, idempotent=True),
-    Route("DELETE", "/items/{id}", items.delete_item, "records", "Delete a record", "write",
+    Route("DELETE", "/items/{id}", records.delete_record, "records", "Delete a record", "write",
           (_deleted(),), (404, 412, 422), params=_CONDITIONAL, idempotent=True),
-    Route("GET", "/items", items.list_items, "records", "List records by id", "read",
+    Route("GET", "/items", records.list_records, "records", "List records by id", "read",
           (_json(200, RecordPage, "A page."),), (422,), params=_PAGE),
     Route("POST", "/txn", txn.txn, "transactions", "Apply a transaction", "write",
           (_json(200, TxnAnswer, "Which branch ran, its revision, and one result per operation "
@@ -259,12 +260,12 @@ ROUTES: tuple[Route, ...] = (
           "read", (_json(200, Stats, "Totals over every worker.", "Cache-Control"),),
           description="A few totals from the same figures as /metrics, readable with a read "
           "token; the dashboard polls it for its rates."),
-    Route("GET", "/items/{id}/versions", history.item_versions, "changes",
+    Route("GET", "/items/{id}/versions", history.record_versions, "changes",
           "List a record's retained versions", "read",
           (_json(200, RecordVersionPage, "A page."),), (422,),
           "Newest first, from the change log (kept LOCKSTEP_CHANGES_RETENTION seconds); "
           "`next` is the `before` of the following page.", params=("before", "limit")),
-    Route("GET", "/items/{id}/versions/{version}", history.item_version, "changes",
+    Route("GET", "/items/{id}/versions/{version}", history.record_version_view, "changes",
           "Get one retained version of a record", "read",
           (_json(200, RecordVersion, "The version.", "ETag"),), (404, 422),
           "The newest retained entry with that version (a record recreated after a delete "
@@ -286,7 +287,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/counters/{name}/events", events.counter_events, STREAMS_TAG,
           "Stream a counter", "read", (_stream(),), (422,),
           "Every commit that changes the counter.", params=_RESUME),
-    Route("GET", "/items/{id}/events", events.item_events, STREAMS_TAG, "Stream a record",
+    Route("GET", "/items/{id}/events", events.record_events, STREAMS_TAG, "Stream a record",
           "read", (_stream(),), (422,), "Every commit that changes the record.",
           params=_RESUME),
     Route("GET", "/", dashboard.dashboard, "dashboard", "The dashboard page", None,

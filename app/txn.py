@@ -32,7 +32,7 @@ from app.domain import (
     Record,
     Written,
     apply_counter_ops,
-    apply_item_ops,
+    apply_record_ops,
     merge_patch,
     record_size,
 )
@@ -42,7 +42,7 @@ from app.leases import Fence
 
 Kind = Literal["counter", "item"]
 Comparison = Literal["==", "!=", "<", "<=", ">", ">="]
-# "apply": a single-resource request's own op (``value``: its ``CounterOp`` or ``ItemOp``),
+# "apply": a single-resource request's own op (``value``: its ``CounterOp`` or ``RecordOp``),
 # run as a one-operation transaction when it carries a ``Lockstep-Fence``.
 OpName = Literal["get", "set", "increment", "put", "patch", "delete", "apply"]
 
@@ -126,7 +126,7 @@ class CounterResult:
 
 
 @dataclass(slots=True, frozen=True)
-class ItemResult:
+class RecordResult:
     """A record as an operation left or found it; ``record`` None: it does not exist."""
 
     id: str
@@ -140,7 +140,7 @@ class DeletedResult:
 
 DELETED = DeletedResult()
 # An "apply" op's result is the single-resource outcome (``Counted``, ``Written``, ``Deleted``).
-Result = CounterResult | ItemResult | DeletedResult | Counted | Written | Deleted
+Result = CounterResult | RecordResult | DeletedResult | Counted | Written | Deleted
 
 
 @dataclass(slots=True)
@@ -227,7 +227,7 @@ def _apply_one(op: Operation, state: Evaluated, commit: Commit) -> Result:
         )
         state.counters[op.name] = after
     else:
-        final, (outcome,) = apply_item_ops(op.name, state.items.get(op.name), [op.value], commit)
+        final, (outcome,) = apply_record_ops(op.name, state.items.get(op.name), [op.value], commit)
         state.items[op.name] = final
     if isinstance(outcome, LockstepError):
         raise _Refused(outcome)
@@ -257,7 +257,7 @@ def _apply(op: Operation, state: Evaluated, commit: Commit, max_bytes: int | Non
         return CounterResult(name, changed)
     record = state.items.get(name)
     if op.op == "get":
-        return ItemResult(name, record)
+        return RecordResult(name, record)
     if op.op == "put":
         version = 1 if record is None else record.version + 1
         new_value = op.value
@@ -275,4 +275,4 @@ def _apply(op: Operation, state: Evaluated, commit: Commit, max_bytes: int | Non
         )
     written = Record(name, new_value, version, stamp)
     state.items[name] = written
-    return ItemResult(name, written)
+    return RecordResult(name, written)

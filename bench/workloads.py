@@ -63,14 +63,14 @@ def check_accounts(url: str, prefix: str) -> str | None:
     return None if total == 0 else f"the accounts sum to {total}, not 0 (a half-applied transfer)"
 
 
-def record_version(url: str, item_id: str) -> int:
-    body = http("GET", f"{url}/items/{item_id}")
+def record_version(url: str, record_id: str) -> int:
+    body = http("GET", f"{url}/items/{record_id}")
     return 0 if body is None else int(body["version"])
 
 
-def check_hot_document(url: str, item_id: str) -> str | None:
+def check_hot_document(url: str, record_id: str) -> str | None:
     """The hot record holds every patched field with a value some patch sent; else why not."""
-    body = http("GET", f"{url}/items/{item_id}")
+    body = http("GET", f"{url}/items/{record_id}")
     value = body["value"]
     expected = {f"f{i}" for i in range(PATCH_FIELDS)}
     if set(value) != expected:

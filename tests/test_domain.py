@@ -19,16 +19,16 @@ from app.domain import (
     CounterOp,
     DeleteCounter,
     Deleted,
-    DeleteItem,
+    DeleteRecord,
     Increment,
-    PatchItem,
+    PatchRecord,
     Precondition,
-    PutItem,
+    PutRecord,
     Record,
     SetValue,
     Written,
     apply_counter_ops,
-    apply_item_ops,
+    apply_record_ops,
     check_name,
     merge_patch,
     now_iso,
@@ -190,7 +190,7 @@ def rec(version: int, value: Any = None) -> Record:
 
 def test_apply_item_ops_put_creates_then_replaces() -> None:
     """A PUT on an absent record creates version 1; the next PUT replaces it as version 2."""
-    final, outcomes = apply_item_ops("r", None, [PutItem({"a": 1}), PutItem([2])], C)
+    final, outcomes = apply_record_ops("r", None, [PutRecord({"a": 1}), PutRecord([2])], C)
     assert final is not None
     assert (final.id, final.value, final.version) == ("r", [2], 2)
     first, second = outcomes
@@ -201,7 +201,7 @@ def test_apply_item_ops_put_creates_then_replaces() -> None:
 
 def test_apply_item_ops_patch_merges_and_bumps_version() -> None:
     """A PATCH merges into the value and adds one to the version."""
-    final, outcomes = apply_item_ops("r", rec(4, {"a": 1, "b": 2}), [PatchItem({"b": None})], C)
+    final, outcomes = apply_record_ops("r", rec(4, {"a": 1, "b": 2}), [PatchRecord({"b": None})], C)
     assert final is not None
     assert (final.value, final.version) == ({"a": 1}, 5)
     assert outcomes == [Written(final, 7)]
@@ -210,14 +210,14 @@ def test_apply_item_ops_patch_merges_and_bumps_version() -> None:
 
 def test_apply_item_ops_patch_absent_is_not_found() -> None:
     """A PATCH on an absent record fails with NotFound and creates nothing."""
-    final, outcomes = apply_item_ops("r", None, [PatchItem({"a": 1})], C)
+    final, outcomes = apply_record_ops("r", None, [PatchRecord({"a": 1})], C)
     assert final is None
     assert isinstance(outcomes[0], NotFound)
 
 
 def test_apply_item_ops_delete_then_delete_again() -> None:
     """A DELETE removes the record; a second DELETE in the batch finds nothing."""
-    final, outcomes = apply_item_ops("r", rec(1), [DeleteItem(), DeleteItem()], C)
+    final, outcomes = apply_record_ops("r", rec(1), [DeleteRecord(), DeleteRecord()], C)
     assert final is None
     assert outcomes[0] == Deleted(7)
     assert isinstance(outcomes[1], NotFound)
@@ -228,8 +228,8 @@ def test_apply_item_ops_failed_precondition_writes_nothing() -> None:
     current = rec(3, {"a": 1})
     stale = Precondition(if_match=frozenset({2}))
     fresh = Precondition(if_match=frozenset({3}))
-    final, outcomes = apply_item_ops(
-        "r", current, [PatchItem({"a": 2}, stale), PatchItem({"a": 3}, fresh)], C
+    final, outcomes = apply_record_ops(
+        "r", current, [PatchRecord({"a": 2}, stale), PatchRecord({"a": 3}, fresh)], C
     )
     assert isinstance(outcomes[0], PreconditionFailed)
     assert final is not None
@@ -238,12 +238,12 @@ def test_apply_item_ops_failed_precondition_writes_nothing() -> None:
 
 def test_apply_item_ops_preconditions_see_earlier_ops_in_batch() -> None:
     """A precondition is checked against the state after the earlier ops of the same batch."""
-    final, outcomes = apply_item_ops(
+    final, outcomes = apply_record_ops(
         "r",
         None,
         [
-            PutItem(1, Precondition(if_none_match_any=True)),
-            PutItem(2, Precondition(if_none_match_any=True)),
+            PutRecord(1, Precondition(if_none_match_any=True)),
+            PutRecord(2, Precondition(if_none_match_any=True)),
         ],
         C,
     )

@@ -9,8 +9,8 @@ from app.txn import (
     DELETED,
     Condition,
     CounterResult,
-    ItemResult,
     Operation,
+    RecordResult,
     Txn,
     TxnConflict,
     evaluate,
@@ -71,7 +71,7 @@ def test_evaluate_runs_then_in_order_on_one_state() -> None:
     assert done.results == [
         CounterResult("n", Counter("n", 0, 5)),
         CounterResult("m", Counter("m", 10, 1)),
-        ItemResult("doc", Record("doc", {"b": 2}, 4, STAMP)),
+        RecordResult("doc", Record("doc", {"b": 2}, 4, STAMP)),
         DELETED,
         CounterResult("m", None),
     ]
@@ -88,7 +88,7 @@ def test_evaluate_runs_else_when_a_condition_fails() -> None:
     )
     done = evaluate(txn, {"n": N}, {"doc": DOC}, COMMIT)
     assert not done.succeeded
-    assert done.results == [ItemResult("doc", DOC)]
+    assert done.results == [RecordResult("doc", DOC)]
     assert done.counters == {"n": N}
 
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from app.changes import Change, FeedPage
 from app.combining import Batch
-from app.domain import Counter, CounterOp, CounterOutcome, ItemOp, ItemOutcome, Record
+from app.domain import Counter, CounterOp, CounterOutcome, Record, RecordOp, RecordOutcome
 from app.leases import Decision, Lease, LockState, Step
 from app.txn import Txn, TxnOutcome
 
@@ -51,8 +51,10 @@ class Storage(Protocol):
         """
         ...
 
-    def apply_item_ops(self, item_id: str, ops: Batch[ItemOp]) -> Awaitable[list[ItemOutcome]]:
-        """Apply ``ops`` to record ``item_id`` in order, atomically, and commit before returning."""
+    def apply_record_ops(
+        self, record_id: str, ops: Batch[RecordOp]
+    ) -> Awaitable[list[RecordOutcome]]:
+        """Apply ``ops`` to record ``record_id`` in order, atomically; commit, then return."""
         ...
 
     def apply_txn(self, txn: Txn) -> Awaitable[TxnOutcome]:
@@ -101,11 +103,11 @@ class Storage(Protocol):
         """Up to ``limit`` counters whose names start with ``prefix`` and sort after ``after``."""
         ...
 
-    async def get_item(self, item_id: str) -> Record | None:
+    async def get_record(self, record_id: str) -> Record | None:
         """The record as committed, or None if it does not exist."""
         ...
 
-    async def list_items(self, prefix: str, after: str, limit: int) -> list[Record]:
+    async def list_records(self, prefix: str, after: str, limit: int) -> list[Record]:
         """Up to ``limit`` records whose ids start with ``prefix`` and sort after ``after``."""
         ...
 
@@ -131,8 +133,8 @@ class Storage(Protocol):
         """
         ...
 
-    async def item_versions(
-        self, item_id: str, before: int, limit: int, version: int | None = None
+    async def record_versions(
+        self, record_id: str, before: int, limit: int, version: int | None = None
     ) -> list[Change]:
         """The record's retained versions below revision ``before``, newest first.
 

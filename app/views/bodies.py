@@ -101,7 +101,7 @@ class CounterEvent(msgspec.Struct):
     time: Time
 
 
-class ItemEvent(msgspec.Struct):
+class RecordEvent(msgspec.Struct):
     """The data of an ``event: item``; all but ``id`` and ``time`` are null once deleted."""
 
     id: Name

@@ -40,7 +40,7 @@ from app.views.fences import fenced, fences_of
 from app.views.idempotent import claim_for, execute
 
 # The write combiner every counter change goes through.
-COUNTERS = web.AppKey("counters", Combiner[CounterOp, CounterOutcome])
+COUNTER_WRITES = web.AppKey("counter_writes", Combiner[CounterOp, CounterOutcome])
 
 ACCESS = "access"
 _ONE = Increment(1)
@@ -102,7 +102,7 @@ async def access(request: web.Request) -> web.Response:
         _, run = fenced(request, ACCESS, _ONE, fences)
         counted = raise_if_error(await run())
     else:
-        counted = raise_if_error(await request.app[COUNTERS].submit(ACCESS, _ONE))
+        counted = raise_if_error(await request.app[COUNTER_WRITES].submit(ACCESS, _ONE))
     assert isinstance(counted, Counted)
     headers = counted_headers(counted)
     headers.update(NO_STORE)
@@ -134,7 +134,7 @@ async def increment(request: web.Request) -> web.Response:
     )
     by = 1 if body is None else body.by
     op = Increment(by, claim_for(request, raw, _render_counted), conditions(request))
-    return await execute(request, request.app[COUNTERS], name, op, _render_counted)
+    return await execute(request, request.app[COUNTER_WRITES], name, op, _render_counted)
 
 
 async def get_counter(request: web.Request) -> web.Response:
@@ -154,7 +154,7 @@ async def set_counter(request: web.Request) -> web.Response:
         raise InvalidInput("a JSON body is required")
     body = decode_json(raw, SetBody, request.app[SETTINGS].max_json_depth)
     op = SetValue(body.value, claim_for(request, raw, _render_counted), conditions(request))
-    return await execute(request, request.app[COUNTERS], name, op, _render_counted)
+    return await execute(request, request.app[COUNTER_WRITES], name, op, _render_counted)
 
 
 async def delete_counter(request: web.Request) -> web.Response:
@@ -162,7 +162,7 @@ async def delete_counter(request: web.Request) -> web.Response:
     name = path_name(request, "name")
     claim = claim_for(request, await read_body(request), _render_deleted)
     op = DeleteCounter(claim, conditions(request))
-    return await execute(request, request.app[COUNTERS], name, op, _render_deleted)
+    return await execute(request, request.app[COUNTER_WRITES], name, op, _render_deleted)
 
 
 async def list_counters(request: web.Request) -> web.Response:

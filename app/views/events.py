@@ -159,7 +159,7 @@ async def counter_events(request: web.Request) -> web.StreamResponse:
     return await stream(request, Watch(frozenset({resource})))
 
 
-async def item_events(request: web.Request) -> web.StreamResponse:
+async def record_events(request: web.Request) -> web.StreamResponse:
     """Stream every committed change of a record."""
     resource = ("item", path_name(request, "id"))
     return await stream(request, Watch(frozenset({resource})))

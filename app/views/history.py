@@ -27,9 +27,9 @@ def _version_body(change: Change) -> dict[str, Any]:
     }
 
 
-async def item_versions(request: web.Request) -> web.Response:
+async def record_versions(request: web.Request) -> web.Response:
     """The record's retained versions, newest first; ``before`` (a revision) pages on."""
-    item_id = path_name(request, "id")
+    record_id = path_name(request, "id")
     query = request.query
     before = revision_param(query["before"], "before") if "before" in query else _NEWEST
     limit_max = request.app[SETTINGS].list_limit_max
@@ -37,22 +37,22 @@ async def item_versions(request: web.Request) -> web.Response:
     limit = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else 0
     if not 1 <= limit <= limit_max:
         raise InvalidInput(f"limit must be an integer from 1 to {limit_max}")
-    versions = await request.app[STORAGE].item_versions(item_id, before, limit + 1)
+    versions = await request.app[STORAGE].record_versions(record_id, before, limit + 1)
     shown = versions[:limit]
     following = shown[-1].revision if len(versions) > limit else None
     return json_response({"items": [_version_body(c) for c in shown], "next": following})
 
 
-async def item_version(request: web.Request) -> web.Response:
+async def record_version_view(request: web.Request) -> web.Response:
     """One retained version of the record (the newest with that number)."""
-    item_id = path_name(request, "id")
+    record_id = path_name(request, "id")
     raw = request.match_info["version"]
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) >= 1):
         raise InvalidInput("version must be an integer from 1")
-    found = await request.app[STORAGE].item_versions(item_id, _NEWEST, 1, int(raw))
+    found = await request.app[STORAGE].record_versions(record_id, _NEWEST, 1, int(raw))
     if not found:
         raise NotFound(
-            f"record {item_id!r} has no version {raw} in the change log"
+            f"record {record_id!r} has no version {raw} in the change log"
             " (never written, or older than LOCKSTEP_CHANGES_RETENTION)"
         )
     [change] = found

@@ -28,9 +28,9 @@ from app.txn import (
     Condition,
     CounterResult,
     Evaluated,
-    ItemResult,
     Kind,
     Operation,
+    RecordResult,
     Result,
     Txn,
     TxnOutcome,
@@ -156,7 +156,7 @@ def result_body(result: Result) -> Any:
         if c is None:
             return TxnCounter(result.name, None, None)
         return TxnCounter(c.name, c.value, c.version)
-    if isinstance(result, ItemResult):
+    if isinstance(result, RecordResult):
         r = result.record
         if r is None:
             return TxnRecord(result.id, None, None, None)

@@ -50,8 +50,8 @@ async def _fill(client: TestClient[Any, Any]) -> None:
         headers={"Content-Type": "application/merge-patch+json", "If-Match": '"2"'},
     )
     assert r.status == 200
-    for item_id, scalar in [("nothing", None), ("one", 1), ("gone", "x")]:
-        r = await client.put(f"/items/{item_id}", json={"value": scalar})
+    for record_id, scalar in [("nothing", None), ("one", 1), ("gone", "x")]:
+        r = await client.put(f"/items/{record_id}", json={"value": scalar})
         assert r.status == 201
     r = await client.delete("/items/gone")
     assert r.status == 204

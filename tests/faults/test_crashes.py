@@ -94,10 +94,10 @@ async def test_kill_whole_service_mid_load_keeps_every_acknowledged_write(
     assert integrity(data / "lockstep.db") == "ok"
     with Service(data, workers=2) as again:
         async with aiohttp.ClientSession() as http:
-            for item_id in acknowledged:
-                async with http.get(f"{again.url}/items/{item_id}") as r:
-                    assert r.status == 200, item_id
-                    assert (await r.json())["value"] == int(item_id[1:])
+            for record_id in acknowledged:
+                async with http.get(f"{again.url}/items/{record_id}") as r:
+                    assert r.status == 200, record_id
+                    assert (await r.json())["value"] == int(record_id[1:])
     stored_ids = {row[0] for row in stored(data / "lockstep.db", "SELECT id FROM items")}
     assert set(acknowledged) <= stored_ids
     assert len(stored_ids) <= len(acknowledged) + tally.errors

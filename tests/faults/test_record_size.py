@@ -23,7 +23,7 @@ async def test_patches_stop_at_the_record_cap_and_the_record_can_be_put_back(
     pass 1 MiB: that one answers 413 and changes nothing, what is stored can be PUT back, and no
     stored idempotent answer is larger than the cap.
 
-    Protection: apply_item_ops checks the size of each PATCH's result against
+    Protection: apply_record_ops checks the size of each PATCH's result against
     LOCKSTEP_MAX_RECORD_BYTES. Without it every PATCH succeeds, the record passes 1 MiB and
     can no longer be PUT back (413), and each keyed PATCH stores the whole record again.
     """

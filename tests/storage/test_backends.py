@@ -10,9 +10,9 @@ from app.domain import (
     CounterOp,
     DeleteCounter,
     Increment,
-    PatchItem,
+    PatchRecord,
     Precondition,
-    PutItem,
+    PutRecord,
     SetValue,
     Written,
 )
@@ -28,13 +28,13 @@ async def test_values_survive_reopen(settings: Settings) -> None:
     first = await open_storage(settings)
     try:
         assert values(await first.apply_counter_ops("c", [Increment(41), Increment(1)])) == [41, 42]
-        await first.apply_item_ops("doc", [PutItem({"k": [1, "two", None, 3.5]})])
+        await first.apply_record_ops("doc", [PutRecord({"k": [1, "two", None, 3.5]})])
     finally:
         await first.close()
     second = await open_storage(settings)
     try:
         assert await second.get_counter("c") == Counter("c", 42, 2)
-        record = await second.get_item("doc")
+        record = await second.get_record("doc")
         assert record is not None
         assert (record.value, record.version) == ({"k": [1, "two", None, 3.5]}, 1)
     finally:
@@ -82,23 +82,23 @@ async def test_extreme_values_are_stored_exactly(storage: Storage) -> None:
 
 async def test_item_ops_bump_versions_and_merge(storage: Storage) -> None:
     """Puts and patches in one batch each get their own version; the result is stored once."""
-    outcomes = await storage.apply_item_ops(
-        "doc", [PutItem({"a": 1}), PatchItem({"b": 2}), PatchItem({"a": None})]
+    outcomes = await storage.apply_record_ops(
+        "doc", [PutRecord({"a": 1}), PatchRecord({"b": 2}), PatchRecord({"a": None})]
     )
     assert [o.record.version for o in outcomes if isinstance(o, Written)] == [1, 2, 3]
     assert isinstance(outcomes[0], Written) and outcomes[0].created
-    record = await storage.get_item("doc")
+    record = await storage.get_record("doc")
     assert record is not None
     assert (record.value, record.version) == ({"b": 2}, 3)
 
 
 async def test_conditional_write_on_stale_version_changes_nothing(storage: Storage) -> None:
     """A PUT with If-Match on an old version fails with 412 and leaves the record as it was."""
-    await storage.apply_item_ops("doc", [PutItem({"v": 1}), PutItem({"v": 2})])
+    await storage.apply_record_ops("doc", [PutRecord({"v": 1}), PutRecord({"v": 2})])
     stale = Precondition(if_match=frozenset({1}))
-    [outcome] = await storage.apply_item_ops("doc", [PutItem({"v": "lost"}, stale)])
+    [outcome] = await storage.apply_record_ops("doc", [PutRecord({"v": "lost"}, stale)])
     assert isinstance(outcome, PreconditionFailed)
-    record = await storage.get_item("doc")
+    record = await storage.get_record("doc")
     assert record is not None
     assert (record.value, record.version) == ({"v": 2}, 2)
 
@@ -108,10 +108,10 @@ async def test_listings_sort_byte_wise_and_page_by_prefix(storage: Storage) -> N
     names = ["a-b", "a.B", "a.a", "aB", "a_", "a~", "ab", "b"]
     for name in names:
         await storage.apply_counter_ops(name, [Increment(1)])
-        await storage.apply_item_ops(name, [PutItem(name)])
+        await storage.apply_record_ops(name, [PutRecord(name)])
     expected = sorted(n for n in names if n.startswith("a"))
     assert [c.name for c in await storage.list_counters("a", "", 100)] == expected
-    assert [r.id for r in await storage.list_items("a", "", 100)] == expected
+    assert [r.id for r in await storage.list_records("a", "", 100)] == expected
     assert [c.name for c in await storage.list_counters("a", "a.a", 2)] == expected[3:5]
 
 

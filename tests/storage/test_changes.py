@@ -11,7 +11,15 @@ import asyncpg
 import pytest
 
 from app.changes import Change, purgeable_through
-from app.domain import Counted, DeleteCounter, DeleteItem, Increment, PatchItem, PutItem, Written
+from app.domain import (
+    Counted,
+    DeleteCounter,
+    DeleteRecord,
+    Increment,
+    PatchRecord,
+    PutRecord,
+    Written,
+)
 from app.settings import Settings
 from app.storage import Storage
 from app.storage.backends import open_storage
@@ -34,9 +42,9 @@ def summary(changes: list[Change]) -> list[tuple[int, str, str, str | None, int 
 async def test_each_commit_logs_one_entry_per_changed_resource(storage: Storage) -> None:
     """Entries carry the commit's revision, the new value as JSON, and the version; deletes null."""
     [a1, a2] = await storage.apply_counter_ops("a", [Increment(2), Increment(3)])
-    [doc] = await storage.apply_item_ops("doc", [PutItem({"k": [1, "x"]})])
+    [doc] = await storage.apply_record_ops("doc", [PutRecord({"k": [1, "x"]})])
     await storage.apply_counter_ops("a", [DeleteCounter()])
-    await storage.apply_item_ops("doc", [PatchItem({"k": None}), DeleteItem()])
+    await storage.apply_record_ops("doc", [PatchRecord({"k": None}), DeleteRecord()])
     r1, r2 = revision_of(a1), revision_of(doc)
     assert revision_of(a2) == r1
     page = await storage.read_changes(0, 100)
@@ -79,7 +87,7 @@ async def test_read_changes_filters_by_kind_prefix_and_resources(storage: Storag
     """kind, prefix and a list of resources each narrow the entries read."""
     await storage.apply_counter_ops("a.1", [Increment(1)])
     await storage.apply_counter_ops("b.1", [Increment(1)])
-    await storage.apply_item_ops("a.2", [PutItem(1)])
+    await storage.apply_record_ops("a.2", [PutRecord(1)])
     keys = [c.key for c in (await storage.read_changes(0, 10, kind="item")).changes]
     assert keys == ["a.2"]
     keys = [c.key for c in (await storage.read_changes(0, 10, prefix="a.")).changes]
@@ -184,10 +192,10 @@ async def test_sqlite_log_indexes_only_records_by_resource(tmp_path: Path) -> No
         conn.execute("PRAGMA user_version = 3")
     storage = await open_storage(settings)
     try:
-        await storage.apply_item_ops("doc", [PutItem({"a": 1})])
+        await storage.apply_record_ops("doc", [PutRecord({"a": 1})])
         await storage.apply_counter_ops("c", [Increment(1)])
-        await storage.apply_item_ops("doc", [PutItem({"a": 2})])
-        history = await storage.item_versions("doc", 100, 10)
+        await storage.apply_record_ops("doc", [PutRecord({"a": 2})])
+        history = await storage.record_versions("doc", 100, 10)
         assert [c.version for c in history] == [2, 1]
         page = await storage.read_changes(1, 10, kind="item", prefix="d")
         assert [(c.kind, c.key, c.version) for c in page.changes] == [("item", "doc", 2)]

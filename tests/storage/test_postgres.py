@@ -15,10 +15,10 @@ from pydantic import ValidationError
 from app.domain import (
     CounterOp,
     Increment,
-    ItemOp,
-    PatchItem,
+    PatchRecord,
     Precondition,
-    PutItem,
+    PutRecord,
+    RecordOp,
     SetValue,
     Written,
 )
@@ -56,7 +56,7 @@ async def test_startup_on_a_newer_schema_is_refused_and_changes_nothing(
     """A database migrated past this code's last migration stops startup and is left as it was."""
     storage = await PostgresStorage.open(settings)
     try:
-        await storage.apply_item_ops("doc", [PutItem({"a": 1})])
+        await storage.apply_record_ops("doc", [PutRecord({"a": 1})])
     finally:
         await storage.close()
     conn = await asyncpg.connect(settings.database_url)
@@ -97,13 +97,13 @@ async def test_patches_from_many_hosts_all_land(settings: Settings) -> None:
     """Concurrent PATCHes of one record through four pools each land once: no lost update."""
     hosts = [await PostgresStorage.open(settings) for _ in range(4)]
     try:
-        await hosts[0].apply_item_ops("doc", [PutItem({})])
+        await hosts[0].apply_record_ops("doc", [PutRecord({})])
         results = await asyncio.gather(
-            *(hosts[i % 4].apply_item_ops("doc", [PatchItem({f"f{i}": i})]) for i in range(40))
+            *(hosts[i % 4].apply_record_ops("doc", [PatchRecord({f"f{i}": i})]) for i in range(40))
         )
         versions = sorted(r[0].record.version for r in results if isinstance(r[0], Written))
         assert versions == list(range(2, 42))
-        record = await hosts[1].get_item("doc")
+        record = await hosts[1].get_record("doc")
         assert record is not None
         assert (record.value, record.version) == ({f"f{i}": i for i in range(40)}, 41)
     finally:
@@ -117,20 +117,22 @@ async def test_same_if_match_from_many_hosts_lets_exactly_one_write_win(
     hosts = [await PostgresStorage.open(settings) for _ in range(4)]
     at_v1 = Precondition(if_match=frozenset({1}))
 
-    def contender(h: int) -> ItemOp:
+    def contender(h: int) -> RecordOp:
         # Even hosts replace the document, odd ones merge into it.
-        return PatchItem({"by": h}, at_v1) if h % 2 else PutItem({"by": h}, at_v1)
+        return PatchRecord({"by": h}, at_v1) if h % 2 else PutRecord({"by": h}, at_v1)
 
     try:
         for round_ in range(5):
             ids = [f"doc{round_}-{n}" for n in range(25)]
-            await asyncio.gather(*(hosts[0].apply_item_ops(i, [PutItem({"base": 0})]) for i in ids))
+            await asyncio.gather(
+                *(hosts[0].apply_record_ops(i, [PutRecord({"base": 0})]) for i in ids)
+            )
             # Each host commits its 25 units in one transaction, racing the other three.
             # The rows exist, so the advisory locks and FOR UPDATE each serialize these
             # alone; with neither, every host reads version 1 and all four "win".
             results = await asyncio.gather(
                 *(
-                    asyncio.gather(*(host.apply_item_ops(i, [contender(h)]) for i in ids))
+                    asyncio.gather(*(host.apply_record_ops(i, [contender(h)]) for i in ids))
                     for h, host in enumerate(hosts)
                 )
             )
@@ -139,7 +141,7 @@ async def test_same_if_match_from_many_hosts_lets_exactly_one_write_win(
                 winners = [o for o in outcomes if isinstance(o, Written)]
                 assert len(winners) == 1, (i, outcomes)
                 assert sum(isinstance(o, PreconditionFailed) for o in outcomes) == 3, outcomes
-                record = await hosts[n % 4].get_item(i)
+                record = await hosts[n % 4].get_record(i)
                 assert record == winners[0].record
                 by = record.value["by"]
                 assert record.value == {"by": by} | ({"base": 0} if by % 2 else {})
@@ -151,12 +153,12 @@ async def test_same_if_match_from_many_hosts_lets_exactly_one_write_win(
 async def test_failing_unit_writes_nothing_and_batch_mates_commit(storage: PostgresStorage) -> None:
     """A unit that cannot be stored fails alone; the units committed with it still land."""
     good = storage.apply_counter_ops("good", [Increment(1)])
-    bad = storage.apply_item_ops("bad", [PutItem(object())])
+    bad = storage.apply_record_ops("bad", [PutRecord(object())])
     results = await asyncio.gather(good, bad, return_exceptions=True)
     assert values(results[0]) == [1]
     assert isinstance(results[1], TypeError)
     assert value(await storage.get_counter("good")) == 1
-    assert await storage.get_item("bad") is None
+    assert await storage.get_record("bad") is None
 
 
 async def test_writes_hand_back_the_writers_own_future(storage: PostgresStorage) -> None:
@@ -178,7 +180,9 @@ async def test_a_busy_loop_gathers_writes_into_one_transaction(
             writes: list[asyncio.Future[Any]] = []
 
             def put(n: int) -> None:
-                writes.append(asyncio.ensure_future(storage.apply_item_ops(f"i{n}", [PutItem(n)])))
+                writes.append(
+                    asyncio.ensure_future(storage.apply_record_ops(f"i{n}", [PutRecord(n)]))
+                )
 
             put(0)
             await busy_turns(12, [partial(put, n) for n in (1, 2, 3)])
@@ -249,7 +253,7 @@ async def test_statement_cache_size_zero_prepares_nothing_named(tmp_path: Path) 
             try:
                 await storage.apply_counter_ops("c", [SetValue(1)])
                 await storage.apply_counter_ops("c", [Increment(1)])
-                await storage.apply_item_ops("doc", [PutItem({"a": 1})])
+                await storage.apply_record_ops("doc", [PutRecord({"a": 1})])
                 assert value(await storage.get_counter("c")) == 2
                 rows = await storage._read("SELECT name FROM pg_prepared_statements")
                 assert bool(rows) is expect_named, (cache, rows)

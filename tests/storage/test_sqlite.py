@@ -15,9 +15,9 @@ from app.domain import (
     Counter,
     DeleteCounter,
     Increment,
-    PatchItem,
+    PatchRecord,
     Precondition,
-    PutItem,
+    PutRecord,
     SetValue,
     Written,
 )
@@ -165,7 +165,7 @@ async def test_plain_writes_of_a_batch_share_one_group(storage: SQLiteStorage) -
     """
     await storage.apply_counter_ops("big", [SetValue(INT64_MAX)])
     await storage.apply_counter_ops("gone", [SetValue(5)])
-    await storage.apply_item_ops("doc", [PutItem({"a": 1})])
+    await storage.apply_record_ops("doc", [PutRecord({"a": 1})])
     claim = Claim("key-1", "fp", lambda o: Rendered(200, {}, b"%d" % o.counter.value))
     before = storage.batches
     results: list[list[Any]] = await asyncio.gather(
@@ -174,10 +174,10 @@ async def test_plain_writes_of_a_batch_share_one_group(storage: SQLiteStorage) -
         storage.apply_counter_ops("gone", [DeleteCounter()]),
         storage.apply_counter_ops("same", [Increment(1), Increment(-1)]),
         storage.apply_counter_ops("claimed", [Increment(7, claim)]),
-        storage.apply_item_ops(
-            "doc", [PatchItem({"b": 2}), PutItem({}, Precondition(if_match=frozenset({9})))]
+        storage.apply_record_ops(
+            "doc", [PatchRecord({"b": 2}), PutRecord({}, Precondition(if_match=frozenset({9})))]
         ),
-        storage.apply_item_ops("fresh", [PutItem({"x": True})]),
+        storage.apply_record_ops("fresh", [PutRecord({"x": True})]),
     )
     assert storage.batches - before == 1
     new, big, gone, same, claimed, doc, fresh = results
@@ -196,7 +196,7 @@ async def test_plain_writes_of_a_batch_share_one_group(storage: SQLiteStorage) -
     # Created at 0, like one increment at a time.
     assert await storage.get_counter("same") == Counter("same", 0, 2)
     assert await storage.get_counter("claimed") == Counter("claimed", 7, 1)
-    record = await storage.get_item("doc")
+    record = await storage.get_record("doc")
     assert record is not None and record.value == {"a": 1, "b": 2} and record.version == 2
 
 
@@ -257,7 +257,7 @@ async def test_failed_group_write_rolls_back_the_group_only(
     results = await asyncio.gather(
         storage.apply_counter_ops("a1", [Increment(1)]),
         storage.apply_counter_ops("poison", [Increment(1)]),
-        storage.apply_item_ops("other-table", [PutItem({})]),
+        storage.apply_record_ops("other-table", [PutRecord({})]),
         return_exceptions=True,
     )
     for failed in results[:2]:
@@ -265,5 +265,5 @@ async def test_failed_group_write_rolls_back_the_group_only(
         assert isinstance(failed.__cause__, sqlite3.IntegrityError)
     assert isinstance(results[2], list) and isinstance(results[2][0], Written)
     assert await storage.get_counter("a1") is None
-    assert await storage.get_item("other-table") is not None
+    assert await storage.get_record("other-table") is not None
     assert values(await storage.apply_counter_ops("a1", [Increment(1)])) == [1]

@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from app.domain import PutItem
+from app.domain import PutRecord
 from app.storage.sqlite import SQLiteStorage
 from tests.conftest import settings_for
 
@@ -38,7 +38,7 @@ async def test_writer_truncates_wal_past_its_limit(tmp_path: Path, limit: int) -
     storage = await SQLiteStorage.open(settings)
     try:
         for i in range(200):
-            await storage.apply_item_ops(f"r{i}", [PutItem("x" * 2000)])
+            await storage.apply_record_ops(f"r{i}", [PutRecord("x" * 2000)])
         wal = os.stat(f"{settings.sqlite_path}-wal").st_size
     finally:
         await storage.close()

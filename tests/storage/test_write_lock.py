@@ -19,7 +19,7 @@ import pytest
 
 import app.storage.sqlite.transaction as sqlite_transaction
 import app.storage.sqlite.writer as sqlite_writer
-from app.domain import Increment, PatchItem, Precondition, PutItem, Written
+from app.domain import Increment, PatchRecord, Precondition, PutRecord, Written
 from app.errors import PreconditionFailed, StorageUnavailable
 from app.settings import Settings
 from app.storage.sqlite import SQLiteStorage
@@ -115,13 +115,17 @@ async def test_patches_with_same_if_match_without_writer_turn_one_wins(
     with StorageUnavailable (503) instead of PreconditionFailed (412).
     """
     docs = [f"doc{i}" for i in range(200)]
-    for put in await asyncio.gather(*(writers[0].apply_item_ops(d, [PutItem({})]) for d in docs)):
+    for put in await asyncio.gather(
+        *(writers[0].apply_record_ops(d, [PutRecord({})]) for d in docs)
+    ):
         assert isinstance(put[0], Written) and put[0].created
     if_match = Precondition(if_match=frozenset({1}))
 
     async def patch(doc: str, who: int) -> Any:
         try:
-            [outcome] = await writers[who].apply_item_ops(doc, [PatchItem({"by": who}, if_match)])
+            [outcome] = await writers[who].apply_record_ops(
+                doc, [PatchRecord({"by": who}, if_match)]
+            )
         except StorageUnavailable as e:
             return e
         return outcome
@@ -132,6 +136,6 @@ async def test_patches_with_same_if_match_without_writer_turn_one_wins(
         winners = [o for o in mine if isinstance(o, Written)]
         losers = [o for o in mine if isinstance(o, PreconditionFailed)]
         assert (len(winners), len(losers)) == (1, WRITERS - 1), (doc, mine)
-        record = await writers[0].get_item(doc)
+        record = await writers[0].get_record(doc)
         assert record is not None
         assert (record.version, record.value) == (2, winners[0].record.value)

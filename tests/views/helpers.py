@@ -63,9 +63,9 @@ async def stored_counter(client: Client, name: str) -> int | None:
     return None if counter is None else counter.value
 
 
-async def stored_item(client: Client, item_id: str) -> Record | None:
+async def stored_item(client: Client, record_id: str) -> Record | None:
     """The record as committed, read straight from storage."""
-    return await app_of(client)[STORAGE].get_item(item_id)
+    return await app_of(client)[STORAGE].get_record(record_id)
 
 
 async def count_counters(client: Client) -> int:
@@ -75,4 +75,4 @@ async def count_counters(client: Client) -> int:
 
 async def count_items(client: Client) -> int:
     """How many records exist in storage."""
-    return len(await app_of(client)[STORAGE].list_items("", "", 10_000))
+    return len(await app_of(client)[STORAGE].list_records("", "", 10_000))

@@ -28,16 +28,16 @@ STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 ORIGINAL = {"color": "red", "size": 3, "tags": ["a", "b"], "dims": {"w": 1, "h": 2}}
 
 
-async def put_item(client: Client, item_id: str, value: Any = ORIGINAL) -> dict[str, Any]:
-    async with client.put(f"/items/{item_id}", json={"value": value}) as r:
+async def put_record(client: Client, record_id: str, value: Any = ORIGINAL) -> dict[str, Any]:
+    async with client.put(f"/items/{record_id}", json={"value": value}) as r:
         assert r.status in (200, 201)
         body: dict[str, Any] = await r.json()
         return body
 
 
-async def assert_unchanged(client: Client, item_id: str, version: int, value: Any) -> None:
+async def assert_unchanged(client: Client, record_id: str, version: int, value: Any) -> None:
     """The stored record still has ``version`` and ``value``."""
-    record = await stored_item(client, item_id)
+    record = await stored_item(client, record_id)
     assert record is not None
     assert (record.version, record.value) == (version, value)
 
@@ -62,7 +62,7 @@ async def test_put_item_creates_with_201_and_etag(client: Client) -> None:
 
 async def test_put_item_replaces_with_200_and_next_version(client: Client) -> None:
     """PUT of an existing id answers 200, replaces the value whole and bumps the version."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     async with client.put("/items/cfg", json={"value": [1, 2]}) as r:
         assert r.status == 200
         assert r.headers["ETag"] == '"2"'
@@ -76,7 +76,7 @@ async def test_put_item_replaces_with_200_and_next_version(client: Client) -> No
 )
 async def test_put_item_stores_any_json_value(client: Client, value: Any) -> None:
     """Any JSON value, null and big integers included, is stored and read back unchanged."""
-    await put_item(client, "any", value)
+    await put_record(client, "any", value)
     async with client.get("/items/any") as r:
         assert r.status == 200
         assert (await r.json())["value"] == value
@@ -102,7 +102,7 @@ async def test_put_item_bad_body_is_rejected_and_changes_nothing(
     client: Client, body: bytes, status: int, slug: str, detail: str
 ) -> None:
     """A malformed (400) or ill-shaped (422) PUT body is refused with a clear detail."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     async with client.put("/items/cfg", data=body) as r:
         await assert_problem(r, status, slug, detail)
     await assert_unchanged(client, "cfg", 1, ORIGINAL)
@@ -117,7 +117,7 @@ async def test_put_item_if_none_match_star_creates_when_absent(client: Client) -
 
 async def test_put_item_if_none_match_star_on_existing_is_412(client: Client) -> None:
     """PUT with If-None-Match: * on an existing record is a 412 and writes nothing."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     async with client.put("/items/cfg", json={"value": 1}, headers={"If-None-Match": "*"}) as r:
         await assert_problem(r, 412, "precondition-failed", "If-None-Match")
     await assert_unchanged(client, "cfg", 1, ORIGINAL)
@@ -125,7 +125,7 @@ async def test_put_item_if_none_match_star_on_existing_is_412(client: Client) ->
 
 async def test_put_item_if_match_current_version_replaces(client: Client) -> None:
     """PUT with If-Match naming the current version succeeds."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     async with client.put("/items/cfg", json={"value": 2}, headers={"If-Match": '"1"'}) as r:
         assert r.status == 200
         assert r.headers["ETag"] == '"2"'
@@ -147,7 +147,7 @@ LOOKALIKES = [
 @pytest.mark.parametrize("if_match", ['"2"', '"0", "3"', 'W/"1"', "1", "garbage", *LOOKALIKES])
 async def test_put_item_if_match_mismatch_is_412(client: Client, if_match: str) -> None:
     """PUT with an If-Match that does not name the current strong ETag is a 412, no write."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     async with client.put("/items/cfg", json={"value": 2}, headers={"If-Match": if_match}) as r:
         await assert_problem(r, 412, "precondition-failed", 'current version ("1")')
     await assert_unchanged(client, "cfg", 1, ORIGINAL)
@@ -158,7 +158,7 @@ async def test_put_item_if_none_match_lookalike_does_not_match(
     client: Client, if_none_match: str
 ) -> None:
     """An If-None-Match tag that only looks like the current version does not stop the PUT."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     headers = {"If-None-Match": if_none_match}
     async with client.put("/items/cfg", json={"value": 2}, headers=headers) as r:
         assert r.status == 200
@@ -179,7 +179,7 @@ async def test_put_item_over_body_limit_is_413(
 ) -> None:
     """A PUT body larger than max_body_bytes is a 413 and writes nothing."""
     client = await aiohttp_client(await create_app(settings_for(tmp_path, max_body_bytes=64)))
-    await put_item(client, "cfg", 1)
+    await put_record(client, "cfg", 1)
     async with client.put("/items/cfg", json={"value": "x" * 64}) as r:
         await assert_problem(r, 413, "body-too-large", "limit of 64 bytes")
     await assert_unchanged(client, "cfg", 1, 1)
@@ -190,7 +190,7 @@ async def test_put_item_over_body_limit_is_413(
 
 async def test_get_item_answers_record_and_etag(client: Client) -> None:
     """GET answers the stored record with its ETag."""
-    created = await put_item(client, "cfg")
+    created = await put_record(client, "cfg")
     async with client.get("/items/cfg") as r:
         assert r.status == 200
         assert r.headers["ETag"] == '"1"'
@@ -206,7 +206,7 @@ async def test_get_item_absent_is_404(client: Client) -> None:
 
 async def test_head_and_options_item_change_nothing(client: Client) -> None:
     """HEAD answers the ETag without a body; OPTIONS is a 405; neither changes the record."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     async with client.head("/items/cfg") as r:
         assert r.status == 200
         assert r.headers["ETag"] == '"1"'
@@ -221,7 +221,7 @@ async def test_head_and_options_item_change_nothing(client: Client) -> None:
 
 async def test_patch_item_merges_and_bumps_version(client: Client) -> None:
     """PATCH applies a merge patch: null deletes, arrays replace whole, objects merge."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     patch = {"size": None, "tags": ["c"], "dims": {"h": None, "d": 3}, "shape": "round"}
     async with client.patch("/items/cfg", json=patch, headers=MERGE_PATCH) as r:
         assert r.status == 200
@@ -234,7 +234,7 @@ async def test_patch_item_merges_and_bumps_version(client: Client) -> None:
 
 async def test_patch_item_non_object_replaces_value(client: Client) -> None:
     """A patch that is not an object replaces the whole value (RFC 7396)."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     async with client.patch("/items/cfg", data=b"[1, 2]", headers=MERGE_PATCH) as r:
         assert r.status == 200
         assert (await r.json())["value"] == [1, 2]
@@ -243,7 +243,7 @@ async def test_patch_item_non_object_replaces_value(client: Client) -> None:
 
 async def test_patch_item_with_charset_parameter_is_accepted(client: Client) -> None:
     """The merge-patch media type with a charset parameter is still accepted."""
-    await put_item(client, "cfg", {})
+    await put_record(client, "cfg", {})
     headers = {"Content-Type": "application/merge-patch+json; charset=utf-8"}
     async with client.patch("/items/cfg", data=b'{"a": 1}', headers=headers) as r:
         assert r.status == 200
@@ -263,7 +263,7 @@ async def test_patch_item_other_content_type_is_415(
     client: Client, content_type: str | None
 ) -> None:
     """PATCH without Content-Type application/merge-patch+json is a 415 naming it."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     headers = {"Content-Type": content_type} if content_type else {}
     async with client.patch("/items/cfg", data=b'{"size": 4}', headers=headers) as r:
         await assert_problem(r, 415, "unsupported-media-type", "application/merge-patch+json")
@@ -285,7 +285,7 @@ async def test_patch_item_bad_body_is_rejected_and_changes_nothing(
     client: Client, body: bytes, status: int, slug: str, detail: str
 ) -> None:
     """A PATCH body that is empty, not JSON or out of range is refused with a clear detail."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     async with client.patch("/items/cfg", data=body, headers=MERGE_PATCH) as r:
         await assert_problem(r, status, slug, detail)
     await assert_unchanged(client, "cfg", 1, ORIGINAL)
@@ -293,7 +293,7 @@ async def test_patch_item_bad_body_is_rejected_and_changes_nothing(
 
 async def test_patch_item_if_match_current_version_applies(client: Client) -> None:
     """PATCH with If-Match naming the current version applies the patch."""
-    await put_item(client, "cfg", {})
+    await put_record(client, "cfg", {})
     headers = {**MERGE_PATCH, "If-Match": '"1"'}
     async with client.patch("/items/cfg", json={"a": 1}, headers=headers) as r:
         assert r.status == 200
@@ -302,8 +302,8 @@ async def test_patch_item_if_match_current_version_applies(client: Client) -> No
 
 async def test_patch_item_if_match_mismatch_is_412(client: Client) -> None:
     """PATCH with a stale If-Match is a 412 and the record keeps its value and version."""
-    await put_item(client, "cfg")
-    await put_item(client, "cfg", {"v": 2})
+    await put_record(client, "cfg")
+    await put_record(client, "cfg", {"v": 2})
     headers = {**MERGE_PATCH, "If-Match": '"1"'}
     async with client.patch("/items/cfg", json={"v": 3}, headers=headers) as r:
         await assert_problem(r, 412, "precondition-failed", 'current version ("2")')
@@ -315,7 +315,7 @@ async def test_patch_item_over_body_limit_is_413(
 ) -> None:
     """A PATCH body larger than max_body_bytes is a 413 and writes nothing."""
     client = await aiohttp_client(await create_app(settings_for(tmp_path, max_body_bytes=64)))
-    await put_item(client, "cfg", {})
+    await put_record(client, "cfg", {})
     async with client.patch("/items/cfg", json={"a": "x" * 64}, headers=MERGE_PATCH) as r:
         await assert_problem(r, 413, "body-too-large")
     await assert_unchanged(client, "cfg", 1, {})
@@ -323,7 +323,7 @@ async def test_patch_item_over_body_limit_is_413(
 
 async def test_patch_item_concurrent_patches_all_land(client: Client) -> None:
     """Concurrent PATCHes each setting their own field all survive, one version each."""
-    await put_item(client, "doc", {})
+    await put_record(client, "doc", {})
 
     async def patch(i: int) -> int:
         async with client.patch("/items/doc", json={f"f{i}": i}, headers=MERGE_PATCH) as r:
@@ -339,7 +339,7 @@ async def test_patch_item_lock_timeout_is_503_and_changes_nothing(
     """A PATCH that cannot get its record's lock in time is a 503 and is never applied."""
     client = await aiohttp_client(await create_app(settings_for(tmp_path, lock_timeout=0.2)))
     app = app_of(client)
-    await put_item(client, "cfg", {})
+    await put_record(client, "cfg", {})
     async with (
         app[LOCKS].hold("item:cfg"),
         client.patch("/items/cfg", json={"a": 1}, headers=MERGE_PATCH) as r,
@@ -359,7 +359,7 @@ async def test_patch_item_lock_timeout_is_503_and_changes_nothing(
 
 async def test_delete_item_removes_it(client: Client) -> None:
     """DELETE answers 204 without a body and the record is gone."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     async with client.delete("/items/cfg") as r:
         assert r.status == 204
         assert await r.read() == b""
@@ -374,7 +374,7 @@ async def test_delete_item_absent_is_404(client: Client) -> None:
 
 async def test_delete_item_if_match_current_version_deletes(client: Client) -> None:
     """DELETE with If-Match naming the current version deletes."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     async with client.delete("/items/cfg", headers={"If-Match": '"1"'}) as r:
         assert r.status == 204
     assert await stored_item(client, "cfg") is None
@@ -382,7 +382,7 @@ async def test_delete_item_if_match_current_version_deletes(client: Client) -> N
 
 async def test_delete_item_if_match_mismatch_is_412(client: Client) -> None:
     """DELETE with a stale If-Match is a 412 and the record stays."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     async with client.delete("/items/cfg", headers={"If-Match": '"7"'}) as r:
         await assert_problem(r, 412, "precondition-failed")
     await assert_unchanged(client, "cfg", 1, ORIGINAL)
@@ -406,7 +406,7 @@ async def test_item_bad_id_is_422(client: Client, method: str, name: str) -> Non
 @pytest.mark.parametrize(("method", "path"), [("POST", "/items/cfg"), ("POST", "/items")])
 async def test_item_wrong_method_is_405(client: Client, method: str, path: str) -> None:
     """A method a record URL does not take is a 405 problem with Allow, changing nothing."""
-    await put_item(client, "cfg")
+    await put_record(client, "cfg")
     async with client.request(method, path, json={"value": 1}) as r:
         await assert_problem(r, 405, "method-not-allowed")
         assert method not in r.headers["Allow"].split(",")
@@ -420,7 +420,7 @@ async def test_list_items_pages_in_id_order(client: Client) -> None:
     """Listing walks every record in id order with a ``next`` cursor per page."""
     ids = ["b", "a", "c:1", "c:2", "d"]
     for i in ids:
-        await put_item(client, i, {"id": i})
+        await put_record(client, i, {"id": i})
     seen: list[str] = []
     after = ""
     while True:
@@ -440,7 +440,7 @@ async def test_list_items_pages_in_id_order(client: Client) -> None:
 async def test_list_items_filters_by_prefix(client: Client) -> None:
     """``prefix`` keeps only ids starting with it."""
     for i in ("user:1", "user:2", "users", "team:1"):
-        await put_item(client, i, 0)
+        await put_record(client, i, 0)
     async with client.get("/items", params={"prefix": "user:", "limit": "1"}) as r:
         assert r.status == 200
         body = await r.json()

@@ -192,7 +192,7 @@ SNAPSHOT_VALUE = (
 
 
 def versions_query(
-    item_id: str, before: int, limit: int, version: int | None
+    record_id: str, before: int, limit: int, version: int | None
 ) -> tuple[str, list[Any]]:
     """As ``app.storage.sqlite.changes.versions_query``, in PostgreSQL's dialect."""
     only = " AND version = $4" if version is not None else ""
@@ -200,4 +200,4 @@ def versions_query(
         f"SELECT {_COLUMNS} FROM changes WHERE kind = 'item' AND key = $1"
         f" AND revision < $2 AND version IS NOT NULL{only} ORDER BY revision DESC LIMIT $3"
     )
-    return sql, [item_id, before, limit, *(() if version is None else (version,))]
+    return sql, [record_id, before, limit, *(() if version is None else (version,))]

@@ -49,11 +49,11 @@ async def export_lines(settings: Settings) -> AsyncIterator[bytes]:
             ):
                 counters += 1
                 yield counter_line(name, value, counter_version)
-            async for item_id, value, version, updated_at in conn.cursor(
+            async for record_id, value, version, updated_at in conn.cursor(
                 "SELECT id, value, version, updated_at FROM items ORDER BY id", prefetch=BATCH
             ):
                 records += 1
-                yield record_line(item_id, value, version, updated_at)
+                yield record_line(record_id, value, version, updated_at)
             locks = 0
             async for name, last_token in conn.cursor(
                 "SELECT name, last_token FROM locks ORDER BY name", prefetch=BATCH

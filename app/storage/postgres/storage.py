@@ -16,9 +16,9 @@ from app.domain import (
     Counter,
     CounterOp,
     CounterOutcome,
-    ItemOp,
-    ItemOutcome,
     Record,
+    RecordOp,
+    RecordOutcome,
     now_iso,
 )
 from app.errors import StorageUnavailable
@@ -74,8 +74,10 @@ class PostgresStorage:
     ) -> asyncio.Future[list[CounterOutcome]]:
         return self._writer.submit("counter", name, ops)
 
-    def apply_item_ops(self, item_id: str, ops: Batch[ItemOp]) -> asyncio.Future[list[ItemOutcome]]:
-        return self._writer.submit("item", item_id, ops)
+    def apply_record_ops(
+        self, record_id: str, ops: Batch[RecordOp]
+    ) -> asyncio.Future[list[RecordOutcome]]:
+        return self._writer.submit("item", record_id, ops)
 
     async def _read(self, sql: str, *params: Any) -> list[Any]:
         for attempt in (1, 2):
@@ -162,13 +164,13 @@ class PostgresStorage:
         )
         return [Counter(r[0], r[1], r[2]) for r in rows]
 
-    async def get_item(self, item_id: str) -> Record | None:
+    async def get_record(self, record_id: str) -> Record | None:
         rows = await self._read(
-            "SELECT id, value, version, updated_at FROM items WHERE id = $1", item_id
+            "SELECT id, value, version, updated_at FROM items WHERE id = $1", record_id
         )
         return decode_record(rows[0]) if rows else None
 
-    async def list_items(self, prefix: str, after: str, limit: int) -> list[Record]:
+    async def list_records(self, prefix: str, after: str, limit: int) -> list[Record]:
         rows = await self._read(
             "SELECT id, value, version, updated_at FROM items WHERE id >= $1 AND id < $2"
             " AND id > $3 ORDER BY id LIMIT $4",
@@ -195,10 +197,10 @@ class PostgresStorage:
         sql, params = pg_changes.changes_query(since, limit, kind, prefix, resources, inline_max)
         return feed_page(await self._read(sql, *params))
 
-    async def item_versions(
-        self, item_id: str, before: int, limit: int, version: int | None = None
+    async def record_versions(
+        self, record_id: str, before: int, limit: int, version: int | None = None
     ) -> list[Change]:
-        sql, params = pg_changes.versions_query(item_id, before, limit, version)
+        sql, params = pg_changes.versions_query(record_id, before, limit, version)
         return [Change(*tuple(row)[:6]) for row in await self._read(sql, *params)]
 
     async def deferred_value(self, change: Change, snapshot: bool = False) -> str | None:

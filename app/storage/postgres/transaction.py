@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from app.changes import counter_changes, item_changes
+from app.changes import counter_changes, record_changes
 from app.clock import KeyTimes
 from app.combining import Batch
-from app.domain import Counter, Record, apply_counter_ops, apply_item_ops
+from app.domain import Counter, Record, apply_counter_ops, apply_record_ops
 from app.errors import StorageUnavailable
 from app.idempotency import NewKey, Stored, claimed_keys, merge, to_store, triage
 from app.storage.postgres import changes as pg_changes
@@ -93,7 +93,7 @@ async def apply_batch(
     # unnest yields the sorted keys in order, so locks are always taken in key order.
     await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", locks)
     counters, items = await read_for_update(conn, names, ids)
-    stored_counters, stored_items = dict(counters), dict(items)
+    stored_counters, stored_records = dict(counters), dict(items)
     keys = await pg_idempotency.load_keys(conn, claims, times.now) if claims else {}
     new_keys: list[NewKey] = []
     # Last of the locks: from here to COMMIT, write transactions take turns.
@@ -112,7 +112,7 @@ async def apply_batch(
                     unit.key, counters[unit.key], todo, commit
                 )
             else:
-                final, outcomes = apply_item_ops(unit.key, items[unit.key], todo, commit)
+                final, outcomes = apply_record_ops(unit.key, items[unit.key], todo, commit)
                 if final is not None:
                     msgspec.json.encode(final.value)  # fail this unit alone if unencodable
                 items[unit.key] = final
@@ -125,9 +125,9 @@ async def apply_batch(
         new_keys.extend(fresh)
         results.append((True, merge(len(ops), run, outcomes, settled)))
 
-    encoded = await write_items(conn, stored_items, items)
+    encoded = await write_records(conn, stored_records, items)
     changes = counter_changes(stored_counters, counters, commit)
-    changes += item_changes(stored_items, items, encoded, commit)
+    changes += record_changes(stored_records, items, encoded, commit)
     await write_counters(conn, stored_counters, counters)
     await pg_idempotency.store_keys(conn, new_keys, times.expires_at)
     # The entries commit with the changes they describe, or not at all.
@@ -153,7 +153,7 @@ async def write_counters(
         await conn.execute("DELETE FROM counters WHERE name = ANY($1::text[])", deletes)
 
 
-async def write_items(
+async def write_records(
     conn: Connection, before: dict[str, Record | None], after: dict[str, Record | None]
 ) -> dict[str, str]:
     """Write the records that changed; returns their values as JSON text, by id."""

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from app.changes import counter_changes, item_changes
+from app.changes import counter_changes, record_changes
 from app.clock import KeyTimes
 from app.errors import LockstepError
 from app.idempotency import Stored, to_store, triage
@@ -33,7 +33,7 @@ from app.storage.postgres.transaction import (
     in_transaction,
     read_for_update,
     write_counters,
-    write_items,
+    write_records,
 )
 from app.storage.postgres.writer import RETRIES
 from app.txn import Txn, TxnOutcome, evaluate
@@ -73,10 +73,10 @@ async def _apply(conn: Connection, txn: Txn, times: KeyTimes) -> TxnOutcome:
     except LockstepError as e:
         outcome = e
     else:
-        encoded = await write_items(conn, items, outcome.items)
+        encoded = await write_records(conn, items, outcome.items)
         await write_counters(conn, counters, outcome.counters)
         changes = counter_changes(counters, outcome.counters, commit)
-        changes += item_changes(items, outcome.items, encoded, commit)
+        changes += record_changes(items, outcome.items, encoded, commit)
         # The entries commit with the changes they describe, or not at all.
         await pg_changes.write(conn, commit, changes)
         outcome.changed = bool(changes)

@@ -200,7 +200,7 @@ SNAPSHOT_VALUE = (
 
 
 def versions_query(
-    item_id: str, before: int, limit: int, version: int | None
+    record_id: str, before: int, limit: int, version: int | None
 ) -> tuple[str, tuple[Any, ...]]:
     """A record's retained versions (not its deletions), newest first, below revision ``before``."""
     only = " AND version = ?" if version is not None else ""
@@ -208,5 +208,5 @@ def versions_query(
         f"SELECT {_COLUMNS} FROM changes WHERE kind = 'item' AND key = ? AND revision < ?"
         f" AND version IS NOT NULL{only} ORDER BY revision DESC LIMIT ?"
     )
-    params = (item_id, before, *(() if version is None else (version,)), limit)
+    params = (record_id, before, *(() if version is None else (version,)), limit)
     return sql, params

@@ -19,9 +19,9 @@ from app.domain import (
     Counter,
     CounterOp,
     CounterOutcome,
-    ItemOp,
-    ItemOutcome,
     Record,
+    RecordOp,
+    RecordOutcome,
     now_iso,
 )
 from app.errors import StorageUnavailable
@@ -44,7 +44,7 @@ from app.storage.sqlite.txn import txn_unit
 from app.storage.sqlite.writer import Writer, probe
 from app.storage.sqlite.writes import (
     CounterWrites,
-    ItemWrites,
+    RecordWrites,
     Unit,
     decode_record,
     purge_changes_unit,
@@ -157,8 +157,10 @@ class SQLiteStorage:
     ) -> asyncio.Future[list[CounterOutcome]]:
         return self._writer.submit(CounterWrites(name, ops, self._key_times))
 
-    def apply_item_ops(self, item_id: str, ops: Batch[ItemOp]) -> asyncio.Future[list[ItemOutcome]]:
-        return self._writer.submit(ItemWrites(item_id, ops, self._key_times))
+    def apply_record_ops(
+        self, record_id: str, ops: Batch[RecordOp]
+    ) -> asyncio.Future[list[RecordOutcome]]:
+        return self._writer.submit(RecordWrites(record_id, ops, self._key_times))
 
     def apply_txn(self, txn: Txn) -> asyncio.Future[TxnOutcome]:
         times = self._key_times() if txn.claim is not None else None
@@ -211,13 +213,13 @@ class SQLiteStorage:
         )
         return [Counter(r[0], r[1], r[2]) for r in rows]
 
-    async def get_item(self, item_id: str) -> Record | None:
+    async def get_record(self, record_id: str) -> Record | None:
         rows = await self._read(
-            "SELECT id, value, version, updated_at FROM items WHERE id = ?", (item_id,)
+            "SELECT id, value, version, updated_at FROM items WHERE id = ?", (record_id,)
         )
         return decode_record(rows[0]) if rows else None
 
-    async def list_items(self, prefix: str, after: str, limit: int) -> list[Record]:
+    async def list_records(self, prefix: str, after: str, limit: int) -> list[Record]:
         rows = await self._read(
             "SELECT id, value, version, updated_at FROM items WHERE id >= ? AND id < ?"
             " AND id > ? ORDER BY id LIMIT ?",
@@ -241,10 +243,10 @@ class SQLiteStorage:
         query = sqlite_changes.changes_query(since, limit, kind, prefix, resources, inline_max)
         return feed_page(await self._read(*query))
 
-    async def item_versions(
-        self, item_id: str, before: int, limit: int, version: int | None = None
+    async def record_versions(
+        self, record_id: str, before: int, limit: int, version: int | None = None
     ) -> list[Change]:
-        rows = await self._read(*sqlite_changes.versions_query(item_id, before, limit, version))
+        rows = await self._read(*sqlite_changes.versions_query(record_id, before, limit, version))
         return [Change(*row[:6]) for row in rows]
 
     async def deferred_value(self, change: Change, snapshot: bool = False) -> str | None:

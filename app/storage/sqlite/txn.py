@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from app.changes import counter_changes, item_changes
+from app.changes import counter_changes, record_changes
 from app.clock import KeyTimes
 from app.domain import Counter, Record
 from app.errors import LockstepError
@@ -77,7 +77,7 @@ def apply_txn(
     changed = {i: r for i, r in done.items.items() if r is not items[i]}
     encoded = {i: msgspec.json.encode(r.value).decode() for i, r in changed.items() if r}
     changes = counter_changes(counters, done.counters, commit)
-    changes += item_changes(items, done.items, encoded, commit)
+    changes += record_changes(items, done.items, encoded, commit)
     upserts = [(c.name, c.value, c.version) for c in done.counters.values() if c is not None]
     upserts = [u for u in upserts if counters[u[0]] != Counter(*u)]
     if upserts:

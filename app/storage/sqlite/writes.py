@@ -20,17 +20,17 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
-from app.changes import counter_changes, item_changes
+from app.changes import counter_changes, record_changes
 from app.clock import KeyTimes
 from app.combining import Batch, ops_of
 from app.domain import (
     Commit,
     Counter,
     CounterOp,
-    ItemOp,
     Record,
+    RecordOp,
     apply_counter_ops,
-    apply_item_ops,
+    apply_record_ops,
 )
 from app.idempotency import Claimable, claimed_keys
 from app.storage.sqlite import changes as sqlite_changes
@@ -167,7 +167,7 @@ def decode_record(row: Any) -> Record:
     return Record(row[0], msgspec.json.decode(row[1]), row[2], row[3])
 
 
-class ItemWrites(Writes[ItemOp, Record]):
+class RecordWrites(Writes[RecordOp, Record]):
     __slots__ = ()
 
     SELECT = (
@@ -178,9 +178,9 @@ class ItemWrites(Writes[ItemOp, Record]):
 
     @staticmethod
     def apply(
-        key: str, state: Record | None, ops: list[ItemOp], commit: Commit
+        key: str, state: Record | None, ops: list[RecordOp], commit: Commit
     ) -> tuple[Record | None, list[Any]]:
-        return apply_item_ops(key, state, ops, commit)
+        return apply_record_ops(key, state, ops, commit)
 
     @staticmethod
     def write_back(
@@ -199,7 +199,7 @@ class ItemWrites(Writes[ItemOp, Record]):
             conn.executemany(UPSERT_ITEM, upserts)
         if deletes:
             conn.executemany("DELETE FROM items WHERE id = ?", deletes)
-        pending.entries += item_changes(before, after, encoded, pending.commit)
+        pending.entries += record_changes(before, after, encoded, pending.commit)
 
 
 # A unit of a write batch: a resource's write, or a function run inside the batch's

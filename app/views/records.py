@@ -9,12 +9,12 @@ from aiohttp import web
 from app.combining import Combiner
 from app.domain import (
     Deleted,
-    DeleteItem,
-    ItemOp,
-    ItemOutcome,
-    PatchItem,
-    PutItem,
+    DeleteRecord,
+    PatchRecord,
+    PutRecord,
     Record,
+    RecordOp,
+    RecordOutcome,
     Written,
     check_record_size,
 )
@@ -39,7 +39,7 @@ from app.views.common import (
 from app.views.idempotent import claim_for, execute
 
 # The write combiner every record change goes through.
-ITEMS = web.AppKey("items", Combiner[ItemOp, ItemOutcome])
+RECORD_WRITES = web.AppKey("record_writes", Combiner[RecordOp, RecordOutcome])
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -78,22 +78,22 @@ async def _required_body(request: web.Request) -> bytes:
     return raw
 
 
-async def put_item(request: web.Request) -> web.Response:
+async def put_record(request: web.Request) -> web.Response:
     """Create or replace a record; 201 when created."""
-    item_id = path_name(request, "id")
+    record_id = path_name(request, "id")
     raw = await _required_body(request)
     settings = request.app[SETTINGS]
     # The depth limit is the stored value's: {"value": ...} adds a level that PATCH has not.
     body = decode_json(raw, PutBody, settings.max_json_depth, wrapper=1)
     if len(raw) > settings.record_limit:  # a smaller body cannot hold a larger record
         check_record_size(body.value, settings.record_limit)
-    op = PutItem(body.value, precondition(request), claim_for(request, raw, _render_written))
-    return await execute(request, request.app[ITEMS], item_id, op, _render_written)
+    op = PutRecord(body.value, precondition(request), claim_for(request, raw, _render_written))
+    return await execute(request, request.app[RECORD_WRITES], record_id, op, _render_written)
 
 
-async def patch_item(request: web.Request) -> web.Response:
+async def patch_record(request: web.Request) -> web.Response:
     """Apply an RFC 7396 JSON Merge Patch to a record's value."""
-    item_id = path_name(request, "id")
+    record_id = path_name(request, "id")
     if request.content_type != MERGE_PATCH:
         raise UnsupportedMediaType(
             f"PATCH takes Content-Type: {MERGE_PATCH}", {"Accept-Patch": MERGE_PATCH}
@@ -103,34 +103,34 @@ async def patch_item(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     patch = decode_json(raw, Any, settings.max_json_depth)
     claim = claim_for(request, raw, _render_written)
-    op = PatchItem(patch, precondition(request), claim, settings.record_limit)
-    return await execute(request, request.app[ITEMS], item_id, op, _render_written)
+    op = PatchRecord(patch, precondition(request), claim, settings.record_limit)
+    return await execute(request, request.app[RECORD_WRITES], record_id, op, _render_written)
 
 
-async def delete_item(request: web.Request) -> web.Response:
+async def delete_record(request: web.Request) -> web.Response:
     """Delete a record."""
-    item_id = path_name(request, "id")
+    record_id = path_name(request, "id")
     claim = claim_for(request, await read_body(request), _render_deleted)
-    op = DeleteItem(precondition(request), claim)
-    return await execute(request, request.app[ITEMS], item_id, op, _render_deleted)
+    op = DeleteRecord(precondition(request), claim)
+    return await execute(request, request.app[RECORD_WRITES], record_id, op, _render_deleted)
 
 
-async def get_item(request: web.Request) -> web.Response:
+async def get_record(request: web.Request) -> web.Response:
     """A record as committed, with its ETag."""
-    item_id = path_name(request, "id")
-    record = await request.app[STORAGE].get_item(item_id)
+    record_id = path_name(request, "id")
+    record = await request.app[STORAGE].get_record(record_id)
     if record is None:
-        raise NotFound(f"no record with id {item_id!r}")
+        raise NotFound(f"no record with id {record_id!r}")
     return record_response(record)
 
 
-async def list_items(request: web.Request) -> web.StreamResponse:
+async def list_records(request: web.Request) -> web.StreamResponse:
     """Records ordered by id, a page at a time."""
     prefix, after, limit = list_params(request)
     storage = request.app[STORAGE]
 
     async def fetch(last: str, n: int) -> list[Record]:
-        return await storage.list_items(prefix, last, n)
+        return await storage.list_records(prefix, last, n)
 
     # Records can be large: read and written a piece at a time (app.views.backpressure).
     timeout = request.app[SETTINGS].send_timeout

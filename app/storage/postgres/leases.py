@@ -10,7 +10,6 @@ row is never deleted, so fencing tokens keep increasing.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import asyncpg
@@ -31,13 +30,9 @@ from app.leases import (
     read_state,
 )
 from app.storage.postgres import changes as pg_changes
-from app.storage.postgres.pool import UNAVAILABLE, Connection, connection
+from app.storage.postgres.pool import Connection
 from app.storage.postgres.schema import lock_key
-from app.storage.postgres.transaction import CommitUnknown, in_transaction
-from app.storage.postgres.writer import RETRIES
-
-logger = logging.getLogger(__name__)
-
+from app.storage.postgres.transaction import run_alone
 
 NOW = "extract(epoch FROM clock_timestamp())::double precision"
 SELECT_LOCK = f"SELECT {LOCK_COLUMNS} FROM locks WHERE name = $1"
@@ -111,24 +106,7 @@ async def _apply(conn: Connection, name: str, step: Step) -> Decision:
 
 async def run_step(pool: asyncpg.Pool, wait: float, name: str, step: Step) -> Decision:
     """Run one step in a transaction of its own, again after a deadlock; its decision."""
-    reconnected = False
-    for attempt in range(1, RETRIES + 1):
-        try:
-            async with connection(pool, wait) as conn:
-                return await in_transaction(conn, lambda: _apply(conn, name, step))
-        except asyncpg.TransactionRollbackError as e:
-            if attempt == RETRIES:
-                raise
-            logger.info("lock step retried after %s (attempt %d)", e.sqlstate, attempt)
-        except CommitUnknown:
-            await pool.expire_connections()
-            raise
-        except UNAVAILABLE:
-            await pool.expire_connections()
-            if reconnected:
-                raise
-            reconnected = True
-    raise AssertionError("unreachable")
+    return await run_alone(pool, wait, "lock step", lambda conn: _apply(conn, name, step))
 
 
 async def stale_fence(conn: Connection, fences: Sequence[Fence]) -> Fence | None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import asyncpg
 import msgspec
 
 from app.changes import counter_changes, record_changes
@@ -27,6 +29,7 @@ from app.storage.postgres import idempotency as pg_idempotency
 from app.storage.postgres.pool import (
     UNAVAILABLE,
     Connection,
+    connection,
     decode_record,
 )
 from app.storage.postgres.schema import lock_key
@@ -71,6 +74,38 @@ async def in_transaction(conn: Connection, work: Callable[[], Awaitable[T]]) -> 
             " or may not have been applied"
         ) from e
     return result
+
+
+RETRIES = 5  # deadlock / serialization failure: the whole transaction runs again
+logger = logging.getLogger(__name__)
+
+
+async def run_alone(
+    pool: asyncpg.Pool, wait: float, what: str, work: Callable[[Connection], Awaitable[T]]
+) -> T:
+    """``work(conn)`` in a transaction of its own, again after a deadlock; its result.
+
+    A server restart gets one more try on a fresh connection (nothing was committed); a
+    failure during COMMIT (``CommitUnknown``) is never retried.
+    """
+    reconnected = False
+    for attempt in range(1, RETRIES + 1):
+        try:
+            async with connection(pool, wait) as conn:
+                return await in_transaction(conn, lambda: work(conn))
+        except asyncpg.TransactionRollbackError as e:
+            if attempt == RETRIES:
+                raise
+            logger.info("%s retried after %s (attempt %d)", what, e.sqlstate, attempt)
+        except CommitUnknown:
+            await pool.expire_connections()
+            raise
+        except UNAVAILABLE:
+            await pool.expire_connections()
+            if reconnected:
+                raise
+            reconnected = True
+    raise AssertionError("unreachable")
 
 
 async def commit_batch(

@@ -13,7 +13,6 @@ COMMIT is a 503 that says the outcome is unknown.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import asyncpg
@@ -26,19 +25,15 @@ from app.leases import fence_stale
 from app.storage.postgres import changes as pg_changes
 from app.storage.postgres import idempotency as pg_idempotency
 from app.storage.postgres import leases as pg_leases
-from app.storage.postgres.pool import UNAVAILABLE, Connection, connection
+from app.storage.postgres.pool import Connection
 from app.storage.postgres.schema import lock_key
 from app.storage.postgres.transaction import (
-    CommitUnknown,
-    in_transaction,
     read_for_update,
+    run_alone,
     write_counters,
     write_records,
 )
-from app.storage.postgres.writer import RETRIES
 from app.txn import Txn, TxnOutcome, evaluate
-
-logger = logging.getLogger(__name__)
 
 
 async def _apply(conn: Connection, txn: Txn, times: KeyTimes) -> TxnOutcome:
@@ -86,30 +81,8 @@ async def _apply(conn: Connection, txn: Txn, times: KeyTimes) -> TxnOutcome:
     return outcome
 
 
-async def _commit(conn: Connection, txn: Txn, times: KeyTimes) -> TxnOutcome:
-    return await in_transaction(conn, lambda: _apply(conn, txn, times))
-
-
 async def run_txn(
     pool: asyncpg.Pool, wait: float, txn: Txn, key_times: Callable[[], KeyTimes]
 ) -> TxnOutcome:
     """Run ``txn`` in a transaction of its own, again after a deadlock; its outcome."""
-    reconnected = False
-    for attempt in range(1, RETRIES + 1):
-        try:
-            async with connection(pool, wait) as conn:
-                return await _commit(conn, txn, key_times())
-        except asyncpg.TransactionRollbackError as e:
-            if attempt == RETRIES:
-                raise
-            logger.info("transaction retried after %s (attempt %d)", e.sqlstate, attempt)
-        except CommitUnknown:
-            await pool.expire_connections()
-            raise
-        except UNAVAILABLE:
-            # Nothing was committed: after a server restart, once more on a fresh connection.
-            await pool.expire_connections()
-            if reconnected:
-                raise
-            reconnected = True
-    raise AssertionError("unreachable")
+    return await run_alone(pool, wait, "transaction", lambda conn: _apply(conn, txn, key_times()))

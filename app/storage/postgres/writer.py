@@ -32,11 +32,9 @@ from app.storage.postgres.pool import (
     error_kind,
     translate,
 )
-from app.storage.postgres.transaction import CommitUnknown, Unit, commit_batch
+from app.storage.postgres.transaction import RETRIES, CommitUnknown, Unit, commit_batch
 
 logger = logging.getLogger(__name__)
-
-RETRIES = 5  # deadlock / serialization failure: the whole batch runs again
 
 
 def _fail(units: list[Unit], e: BaseException, observer: StorageObserver | None) -> None:

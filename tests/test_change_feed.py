@@ -133,6 +133,21 @@ def check_union(received: list[Entry], log: list[Entry]) -> None:
     assert len(set(received)) == len(received)
 
 
+async def start_load(
+    http: aiohttp.ClientSession, url: str, incrementers: int
+) -> tuple[Load, Follower, list[asyncio.Task[None]], asyncio.Task[None]]:
+    """Create the records, start ``incrementers`` increment writers and two PATCH writers, and
+    a follower reading the stream from the start."""
+    for record in RECORDS:
+        async with http.put(f"{url}/items/{record}", json={"value": {}}) as r:
+            assert r.status == 201
+    load = Load(http, url)
+    follower = Follower(http, url)
+    writers = [asyncio.create_task(load.increments_forever(i)) for i in range(incrementers)]
+    writers += [asyncio.create_task(load.patches_forever(i)) for i in range(2)]
+    return load, follower, writers, asyncio.create_task(follower.follow_until(2**62))
+
+
 async def test_follower_resuming_at_random_points_gets_exactly_the_log(
     backend: str, tmp_path: Path
 ) -> None:
@@ -147,14 +162,7 @@ async def test_follower_resuming_at_random_points_gets_exactly_the_log(
         service_on(backend, tmp_path) as service,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=40)) as http,
     ):
-        for record in RECORDS:
-            async with http.put(f"{service.url}/items/{record}", json={"value": {}}) as r:
-                assert r.status == 201
-        load = Load(http, service.url)
-        follower = Follower(http, service.url)
-        writers = [asyncio.create_task(load.increments_forever(i)) for i in range(8)]
-        writers += [asyncio.create_task(load.patches_forever(i)) for i in range(2)]
-        following = asyncio.create_task(follower.follow_until(2**62))
+        load, follower, writers, following = await start_load(http, service.url, 8)
         await asyncio.sleep(4)
         load.running = False
         await asyncio.gather(*writers)
@@ -188,14 +196,7 @@ async def test_follower_misses_nothing_across_kill_9_and_a_restart(
 async def follow_across_kill_9_and_a_restart(service: Service) -> None:
     """The load and the follower of the kill -9 test, and its checks."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=40)) as http:
-        for record in RECORDS:
-            async with http.put(f"{service.url}/items/{record}", json={"value": {}}) as r:
-                assert r.status == 201
-        load = Load(http, service.url)
-        follower = Follower(http, service.url)
-        writers = [asyncio.create_task(load.increments_forever(i)) for i in range(6)]
-        writers += [asyncio.create_task(load.patches_forever(i)) for i in range(2)]
-        following = asyncio.create_task(follower.follow_until(2**62))
+        load, follower, writers, following = await start_load(http, service.url, 6)
         await asyncio.sleep(1.5)
         os.kill(service.worker_pids()[0], signal.SIGKILL)
         await asyncio.sleep(1.5)

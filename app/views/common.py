@@ -93,6 +93,10 @@ async def read_body(request: web.Request) -> bytes:
         raise UnsupportedEncoding()
     timeout = request.app[SETTINGS].body_timeout
     try:
+        if request.content.is_eof():
+            # All of it has arrived (or there is none, as in a bare increment): nothing to
+            # wait for, so no timer to arm and cancel (3-4 µs of a request's CPU).
+            return await request.read()
         async with asyncio.timeout(timeout):
             return await request.read()
     except TimeoutError as e:

@@ -1,15 +1,21 @@
-"""The aiohttp middlewares every request passes through, outermost first.
+"""The one aiohttp middleware every request passes through.
 
-- ``observe`` gives the request its id (returned as ``X-Request-ID``) and, once its final
-  status is known, counts, times and logs it (``app.observe``). It is outermost, so it sees
-  the status of every answer, problem bodies included.
-- ``problems`` answers every error as an RFC 9457 problem body: the service's own errors,
-  aiohttp's (the router's 404, and 405 with ``Allow``), and an unexpected exception, which
-  it logs once with the request id and answers 500 without internals.
-- ``guard`` refuses oversized headers and, with a tokens file configured, checks the bearer
-  token against the scope the route table gives the route (``app.routes.route_scopes``).
+In order, for each request, ``serve``:
+- gives it its id (returned as ``X-Request-ID``);
+- refuses what must not reach a handler: oversized headers and, with a tokens file
+  configured, a bearer token that does not cover the scope the route table gives the route
+  (``app.routes.route_scopes``);
+- answers every error as an RFC 9457 problem body: the service's own errors, aiohttp's (the
+  router's 404, and 405 with ``Allow``), and an unexpected exception, which it logs once
+  with the request id and answers 500 without internals; a redirect goes out as aiohttp
+  sends it;
+- once the final status is known, problem bodies included, counts, times and logs it
+  (``app.observe``).
 
-Middlewares apply to every request, whatever route it matched or none, routes added after
+One middleware rather than three: every layer aiohttp wraps around a handler costs CPU on
+every request (``docs/design.md``).
+
+It applies to every request, whatever route it matched or none, routes added after
 ``create_app`` included: those need the scope their method implies (``BY_METHOD``).
 """
 
@@ -37,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 # The scope each route needs, by method and path template.
 Scopes = Mapping[tuple[str, str], RouteScope]
-# The id ``observe`` gave the request (also its X-Request-ID).
+# The id ``serve`` gave the request (also its X-Request-ID).
 REQUEST_ID = web.RequestKey("request_id", str)
 
 
@@ -48,15 +54,10 @@ def middlewares(
     tokens: TokenStore | None,
     scopes: Scopes,
 ) -> list[Middleware]:
-    """This app's middlewares, in the order aiohttp runs them (outermost first)."""
-    return [observing(metrics, access_log), problems, guarding(max_header_bytes, tokens, scopes)]
-
-
-def observing(metrics: Metrics, access_log: AccessLog | None) -> Middleware:
-    """The middleware that gives each request its id, then counts, times and logs it."""
+    """This app's middleware list: the one that serves every request."""
 
     @web.middleware
-    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         context = RequestContext(request_id_from(request.headers.get(REQUEST_ID_HEADER)))
         request[REQUEST_ID] = context.request_id
@@ -64,14 +65,24 @@ def observing(metrics: Metrics, access_log: AccessLog | None) -> Middleware:
         status = 500
         try:
             try:
+                check_header_size(request, max_header_bytes)
+                if tokens is not None:
+                    authorize(request, tokens, scope_of(request, scopes))
                 response = await handler(request)
-            except web.HTTPException as e:  # a redirect (``problems`` answers the rest)
-                status = e.status
-                e.headers[REQUEST_ID_HEADER] = context.request_id
-                raise
+            except LockstepError as e:
+                response = error_response(e)
+            except web.HTTPException as e:
+                if e.status >= 400:
+                    response = _http_problem(request, e)
+                else:  # a redirect
+                    status = e.status
+                    e.headers[REQUEST_ID_HEADER] = context.request_id
+                    raise
             except asyncio.CancelledError:
                 status = CLIENT_CLOSED
                 raise
+            except Exception:
+                response = _internal_error(request)
             status = response.status
             if not response.prepared:  # a stream (events) sets the header before it starts
                 response.headers[REQUEST_ID_HEADER] = context.request_id
@@ -80,36 +91,7 @@ def observing(metrics: Metrics, access_log: AccessLog | None) -> Middleware:
             CURRENT.reset(token)
             answered(request, metrics, access_log, context, status, started)
 
-    return observe
-
-
-@web.middleware
-async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer every error as a problem body; a redirect goes out as aiohttp sends it."""
-    try:
-        return await handler(request)
-    except LockstepError as e:
-        return error_response(e)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        return _http_problem(request, e)
-    except Exception:
-        return _internal_error(request)
-
-
-def guarding(max_header_bytes: int, tokens: TokenStore | None, scopes: Scopes) -> Middleware:
-    """The middleware that refuses what must not reach a handler: oversized headers, and a
-    request whose token does not cover its route's scope (only with a tokens file)."""
-
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        check_header_size(request, max_header_bytes)
-        if tokens is not None:
-            authorize(request, tokens, scope_of(request, scopes))
-        return await handler(request)
-
-    return guard
+    return [serve]
 
 
 def scope_of(request: web.Request, scopes: Scopes) -> RouteScope:

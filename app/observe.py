@@ -1,6 +1,6 @@
 """Per-request observation: the request metrics and the access line, plus the lock gauges.
 
-The outermost middleware (``app.middleware``) calls ``answered`` for every request once its
+The middleware (``app.middleware``) calls ``answered`` for every request once its
 final status is known, problem bodies included. Its cost per request is a clock read, two
 dictionary tallies (flushed to Prometheus once a second) and, with the access log on, one
 line appended to its buffer (``app.access_log``).

@@ -36,8 +36,8 @@ from app.views.common import (
     raise_if_error,
     read_body,
 )
-from app.views.fences import fenced, fences_of
-from app.views.idempotent import claim_for, execute
+from app.views.fences import FENCE_HEADER, fenced, fences_of
+from app.views.idempotent import KEY_HEADER, claim_for, execute, response_for
 
 # The write combiner every counter change goes through.
 COUNTER_WRITES = web.AppKey("counter_writes", Combiner[CounterOp, CounterOutcome])
@@ -45,6 +45,9 @@ COUNTER_WRITES = web.AppKey("counter_writes", Combiner[CounterOp, CounterOutcome
 ACCESS = "access"
 _ONE = Increment(1)
 _TEXT = "text/plain; charset=utf-8"
+# A request with any of these is more than a bare +1 (a body to decode, a claim, conditions,
+# fences): it takes the general path.
+_NOT_BARE = ("Content-Encoding", KEY_HEADER, "If-Match", "If-None-Match", FENCE_HEADER)
 
 
 def counter_body(counter: StoredCounter) -> Counter:
@@ -123,9 +126,24 @@ def _render_deleted(deleted: Any) -> Rendered:
     return Rendered(204, {REVISION_HEADER: str(deleted.revision)}, b"")
 
 
+def is_bare(request: web.Request) -> bool:
+    """Whether a write is a bare +1: no body, and none of the headers that shape a write."""
+    # The headers' key view compares names case-insensitively, as HTTP does.
+    return not request.body_exists and request.headers.keys().isdisjoint(_NOT_BARE)
+
+
+async def add_one(request: web.Request, name: str) -> web.Response:
+    """A bare +1 answered as the general path answers it, without the body read, claim,
+    conditions and fences it has no use for."""
+    counted = raise_if_error(await request.app[COUNTER_WRITES].submit(name, _ONE))
+    return response_for(_render_counted(counted))
+
+
 async def increment(request: web.Request) -> web.Response:
     """Add ``by`` (default 1) to a counter, creating it at 0 first if needed."""
     name = path_name(request, "name")
+    if is_bare(request):
+        return await add_one(request, name)
     raw = await read_body(request)
     body = (
         decode_json(raw, IncrementBody, request.app[SETTINGS].max_json_depth)

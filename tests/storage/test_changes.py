@@ -24,7 +24,7 @@ from app.settings import Settings
 from app.storage import Storage
 from app.storage.backends import open_storage
 from app.storage.sqlite import changes as sqlite_changes
-from app.storage.sqlite.schema import MIGRATIONS
+from app.storage.sqlite.schema import MIGRATIONS, migrate
 from tests.conftest import settings_for
 
 FUTURE = "9999-01-01T00:00:00.000Z"  # a purge cutoff every entry is older than
@@ -209,6 +209,28 @@ async def test_sqlite_log_indexes_only_records_by_resource(tmp_path: Path) -> No
             sql, params = sqlite_changes.changes_query(0, 10, kind, prefix, None)
             plan = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
             assert "changes_revision" in plan and "AUTOMATIC" not in plan
+
+
+def test_sqlite_commit_writes_every_entry_whatever_their_number(tmp_path: Path) -> None:
+    """Entries go in chunks of powers of two; any count, past the largest chunk, writes all."""
+    with sqlite3.connect(tmp_path / "log.db", isolation_level=None) as conn:
+        migrate(conn)
+        for count in (1, 6, 2 * sqlite_changes.INSERT_CHUNK + 5):
+            conn.execute("BEGIN IMMEDIATE")
+            pending = sqlite_changes.Pending.open(conn)
+            commit = pending.commit
+            entries = [
+                Change(commit.revision, "counter", f"c{i:04d}", str(i), i, commit.time)
+                for i in range(count)
+            ]
+            pending.entries += entries
+            pending.write(conn)
+            conn.execute("COMMIT")
+            rows = conn.execute(
+                "SELECT * FROM changes WHERE revision = ? ORDER BY key", (commit.revision,)
+            ).fetchall()
+            assert rows == [entry[:6] for entry in entries]
+        assert conn.execute("SELECT revision FROM change_feed").fetchone() == (3,)
 
 
 async def _poison_the_log(settings: Settings) -> None:

@@ -109,6 +109,8 @@ async def test_purge_deletes_whole_revisions_and_records_how_far(storage: Storag
     assert await storage.purge_changes("2000-01-01T00:00:00.000Z", 100) == 0
     assert await storage.purge_changes(FUTURE, 100) == 3
     assert await storage.feed() == (last, last)
+    [after] = await storage.apply_counter_ops("c0", [Increment(1)])
+    assert revision_of(after) == last + 1
 
 
 @pytest.mark.parametrize(
@@ -177,6 +179,38 @@ async def test_sqlite_database_from_before_revisions_is_migrated(tmp_path: Path)
         await storage.close()
 
 
+@pytest.mark.parametrize("logged", [True, False])
+async def test_sqlite_database_with_a_revision_row_goes_on_from_it(
+    tmp_path: Path, logged: bool
+) -> None:
+    """A database at schema 5 (the revision counted in a row) continues its sequence.
+
+    The last revision is then read from the log, or, once the purge emptied it, from
+    ``purged_through``.
+    """
+    settings = settings_for(tmp_path)
+    path = settings.sqlite_path
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as conn:
+        for statement in [s for migration in MIGRATIONS[:5] for s in migration]:
+            conn.execute(statement)
+        conn.execute("UPDATE change_feed SET revision = 7, purged_through = ?", (7 - 2 * logged,))
+        if logged:
+            conn.executemany(
+                "INSERT INTO changes VALUES (?, 'counter', 'c', ?, ?, '2026-01-01T00:00:00.000Z')",
+                [(6, "1", 1), (7, "2", 2)],
+            )
+        conn.execute("PRAGMA user_version = 5")
+    storage = await open_storage(settings)
+    try:
+        assert await storage.feed() == (7, 7 - 2 * logged)
+        [outcome] = await storage.apply_counter_ops("d", [Increment(1)])
+        assert revision_of(outcome) == 8
+        assert (await storage.read_changes(0, 10)).revision == 8
+    finally:
+        await storage.close()
+
+
 async def test_sqlite_log_indexes_only_records_by_resource(tmp_path: Path) -> None:
     """A database at schema 3 gets the records-only index; history and the feed still read.
 
@@ -230,7 +264,9 @@ def test_sqlite_commit_writes_every_entry_whatever_their_number(tmp_path: Path) 
                 "SELECT * FROM changes WHERE revision = ? ORDER BY key", (commit.revision,)
             ).fetchall()
             assert rows == [entry[:6] for entry in entries]
-        assert conn.execute("SELECT revision FROM change_feed").fetchone() == (3,)
+        conn.execute("BEGIN IMMEDIATE")
+        assert sqlite_changes.Pending.open(conn).commit.revision == 4
+        conn.execute("ROLLBACK")
 
 
 async def _poison_the_log(settings: Settings) -> None:

@@ -38,6 +38,7 @@ MIGRATIONS: list[list[str]] = [
     sqlite_changes.MIGRATION,
     sqlite_leases.MIGRATION,
     sqlite_changes.ITEM_INDEX_MIGRATION,
+    sqlite_changes.DERIVED_REVISION_MIGRATION,
 ]
 
 

@@ -228,7 +228,8 @@ class SQLiteStorage:
         return [decode_record(r) for r in rows]
 
     async def feed(self) -> tuple[int, int]:
-        rows = await self._read("SELECT revision, purged_through FROM change_feed", ())
+        sql = f"SELECT {sqlite_changes.LAST_REVISION}, purged_through FROM change_feed AS f"
+        rows = await self._read(sql, ())
         return rows[0][0], rows[0][1]
 
     async def read_changes(

@@ -23,6 +23,7 @@ from app.domain import (
 from app.settings import Settings
 from app.storage import Storage
 from app.storage.backends import open_storage
+from app.storage.postgres import changes as pg_changes
 from app.storage.sqlite import changes as sqlite_changes
 from app.storage.sqlite.schema import MIGRATIONS, migrate
 from tests.conftest import settings_for
@@ -243,6 +244,33 @@ async def test_sqlite_log_indexes_only_records_by_resource(tmp_path: Path) -> No
             sql, params = sqlite_changes.changes_query(0, 10, kind, prefix, None)
             plan = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
             assert "changes_revision" in plan and "AUTOMATIC" not in plan
+
+
+@pytest.mark.backends("postgres")
+async def test_postgres_log_indexes_only_records_by_resource(
+    settings: Settings, storage: Storage
+) -> None:
+    """As in SQLite: a record's history reads the records-only index; no entry else is in one."""
+    await storage.apply_record_ops("doc", [PutRecord({"a": 1})])
+    await storage.apply_counter_ops("c", [Increment(1)])
+    await storage.apply_record_ops("doc", [PutRecord({"a": 2})])
+    history = await storage.record_versions("doc", 100, 10)
+    assert [c.version for c in history] == [2, 1]
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes"
+            " WHERE tablename = 'changes' AND schemaname = current_schema()"
+        )
+        indexes: dict[str, str] = {r[0]: r[1] for r in rows}
+        assert "changes_resource" not in indexes
+        assert "WHERE (kind = 'item'::text)" in indexes["changes_item"]
+        await conn.execute("SET enable_seqscan = off")  # a tiny table: ask which index fits
+        sql, params = pg_changes.versions_query("doc", 100, 10, None)
+        plan = " ".join(r[0] for r in await conn.fetch(f"EXPLAIN {sql}", *params))
+        assert "changes_item" in plan
+    finally:
+        await conn.close()
 
 
 def test_sqlite_commit_writes_every_entry_whatever_their_number(tmp_path: Path) -> None:

@@ -31,6 +31,13 @@ MIGRATION = [
     "CREATE INDEX changes_resource ON changes (kind, key, revision)",
 ]
 
+# As in SQLite, only records' entries are indexed by resource (their history is paged by id);
+# a counter's or a lock's entry then lands on the log's last pages only.
+ITEM_INDEX_MIGRATION = [
+    "DROP INDEX changes_resource",
+    "CREATE INDEX changes_item ON changes (key, revision) WHERE kind = 'item'",
+]
+
 _COLUMNS = "revision, kind, key, value, version, time"
 
 

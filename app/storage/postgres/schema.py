@@ -39,6 +39,7 @@ MIGRATIONS: list[list[str]] = [
     pg_idempotency.MIGRATION,
     pg_changes.MIGRATION,
     _LEASES,
+    pg_changes.ITEM_INDEX_MIGRATION,
 ]
 
 MIN_SERVER_VERSION = (12, 0)  # unnest of several arrays, ON CONFLICT, stable since long before

@@ -190,7 +190,7 @@ async def test_follower_misses_nothing_across_kill_9_and_a_restart(
         try:
             await follow_across_kill_9_and_a_restart(service)
         finally:
-            await asyncio.to_thread(service.stop)
+            await asyncio.to_thread(service.quit)
 
 
 async def follow_across_kill_9_and_a_restart(service: Service) -> None:
@@ -200,7 +200,7 @@ async def follow_across_kill_9_and_a_restart(service: Service) -> None:
         await asyncio.sleep(1.5)
         os.kill(service.worker_pids()[0], signal.SIGKILL)
         await asyncio.sleep(1.5)
-        await asyncio.to_thread(service.stop)
+        await asyncio.to_thread(service.quit)
         await asyncio.sleep(0.5)
         await asyncio.to_thread(service.start)
         await asyncio.sleep(1.5)
@@ -263,7 +263,7 @@ async def test_two_hosts_never_show_a_revision_below_one_already_passed(tmp_path
                     cursor = page["next"]
         finally:
             for host in hosts:
-                await asyncio.to_thread(host.stop)
+                await asyncio.to_thread(host.quit)
     assert len(seen) > 200
     assert seen == [entry for entry in log if entry[0] <= since]
 

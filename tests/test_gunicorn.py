@@ -84,7 +84,7 @@ async def test_concurrent_patches_to_one_record_all_land(service: Service) -> No
 
 
 async def test_values_survive_a_restart(tmp_path: Path) -> None:
-    """After SIGTERM and a fresh start on the same data dir, every value is still there."""
+    """After a stop and a fresh start on the same data dir, every value is still there."""
     data = tmp_path / "data"
     async with aiohttp.ClientSession() as http:
         with Service(data) as first:

@@ -301,7 +301,7 @@ def test_shell_examples_run_in_order_and_print_what_their_comments_say(tmp_path:
         for example in _runnable_examples():
             where = f"README.md:{example.line}: {example.command}"
             if MAKE_RUN.fullmatch(example.command):
-                service.stop()
+                service.quit()
                 service = Service(tmp_path / "data", port=port, env=shell.exported()).start()
                 continue
             rc, out, err = shell.send(example.command)
@@ -316,7 +316,7 @@ def test_shell_examples_run_in_order_and_print_what_their_comments_say(tmp_path:
                 )
     finally:
         shell.close()
-        service.stop()
+        service.quit()
 
 
 def test_every_shell_example_runs_or_is_skipped_by_name() -> None:

@@ -33,7 +33,7 @@ async def hosts(tmp_path: Path) -> AsyncIterator[list[Service]]:
         finally:
             for s in services:
                 if s.proc is not None and s.proc.poll() is None:
-                    await asyncio.to_thread(s.stop)
+                    await asyncio.to_thread(s.quit)
 
 
 async def access(http: aiohttp.ClientSession, host: Service) -> int | None:

@@ -39,7 +39,7 @@ async def started(tmp_path: Path, backend: str, count: int) -> AsyncIterator[lis
 
         async def stop_all() -> None:
             spawned = [h for h in hosts if h.proc is not None]
-            await asyncio.gather(*(asyncio.to_thread(h.stop) for h in spawned))
+            await asyncio.gather(*(asyncio.to_thread(h.quit) for h in spawned))
 
         stack.push_async_callback(stop_all)
         await asyncio.gather(*(asyncio.to_thread(h.start) for h in hosts))
@@ -206,7 +206,7 @@ async def test_retried_transaction_applies_once_across_a_restart(hosts: list[Ser
         again = [await post_txn(http, hosts[i % len(hosts)], body, **key) for i in range(1, 5)]
         assert [a[:2] for a in again] == [(200, answer)] * 4
         for host in hosts:
-            await asyncio.to_thread(host.stop)
+            await asyncio.to_thread(host.quit)
         for host in hosts:
             await asyncio.to_thread(host.start)
         status, replayed, _ = await post_txn(http, hosts[-1], body, **key)

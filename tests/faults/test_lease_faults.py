@@ -51,7 +51,7 @@ async def test_lease_outlives_a_restart_and_then_passes_on_at_expiry(service: Se
     await conn.close()
     assert status == 201
     lease = json.loads(body)
-    await asyncio.to_thread(service.stop)
+    await asyncio.to_thread(service.quit)
     await asyncio.to_thread(service.start)
     conn = await Connection.open(service)
     try:

@@ -158,4 +158,4 @@ async def test_kill_whole_service_mid_transfers_keeps_the_books(
             again.kill_all()
     finally:
         for other in others:
-            other.stop()
+            other.quit()

@@ -77,7 +77,7 @@ def test_missing_database_with_marker_stops_the_start(tmp_path: Path) -> None:
     how to start empty; deleting the marker as well starts an empty database."""
     data = tmp_path / "data"
     service = Service(data, workers=1).start()
-    service.stop()
+    service.quit()
     (data / "lockstep.db").unlink()
     with pytest.raises(RuntimeError, match="to start with an empty database"):
         Service(data, workers=1).start()

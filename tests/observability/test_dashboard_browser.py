@@ -271,7 +271,7 @@ def test_dashboard_resumes_its_stream_after_a_restart(browser: Any, tmp_path: Pa
             with urllib.request.urlopen(service.url + "/changes?since=0", timeout=10) as r:
                 last = json.load(r)["next"]
             with page.expect_request(lambda r: "/events?" in r.url, timeout=30_000) as again:
-                service.stop()
+                service.quit()
                 service.start()
             assert again.value.headers.get("last-event-id") == str(last)
             post(service.url + "/counters/visits/increment", {"by": 5})
@@ -279,4 +279,4 @@ def test_dashboard_resumes_its_stream_after_a_restart(browser: Any, tmp_path: Pa
         finally:
             page.close()
     finally:
-        service.stop()
+        service.quit()

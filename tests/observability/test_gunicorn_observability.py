@@ -179,7 +179,7 @@ async def test_sigterm_ends_open_streams_and_exits_promptly(tmp_path: Path) -> N
             assert time.monotonic() - started < 10
     finally:
         if service.proc is not None and service.proc.poll() is None:
-            service.stop()
+            service.quit()
 
 
 async def test_dead_worker_live_gauges_dropped_and_counts_kept(tmp_path: Path) -> None:

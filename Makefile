@@ -14,17 +14,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Each set in one pip run: the extras include the service's own dependencies.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet
+
 $(RUN_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(PIP_INSTALL) -e .
 	touch $@
 
-$(TEST_STAMP): $(RUN_STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $@
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP_INSTALL) -e '.[test]'
+	touch $@ $(RUN_STAMP)
 
-$(BENCH_STAMP): $(RUN_STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	touch $@
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP_INSTALL) -e '.[bench]'
+	touch $@ $(RUN_STAMP)
 
 run: $(RUN_STAMP)
 	mkdir -p data

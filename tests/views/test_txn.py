@@ -10,7 +10,7 @@ import pytest
 
 from app.locks import LOCKS
 from app.main import create_app
-from tests.conftest import ClientFactory, settings_for
+from tests.conftest import ClientFactory, never_reaches_storage, settings_for
 from tests.observability.helpers import read_event
 from tests.views.helpers import Client, app_of, assert_problem, stored_counter, stored_item
 
@@ -182,6 +182,7 @@ TOO_MANY = {"then": [{"op": "increment", "counter": "a"}] * 65}
         ([1, 2], "Expected `object`"),
     ],
 )
+@never_reaches_storage
 async def test_txn_malformed_body_is_refused_before_anything(
     client: Client, body: Any, detail: str
 ) -> None:

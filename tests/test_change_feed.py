@@ -45,6 +45,15 @@ class Load:
         self.uncertain = 0  # requests whose fate is unknown (the connection broke)
         self.running = True
 
+    def total(self) -> int:
+        """Increments answered 2xx so far."""
+        return sum(self.increments.values())
+
+    async def answered(self, more: int) -> None:
+        """Wait until ``more`` further increments have been answered 2xx."""
+        goal = self.total() + more
+        await wait_for(lambda: self.total() >= goal, within=60)
+
     async def increments_forever(self, seed: int) -> None:
         rng = random.Random(seed)
         while self.running:
@@ -163,7 +172,8 @@ async def test_follower_resuming_at_random_points_gets_exactly_the_log(
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=40)) as http,
     ):
         load, follower, writers, following = await start_load(http, service.url, 8)
-        await asyncio.sleep(4)
+        # Well past what the checks below need (4 s of load gave 80-120 and 5,000 here).
+        await wait_for(lambda: follower.reconnects > 20 and load.total() > 500, within=60)
         load.running = False
         await asyncio.gather(*writers)
         _, last = await read_log(http, service.url)
@@ -197,13 +207,14 @@ async def follow_across_kill_9_and_a_restart(service: Service) -> None:
     """The load and the follower of the kill -9 test, and its checks."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=40)) as http:
         load, follower, writers, following = await start_load(http, service.url, 6)
-        await asyncio.sleep(1.5)
+        await load.answered(300)
         os.kill(service.worker_pids()[0], signal.SIGKILL)
-        await asyncio.sleep(1.5)
+        await load.answered(300)  # the load goes on across the kill
         await asyncio.to_thread(service.quit)
-        await asyncio.sleep(0.5)
+        lost = load.uncertain
+        await wait_for(lambda: load.uncertain > lost)  # writers met the stopped service
         await asyncio.to_thread(service.start)
-        await asyncio.sleep(1.5)
+        await load.answered(300)
         load.running = False
         await asyncio.gather(*writers)
         _, last = await read_log(http, service.url)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -19,8 +18,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from tests.hosts import fresh_connections, module_services, ready
 from tests.support import Connection, Service, wait_for, worker_of
-from tests.test_txn_gunicorn import fresh_connections, started
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -28,35 +27,6 @@ CLIENTS = 6
 # The issue's 100 rounds pass too (about 18 s on SQLite, 26 s on two PostgreSQL hosts, most
 # of it waiting for the hub's poll between workers): 20 keep the contention in a suite budget.
 ROUNDS = 20
-
-
-@asynccontextmanager
-async def module_services(
-    tmp_path_factory: pytest.TempPathFactory, backend: str, count: int
-) -> AsyncIterator[list[Service]]:
-    """``count`` hosts on one fresh database of ``backend`` for a whole module, started
-    without a tokens file from the developer's shell (as every test's environment is), and
-    killed at the end: how they stop plays no part here, and a graceful stop takes a second."""
-    with pytest.MonkeyPatch.context() as env:
-        env.delenv("LOCKSTEP_TOKENS_FILE", raising=False)
-        async with started(tmp_path_factory.mktemp(backend), backend, count) as hosts:
-            try:
-                yield hosts
-            finally:
-                for host in hosts:
-                    if host.proc is not None and host.proc.poll() is None:
-                        host.kill_all()
-
-
-def ready(hosts: list[Service]) -> list[Service]:
-    """``hosts``, each serving with all its workers (a test before may have killed a worker,
-    which gunicorn replaces, or stopped a host)."""
-    for host in hosts:
-        assert host.proc is not None
-        if host.proc.poll() is not None:
-            host.start()
-        host.wait_ready()
-    return hosts
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -18,9 +18,10 @@ import pytest
 import pytest_asyncio
 
 from app.leases import ALIVE_S, CHECK_IN_S
+from tests.hosts import module_services, ready
 from tests.observability.workers import serving_worker
 from tests.support import Connection, Service, wait_for
-from tests.test_leases_gunicorn import connections_on_every_worker, module_services, ready, unix
+from tests.test_leases_gunicorn import connections_on_every_worker, unix
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 

@@ -33,8 +33,9 @@ CHROMIUM_ARGS = [
 UPDATE_SCREENSHOT = os.environ.get("LOCKSTEP_UPDATE_SCREENSHOT") == "1"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One Chromium for the module; each test's page opens in a fresh context of its own."""
     if not Path(CHROMIUM).exists():
         unavailable(f"no browser: {CHROMIUM} missing (scripts/system-deps.sh installs chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")

@@ -83,7 +83,7 @@ async def balances(http: aiohttp.ClientSession, service: Service) -> dict[str, i
 async def test_bank_transfers_keep_the_total_and_move_each_amount_once(
     hosts: list[Service],
 ) -> None:
-    """8 clients x 150 random transfers over 20 accounts at once: every 200 with
+    """8 clients x 500 random transfers over 20 accounts at once: every 200 with
     ``succeeded`` moved its amount exactly once, the total never changes, none goes negative.
 
     Protection (PostgreSQL): the advisory locks and ``FOR UPDATE`` reads around the
@@ -114,7 +114,7 @@ async def test_bank_transfers_keep_the_total_and_move_each_amount_once(
             source, target = rng.sample(ACCOUNTS, 2)
             return source, target, rng.randint(1, 400)
 
-        plans = [[one() for _ in range(150)] for _ in range(8)]
+        plans = [[one() for _ in range(500)] for _ in range(8)]
         await asyncio.gather(*(client(n, plan) for n, plan in enumerate(plans)))
         final = await balances(http, hosts[-1])
     assert len(workers) >= 2

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -28,10 +30,19 @@ from app.storage import StorageObserver
 from app.storage.postgres import changes as pg_changes
 from app.storage.postgres import idempotency as pg_idempotency
 from app.storage.postgres import leases as pg_leases
-from app.storage.postgres.pool import UNAVAILABLE, connection, decode_record, error_kind, open_pool
+from app.storage.postgres.pool import (
+    UNAVAILABLE,
+    Connection,
+    connection,
+    decode_record,
+    error_kind,
+    open_pool,
+)
 from app.storage.postgres.txn import run_txn
 from app.storage.postgres.writer import Writer
 from app.txn import Txn, TxnOutcome
+
+T = TypeVar("T")
 
 
 class PostgresStorage:
@@ -80,53 +91,46 @@ class PostgresStorage:
         return self._writer.submit("item", record_id, ops)
 
     async def _read(self, sql: str, *params: Any) -> list[Any]:
+        return list(
+            await self._reading(lambda conn: conn.fetch(sql, *params, timeout=self._timeout))
+        )
+
+    async def _reading(self, read: Callable[[Connection], Awaitable[T]]) -> T:
+        """``read`` on a pooled connection; reads are safe to repeat: once more on fresh
+        connections, then 503."""
         for attempt in (1, 2):
             try:
                 async with connection(self._pool, self._timeout) as conn:
-                    return list(await conn.fetch(sql, *params, timeout=self._timeout))
+                    return await read(conn)
             except UNAVAILABLE as e:
-                # Reads are safe to repeat: once more on fresh connections, then 503.
                 await self._pool.expire_connections()
                 if attempt == 2:
                     raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
         raise AssertionError("unreachable")
+
+    async def _alone(self, run: Awaitable[T]) -> T:
+        """A transaction that runs on its own (not in a writer's batch), counted and timed
+        as a commit; an unreachable database is a 503."""
+        started = time.perf_counter()
+        try:
+            result = await run
+        except UNAVAILABLE as e:
+            if self._observer is not None:
+                self._observer.failed(error_kind(e) or "other")
+            raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
+        if self._observer is not None:
+            self._observer.committed(time.perf_counter() - started, 1)
+        return result
 
     async def apply_txn(self, txn: Txn) -> TxnOutcome:
-        started = time.perf_counter()
-        try:
-            outcome = await run_txn(
-                self._pool, self._timeout, txn, lambda: self._clock.key_times(self._key_ttl)
-            )
-        except UNAVAILABLE as e:
-            if self._observer is not None:
-                self._observer.failed(error_kind(e) or "other")
-            raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
-        if self._observer is not None:
-            self._observer.committed(time.perf_counter() - started, 1)
-        return outcome
+        key_times = partial(self._clock.key_times, self._key_ttl)
+        return await self._alone(run_txn(self._pool, self._timeout, txn, key_times))
 
     async def lock_step(self, name: str, step: Step) -> Decision:
-        started = time.perf_counter()
-        try:
-            decision = await pg_leases.run_step(self._pool, self._timeout, name, step)
-        except UNAVAILABLE as e:
-            if self._observer is not None:
-                self._observer.failed(error_kind(e) or "other")
-            raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
-        if self._observer is not None:
-            self._observer.committed(time.perf_counter() - started, 1)
-        return decision
+        return await self._alone(pg_leases.run_step(self._pool, self._timeout, name, step))
 
     async def read_lock(self, name: str) -> tuple[LockState, float]:
-        for attempt in (1, 2):
-            try:
-                async with connection(self._pool, self._timeout) as conn:
-                    return await pg_leases.read_lock(conn, name)
-            except UNAVAILABLE as e:
-                await self._pool.expire_connections()
-                if attempt == 2:
-                    raise StorageUnavailable(f"database: {type(e).__name__}: {e}") from e
-        raise AssertionError("unreachable")
+        return await self._reading(lambda conn: pg_leases.read_lock(conn, name))
 
     async def list_locks(self, prefix: str, after: str, limit: int) -> list[Lease]:
         rows = await self._read(pg_leases.LIST_LOCKS, prefix, prefix + NAME_CEILING, after, limit)

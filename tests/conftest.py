@@ -26,6 +26,9 @@ from app.storage.backends import open_storage
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
+# Fixtures of gunicorn hosts shared by modules (module_hosts, hosts).
+pytest_plugins = ["tests.hosts"]
+
 POSTGRES_URL_ENV = "LOCKSTEP_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", "postgres"]
 

@@ -1,5 +1,8 @@
 """gunicorn hosts on one fresh database (two on PostgreSQL share it), for one test or a
-whole module, and fresh connections to them."""
+whole module, and fresh connections to them.
+
+Its fixtures (``module_hosts``, ``hosts``) reach every test module through ``pytest_plugins``
+in ``tests/conftest.py``."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from tests.conftest import fresh_postgres_url
 from tests.support import Service
@@ -65,6 +69,22 @@ def ready(hosts: list[Service]) -> list[Service]:
             host.start()
         host.wait_ready()
     return hosts
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_hosts(
+    tmp_path_factory: pytest.TempPathFactory, module_backend: str
+) -> AsyncIterator[list[Service]]:
+    """One service on SQLite; two hosts on one database on PostgreSQL, for a whole module."""
+    count = 2 if module_backend == "postgres" else 1
+    async with module_services(tmp_path_factory, module_backend, count) as hosts:
+        yield hosts
+
+
+@pytest.fixture
+def hosts(module_hosts: list[Service]) -> list[Service]:
+    """The module's hosts, each serving with all its workers."""
+    return ready(module_hosts)
 
 
 def fresh_connections() -> aiohttp.ClientSession:

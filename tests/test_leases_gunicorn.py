@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
-from tests.hosts import fresh_connections, module_services, ready
+from tests.hosts import fresh_connections
 from tests.support import Connection, Service, wait_for, worker_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -27,21 +25,6 @@ CLIENTS = 6
 # The issue's 100 rounds pass too (about 18 s on SQLite, 26 s on two PostgreSQL hosts, most
 # of it waiting for the hub's poll between workers): 20 keep the contention in a suite budget.
 ROUNDS = 20
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def module_hosts(
-    tmp_path_factory: pytest.TempPathFactory, module_backend: str
-) -> AsyncIterator[list[Service]]:
-    """One service on SQLite; two hosts on one database on PostgreSQL."""
-    count = 2 if module_backend == "postgres" else 1
-    async with module_services(tmp_path_factory, module_backend, count) as hosts:
-        yield hosts
-
-
-@pytest.fixture
-def hosts(module_hosts: list[Service]) -> list[Service]:
-    return ready(module_hosts)
 
 
 async def call(

@@ -10,35 +10,18 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
-from tests.hosts import fresh_connections, module_services, ready
+from tests.hosts import fresh_connections
 from tests.support import Service, worker_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 ACCOUNTS = [f"acct-{i:02}" for i in range(20)]
 OPENING = 1000
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def module_hosts(
-    tmp_path_factory: pytest.TempPathFactory, module_backend: str
-) -> AsyncIterator[list[Service]]:
-    """One service on SQLite; two hosts on one database on PostgreSQL."""
-    count = 2 if module_backend == "postgres" else 1
-    async with module_services(tmp_path_factory, module_backend, count) as hosts:
-        yield hosts
-
-
-@pytest.fixture
-def hosts(module_hosts: list[Service]) -> list[Service]:
-    return ready(module_hosts)
 
 
 async def post_txn(

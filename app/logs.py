@@ -152,6 +152,18 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().flush()
 
 
+class NoEmptyListening(logging.Filter):
+    """Drop gunicorn's "Listening at:" line when it names no socket.
+
+    With a socket per worker (``LOCKSTEP_REUSE_PORT``) the master holds none, and the
+    configuration's ``when_ready`` names the addresses instead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.msg == "Listening at: %s (%s)" and args[:1] == ("",))
+
+
 def logging_config(level: str, format: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for gunicorn's ``logconfig_dict``: every logger, one format.
 
@@ -162,7 +174,10 @@ def logging_config(level: str, format: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"lockstep": {"()": "app.logs.LogFormatter", "format": format}},
-        "filters": {"quiet_halt": {"()": "app.worker.QuietHalt"}},
+        "filters": {
+            "quiet_halt": {"()": "app.worker.QuietHalt"},
+            "no_empty_listening": {"()": "app.logs.NoEmptyListening"},
+        },
         "handlers": {
             "lockstep": {
                 "class": "app.logs.LineHandler",
@@ -176,7 +191,7 @@ def logging_config(level: str, format: str) -> dict[str, Any]:
                 "level": level.upper(),
                 "handlers": [],
                 "propagate": True,
-                "filters": ["quiet_halt"],
+                "filters": ["quiet_halt", "no_empty_listening"],
             },
             "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
             "aiohttp.access": {"level": "WARNING", "handlers": [], "propagate": False},

@@ -232,6 +232,11 @@ class Settings(BaseSettings):
         default="127.0.0.1:8080",
         description="Listen address: HOST:PORT, unix:PATH or fd://N.",
     )
+    reuse_port: bool = Field(
+        default=True,
+        description="Each worker listens on a socket of its own for a HOST:PORT bind"
+        " (SO_REUSEPORT), which the kernel fills evenly; false shares one socket.",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         default="info", description="gunicorn's log level; `warning` drops the access lines."
     )

@@ -134,6 +134,18 @@ def check_addresses(addresses: Sequence[object], reuse_port: bool = False) -> No
                 raise StartupError(_bind_problem(shown, e)) from None
 
 
+def sockets_per_worker(addresses: Sequence[object]) -> bool:
+    """Whether every worker can listen on each address with a socket of its own.
+
+    Only for HOST:PORT with a fixed port, bound by gunicorn itself: a Unix socket path is
+    one file, port 0 would give each worker a port of its own, and sockets handed over
+    (``LISTEN_FDS``, ``GUNICORN_FD``) are already one per address.
+    """
+    if "LISTEN_FDS" in os.environ or "GUNICORN_FD" in os.environ:
+        return False
+    return all(isinstance(a, tuple) and a[1] != 0 for a in addresses)
+
+
 def _bind_problem(address: str, error: OSError) -> str:
     fix = "set LOCKSTEP_BIND to a free HOST:PORT"
     if error.errno == errno.EADDRINUSE:

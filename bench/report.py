@@ -170,8 +170,8 @@ def splits(results: list[Result]) -> list[str]:
     """Per round, how wrk's connections split between the two workers of each app."""
     lines = [
         "**wrk's connections per worker**, halfway through each round (lockstep | hello "
-        "world). gunicorn's workers race to accept them, so the split differs from run to "
-        "run; a lockstep round far below the others usually shows a split like 64/0.",
+        "world). Each worker listens on a socket of its own (`LOCKSTEP_REUSE_PORT`) and the "
+        "kernel deals connections out by hash; a split like 64/0 would halve lockstep's speed.",
         "",
     ]
     for r in results:

@@ -187,9 +187,9 @@ class Server:
     def connections_per_worker(self) -> list[int] | None:
         """How many client connections each worker holds open now, largest first.
 
-        gunicorn's workers share one listening socket and race to accept, so a benchmark's
-        connections split between them unevenly, run by run; lockstep's batches (and its
-        req/s) follow the split. None off Linux.
+        The kernel deals connections out to the workers' sockets by hash, so the split
+        varies a little run by run; lockstep's batches (and its req/s) follow it. None off
+        Linux.
         """
         workers = self._workers()
         if workers is None:

@@ -79,8 +79,21 @@ def post_worker_init(worker: Any) -> None:
 
 
 def when_ready(server: Any) -> None:
-    """Warn loudly, once, when the API is open on a non-loopback address."""
+    """Say where it listens when each worker has its own socket; warn on an open API.
+
+    gunicorn's "Listening at:" line names the master's sockets, none with ``reuse_port``.
+    """
     from app.auth import exposure_warning
+
+    if server.cfg.reuse_port:
+        server.log.info(
+            "Listening at: %s, a socket per worker (%s)",
+            ",".join(
+                f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+                for host, port in server.cfg.address
+            ),
+            server.pid,
+        )
 
     warning = exposure_warning(server.cfg.address, lockstep_settings)
     if warning:
@@ -109,7 +122,7 @@ def on_starting(server: Any) -> None:
     """
     from gunicorn.util import set_owner_process
 
-    from app.startup import StartupError, check_addresses, check_data_dir
+    from app.startup import StartupError, check_addresses, check_data_dir, sockets_per_worker
 
     cfg = server.cfg
     try:
@@ -121,6 +134,10 @@ def on_starting(server: Any) -> None:
             lambda: set_owner_process(cfg.uid, cfg.gid, initgroups=cfg.initgroups),
         )
         check_addresses(cfg.address, cfg.reuse_port)
+        # After the check: gunicorn's own --reuse-port may mean to share the port with
+        # another instance; lockstep's default never does.
+        if settings.reuse_port and sockets_per_worker(cfg.address):
+            cfg.set("reuse_port", True)
     except (InvalidSettings, StartupError) as e:
         server.log.error("lockstep: %s", e)
         if server.pidfile is not None:

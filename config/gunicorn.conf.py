@@ -6,6 +6,7 @@ default does.
 """
 
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -28,7 +29,24 @@ wsgi_app = "app.main:create_app"
 # against the default asyncio loop (docs/design.md).
 worker_class = "app.worker.Worker"
 bind = [lockstep_settings.bind]
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+
+
+def _worker_count() -> int:
+    """``WEB_CONCURRENCY``, 2 when unset; 0 stops here in one line (gunicorn would start a
+    master that serves nothing). gunicorn refuses a negative count, and fails on one that is
+    not a number in its own import, before this file runs.
+    """
+    given = os.environ.get("WEB_CONCURRENCY", "2")
+    count = int(given)
+    if count < 1:
+        sys.exit(
+            f"lockstep: invalid setting WEB_CONCURRENCY={shlex.quote(given)}:"
+            " should be a whole number of worker processes, 1 or more"
+        )
+    return count
+
+
+workers = _worker_count()
 # In-flight requests get this long to finish after SIGTERM before workers are killed.
 graceful_timeout = 20
 timeout = 30

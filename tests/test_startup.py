@@ -47,6 +47,7 @@ def assert_fails_with(service: Service, expected: str) -> None:
     [
         ("LOCKSTEP_LOG_FORMAT", "yaml", "input should be 'text' or 'json'"),
         ("LOCKSTEP_SYNCHRONOUS", "bogus", "input should be 'FULL' or 'NORMAL'"),
+        ("WEB_CONCURRENCY", "0", "should be a whole number of worker processes, 1 or more"),
     ],
 )
 def test_start_with_invalid_setting_names_variable_value_and_allowed(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -103,8 +103,7 @@ NO_PRECONDITION = Precondition()
 # --- counters -----------------------------------------------------------------------
 
 
-@dataclass(slots=True, frozen=True)
-class Counter:
+class Counter(NamedTuple):
     """A counter as stored: its value and how many operations have been applied to it."""
 
     name: str
@@ -132,8 +131,7 @@ class DeleteCounter:
     precondition: Precondition | None = None
 
 
-@dataclass(slots=True, frozen=True)
-class Counted:
+class Counted(NamedTuple):
     """A successful increment or set: the counter after it, and the commit that applied it."""
 
     counter: Counter

@@ -192,8 +192,7 @@ def apply_counter_ops(
 # --- records ------------------------------------------------------------------------
 
 
-@dataclass(slots=True, frozen=True)
-class Record:
+class Record(NamedTuple):
     id: str
     value: Any
     version: int
@@ -224,8 +223,7 @@ class DeleteRecord:
 RecordOp = PutRecord | PatchRecord | DeleteRecord
 
 
-@dataclass(slots=True, frozen=True)
-class Written:
+class Written(NamedTuple):
     """A successful PUT/PATCH: the record as stored, the commit, and whether a PUT created it."""
 
     record: Record

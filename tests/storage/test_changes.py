@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -212,11 +213,12 @@ async def test_sqlite_database_with_a_revision_row_goes_on_from_it(
         await storage.close()
 
 
-async def test_sqlite_log_indexes_only_records_by_resource(tmp_path: Path) -> None:
-    """A database at schema 3 gets the records-only index; history and the feed still read.
+async def test_sqlite_log_has_no_index_by_resource(tmp_path: Path) -> None:
+    """A database at schema 3 ends with the log indexed by revision only; history and feed read.
 
-    Counter entries stay out of any per-resource index (a write's entry lands on the log's
-    last pages), and the feed finds entries after ``since`` by revision whatever its filter.
+    No entry lands on a random page of a per-resource index (a record's history is a chain
+    through the revision index), and the feed finds entries after ``since`` by revision
+    whatever its filter.
     """
     settings = settings_for(tmp_path)
     path = settings.sqlite_path
@@ -237,13 +239,18 @@ async def test_sqlite_log_indexes_only_records_by_resource(tmp_path: Path) -> No
     finally:
         await storage.close()
     with sqlite3.connect(path) as conn:
-        indexes = dict(conn.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'index'"))
-        assert "changes_resource" not in indexes
-        assert "WHERE kind = 'item'" in indexes["changes_item"]
+        indexes = conn.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'changes'"
+        ).fetchall()
+        assert indexes == [("changes_revision",)]
         for kind, prefix in (("item", "d"), ("counter", "")):
             sql, params = sqlite_changes.changes_query(0, 10, kind, prefix, None)
             plan = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
             assert "changes_revision" in plan and "AUTOMATIC" not in plan
+        sql, params = sqlite_changes.versions_query("doc", 100, 10, None)
+        plan = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+        # Each step a lookup by revision, and the walk a co-routine the LIMIT stops.
+        assert not re.search(r"SCAN (c|changes)\b", plan) and "CO-ROUTINE chain" in plan, plan
 
 
 @pytest.mark.backends("postgres")
@@ -289,7 +296,9 @@ def test_sqlite_commit_writes_every_entry_whatever_their_number(tmp_path: Path) 
             pending.write(conn)
             conn.execute("COMMIT")
             rows = conn.execute(
-                "SELECT * FROM changes WHERE revision = ? ORDER BY key", (commit.revision,)
+                "SELECT revision, kind, key, value, version, time FROM changes"
+                " WHERE revision = ? ORDER BY key",
+                (commit.revision,),
             ).fetchall()
             assert rows == [entry[:6] for entry in entries]
         conn.execute("BEGIN IMMEDIATE")

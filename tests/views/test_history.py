@@ -30,6 +30,25 @@ async def test_versions_list_newest_first_and_page(client: Client) -> None:
         assert [v["version"] for v in (await r.json())["items"]] == [5, 4, 3, 2, 1]
 
 
+async def test_versions_go_on_across_a_delete_and_a_recreate(client: Client) -> None:
+    """A record deleted and written again lists both lives, newest first, and pages across."""
+    for value in ("a", "b"):
+        await client.put("/items/doc", json={"value": value})
+    await client.put("/items/other", json={"value": 0})
+    await client.delete("/items/doc")
+    async with client.get("/items/doc/versions") as r:
+        assert [v["value"] for v in (await r.json())["items"]] == ["b", "a"]
+    for value in ("c", "d"):
+        await client.put("/items/doc", json={"value": value})
+    async with client.get("/items/doc/versions?limit=3") as r:
+        first = await r.json()
+    assert [(v["value"], v["version"]) for v in first["items"]] == [("d", 2), ("c", 1), ("b", 2)]
+    async with client.get(f"/items/doc/versions?limit=3&before={first['next']}") as r:
+        assert [v["value"] for v in (await r.json())["items"]] == ["a"]
+    async with client.get("/items/doc/versions/1") as r:
+        assert (await r.json())["value"] == "c"
+
+
 async def test_one_version_is_answered_with_its_etag(client: Client) -> None:
     """GET /items/{id}/versions/{v} answers that version as it was written."""
     await client.put("/items/doc", json={"value": "first"})

@@ -37,6 +37,30 @@ ITEM_INDEX_MIGRATION = [
     "CREATE INDEX changes_item ON changes (key, revision) WHERE kind = 'item'",
 ]
 
+# A record's history is a chain, not an index by resource: each record entry names the
+# revision of the record's entry before it (``previous``), and the record's newest entry is
+# its row's ``revision`` (a deleted record's is kept in ``item_tombstones``). A PUT then
+# writes no page of a (key, revision) index that grows with the retention, only pages it
+# already writes. Existing entries are chained from that index before it goes.
+HISTORY_CHAIN_MIGRATION = [
+    "ALTER TABLE changes ADD COLUMN previous INTEGER",
+    "ALTER TABLE items ADD COLUMN revision INTEGER",
+    "CREATE TABLE item_tombstones (id TEXT PRIMARY KEY, revision INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX item_tombstones_revision ON item_tombstones (revision)",  # for the purge
+    "UPDATE changes SET previous = (SELECT max(p.revision) FROM changes AS p"
+    " WHERE p.kind = 'item' AND p.key = changes.key AND p.revision < changes.revision)"
+    " WHERE kind = 'item'",
+    "UPDATE items SET revision ="
+    " (SELECT max(revision) FROM changes WHERE kind = 'item' AND key = items.id)",
+    "INSERT INTO item_tombstones (id, revision) SELECT key, max(revision) FROM changes"
+    " WHERE kind = 'item' AND key NOT IN (SELECT id FROM items) GROUP BY key",
+    # A deleted record's newest entry moves to its tombstone, whichever statement deletes the
+    # row. A recreated row starts without one, so its first entry's previous is the tombstone's.
+    "CREATE TRIGGER items_tombstone AFTER DELETE ON items WHEN old.revision IS NOT NULL BEGIN"
+    " INSERT OR REPLACE INTO item_tombstones (id, revision) VALUES (old.id, old.revision); END",
+    "DROP INDEX changes_item",
+]
+
 # The last revision is derived from the log (the ``LAST_REVISION`` expression), so a commit
 # writes one page less: the column that counted it goes.
 DERIVED_REVISION_MIGRATION = ["ALTER TABLE change_feed DROP COLUMN revision"]
@@ -87,6 +111,20 @@ class Pending:
                 params += entry[1:5]  # kind, key, value, version
             conn.execute(_insert(size), params)
             start += size
+        # Then each written record's newest entry is this one. A deleted record's tombstone
+        # keeps the entry before its deletion: history lists no deletions.
+        written = [e.key for e in entries if e.kind == "item" and e.value is not None]
+        if written:
+            conn.execute(_NEWEST_ENTRY, (revision, msgspec.json.encode(written).decode()))
+
+
+_NEWEST_ENTRY = "UPDATE items SET revision = ?1 WHERE id IN (SELECT value FROM json_each(?2))"
+# A record's newest entry before this commit's ({0} the record's id): its row's, or for a
+# record deleted (and perhaps created again since) its tombstone's.
+_HEAD = (
+    "coalesce((SELECT revision FROM items WHERE id = {0}),"
+    " (SELECT revision FROM item_tombstones WHERE id = {0}))"
+)
 
 
 @cache
@@ -97,9 +135,11 @@ def _insert(rows: int) -> str:
     touches, to undo a half-done statement): an error here fails the whole transaction.
     """
     values = ", ".join(
-        f"(?1, ?{n}, ?{n + 1}, ?{n + 2}, ?{n + 3}, ?2)" for n in range(3, 3 + 4 * rows, 4)
+        f"(?1, ?{n}, ?{n + 1}, ?{n + 2}, ?{n + 3}, ?2,"
+        f" CASE ?{n} WHEN 'item' THEN {_HEAD.format(f'?{n + 1}')} END)"
+        for n in range(3, 3 + 4 * rows, 4)
     )
-    return f"INSERT OR FAIL INTO changes ({_COLUMNS}) VALUES {values}"
+    return f"INSERT OR FAIL INTO changes ({_COLUMNS}, previous) VALUES {values}"
 
 
 def purge(conn: sqlite3.Connection, cutoff: str, limit: int) -> int:
@@ -115,6 +155,7 @@ def purge(conn: sqlite3.Connection, cutoff: str, limit: int) -> int:
     if through is None:
         return 0
     deleted = conn.execute("DELETE FROM changes WHERE revision <= ?", (through,)).rowcount
+    conn.execute("DELETE FROM item_tombstones WHERE revision <= ?", (through,))
     conn.execute("UPDATE change_feed SET purged_through = max(purged_through, ?)", (through,))
     return int(deleted)
 
@@ -227,25 +268,47 @@ def snapshot_query(
     return sql, tuple(params)
 
 
+# A record's retained entries, newest first, from its newest one back along ``previous``
+# (?1 the record's id; each step finds its entry through the revision index).
+_CHAIN = (
+    "WITH RECURSIVE chain(revision, previous, version) AS ("
+    " SELECT revision, previous, version FROM changes"
+    " WHERE revision = {start} AND kind = 'item' AND key = ?1"
+    " UNION ALL SELECT c.revision, c.previous, c.version FROM chain"
+    " JOIN changes AS c ON c.revision = chain.previous AND c.kind = 'item' AND c.key = ?1)"
+)
+
 # A deferred value: a log entry's by its commit; a snapshot's by the record's version as of
 # the snapshot (the log's entry for it, else the record itself if nothing changed it since).
 CHANGE_VALUE = "SELECT value FROM changes WHERE revision = ? AND kind = ? AND key = ?"
 SNAPSHOT_VALUE = (
-    "SELECT value FROM (SELECT value FROM changes WHERE kind = 'item' AND key = ?"
-    " AND version = ? AND revision <= ? ORDER BY revision DESC LIMIT 1)"
-    " UNION ALL SELECT value FROM items WHERE id = ? AND version = ? AND NOT EXISTS"
-    " (SELECT 1 FROM changes WHERE kind = 'item' AND key = ? AND revision > ?) LIMIT 1"
+    _CHAIN.format(start=_HEAD.format("?1")) + " SELECT value FROM (SELECT value FROM changes"
+    " WHERE kind = 'item' AND key = ?1 AND revision ="
+    " (SELECT revision FROM chain WHERE version = ?2 AND revision <= ?3 LIMIT 1))"
+    " UNION ALL SELECT value FROM items WHERE id = ?1 AND version = ?2 AND NOT EXISTS"
+    " (SELECT 1 FROM changes WHERE revision = items.revision AND kind = 'item' AND key = ?1"
+    " AND revision > ?3) LIMIT 1"
 )
 
 
 def versions_query(
     record_id: str, before: int, limit: int, version: int | None
 ) -> tuple[str, tuple[Any, ...]]:
-    """A record's retained versions (not its deletions), newest first, below revision ``before``."""
-    only = " AND version = ?" if version is not None else ""
-    sql = (
-        f"SELECT {_COLUMNS} FROM changes WHERE kind = 'item' AND key = ? AND revision < ?"
-        f" AND version IS NOT NULL{only} ORDER BY revision DESC LIMIT ?"
+    """A record's retained versions (not its deletions), newest first, below revision ``before``.
+
+    The walk starts from the entry at ``before`` when there is one (the next page of a
+    listing), else from the record's newest entry.
+    """
+    start = (
+        "coalesce((SELECT previous FROM changes WHERE revision = ?2 AND kind = 'item'"
+        f" AND key = ?1), {_HEAD.format('?1')})"
     )
-    params = (record_id, before, *(() if version is None else (version,)), limit)
+    only = " AND version = ?4" if version is not None else ""
+    sql = (
+        _CHAIN.format(start=start) + f" SELECT c.{_COLUMNS.replace(', ', ', c.')} FROM"
+        " (SELECT revision FROM chain WHERE revision < ?2 AND version IS NOT NULL"
+        f"{only} LIMIT ?3) AS pick JOIN changes AS c ON c.revision = pick.revision"
+        " AND c.kind = 'item' AND c.key = ?1 ORDER BY c.revision DESC"
+    )
+    params = (record_id, before, limit, *(() if version is None else (version,)))
     return sql, params

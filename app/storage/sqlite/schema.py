@@ -39,6 +39,7 @@ MIGRATIONS: list[list[str]] = [
     sqlite_leases.MIGRATION,
     sqlite_changes.ITEM_INDEX_MIGRATION,
     sqlite_changes.DERIVED_REVISION_MIGRATION,
+    sqlite_changes.HISTORY_CHAIN_MIGRATION,
 ]
 
 

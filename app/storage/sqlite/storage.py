@@ -252,8 +252,7 @@ class SQLiteStorage:
 
     async def deferred_value(self, change: Change, snapshot: bool = False) -> str | None:
         if snapshot:
-            key, version, revision = change.key, change.version, change.revision
-            params: tuple[Any, ...] = (key, version, revision, key, version, key, revision)
+            params: tuple[Any, ...] = (change.key, change.version, change.revision)
             rows = await self._read(sqlite_changes.SNAPSHOT_VALUE, params)
         else:
             params = (change.revision, change.kind, change.key)

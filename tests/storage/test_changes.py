@@ -26,8 +26,9 @@ from app.storage import Storage
 from app.storage.backends import open_storage
 from app.storage.postgres import changes as pg_changes
 from app.storage.sqlite import changes as sqlite_changes
-from app.storage.sqlite.schema import MIGRATIONS, migrate
+from app.storage.sqlite.schema import migrate
 from tests.conftest import settings_for
+from tests.storage.older import database_at
 
 FUTURE = "9999-01-01T00:00:00.000Z"  # a purge cutoff every entry is older than
 
@@ -162,13 +163,8 @@ async def test_two_processes_on_one_database_share_one_dense_sequence(settings: 
 async def test_sqlite_database_from_before_revisions_is_migrated(tmp_path: Path) -> None:
     """A database at schema 2 opens with counters at version 1 and an empty log at revision 0."""
     settings = settings_for(tmp_path)
-    path = settings.sqlite_path
-    path.parent.mkdir(parents=True)
-    with sqlite3.connect(path) as conn:
-        for statement in [s for migration in MIGRATIONS[:2] for s in migration]:
-            conn.execute(statement)
+    with database_at(settings, 2) as conn:
         conn.execute("INSERT INTO counters (name, value) VALUES ('old', 41)")
-        conn.execute("PRAGMA user_version = 2")
     storage = await open_storage(settings)
     try:
         counter = await storage.get_counter("old")
@@ -191,18 +187,13 @@ async def test_sqlite_database_with_a_revision_row_goes_on_from_it(
     ``purged_through``.
     """
     settings = settings_for(tmp_path)
-    path = settings.sqlite_path
-    path.parent.mkdir(parents=True)
-    with sqlite3.connect(path) as conn:
-        for statement in [s for migration in MIGRATIONS[:5] for s in migration]:
-            conn.execute(statement)
+    with database_at(settings, 5) as conn:
         conn.execute("UPDATE change_feed SET revision = 7, purged_through = ?", (7 - 2 * logged,))
         if logged:
             conn.executemany(
                 "INSERT INTO changes VALUES (?, 'counter', 'c', ?, ?, '2026-01-01T00:00:00.000Z')",
                 [(6, "1", 1), (7, "2", 2)],
             )
-        conn.execute("PRAGMA user_version = 5")
     storage = await open_storage(settings)
     try:
         assert await storage.feed() == (7, 7 - 2 * logged)
@@ -221,12 +212,8 @@ async def test_sqlite_log_has_no_index_by_resource(tmp_path: Path) -> None:
     whatever its filter.
     """
     settings = settings_for(tmp_path)
-    path = settings.sqlite_path
-    path.parent.mkdir(parents=True)
-    with sqlite3.connect(path) as conn:
-        for statement in [s for migration in MIGRATIONS[:3] for s in migration]:
-            conn.execute(statement)
-        conn.execute("PRAGMA user_version = 3")
+    with database_at(settings, 3):
+        pass  # empty, as schema 3 made it
     storage = await open_storage(settings)
     try:
         await storage.apply_record_ops("doc", [PutRecord({"a": 1})])
@@ -238,7 +225,7 @@ async def test_sqlite_log_has_no_index_by_resource(tmp_path: Path) -> None:
         assert [(c.kind, c.key, c.version) for c in page.changes] == [("item", "doc", 2)]
     finally:
         await storage.close()
-    with sqlite3.connect(path) as conn:
+    with sqlite3.connect(settings.sqlite_path) as conn:
         indexes = conn.execute(
             "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'changes'"
         ).fetchall()

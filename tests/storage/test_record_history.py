@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from app.changes import Change
 from app.domain import DeleteRecord, PutRecord
 from app.storage import Storage
 from app.storage.backends import open_storage
-from app.storage.sqlite.schema import MIGRATIONS
 from tests.conftest import settings_for
+from tests.storage.older import database_at
 
 FUTURE = "9999-01-01T00:00:00.000Z"  # a purge cutoff every entry is older than
 
@@ -44,11 +43,7 @@ async def test_deferred_snapshot_value_is_the_version_as_of_the_snapshot(storage
 async def test_sqlite_history_from_before_the_chain_is_migrated(tmp_path: Path) -> None:
     """A database at schema 6 keeps every record's history, a deleted one's too, and goes on."""
     settings = settings_for(tmp_path)
-    path = settings.sqlite_path
-    path.parent.mkdir(parents=True)
-    with sqlite3.connect(path) as conn:
-        for statement in [s for migration in MIGRATIONS[:6] for s in migration]:
-            conn.execute(statement)
+    with database_at(settings, 6) as conn:
         t = "2026-01-01T00:00:00.000Z"
         conn.executemany(
             f"INSERT INTO changes VALUES (?, ?, ?, ?, ?, '{t}')",
@@ -62,7 +57,6 @@ async def test_sqlite_history_from_before_the_chain_is_migrated(tmp_path: Path) 
         )
         conn.execute(f"INSERT INTO items VALUES ('doc', '\"b\"', 2, '{t}')")
         conn.execute("UPDATE change_feed SET purged_through = 0")
-        conn.execute("PRAGMA user_version = 6")
     storage = await open_storage(settings)
     try:
         assert [c.version for c in await storage.record_versions("doc", 100, 10)] == [2, 1]

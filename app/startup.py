@@ -139,9 +139,11 @@ def sockets_per_worker(addresses: Sequence[object]) -> bool:
 
     Only for HOST:PORT with a fixed port, bound by gunicorn itself: a Unix socket path is
     one file, port 0 would give each worker a port of its own, and sockets handed over
-    (``LISTEN_FDS``, ``GUNICORN_FD``) are already one per address.
+    (``LISTEN_FDS``, ``GUNICORN_FD``) are already one per address. A master re-executed
+    by ``USR2`` from one whose workers had sockets of their own inherits none (an empty
+    ``GUNICORN_FD``): its workers bind theirs beside the old ones.
     """
-    if "LISTEN_FDS" in os.environ or "GUNICORN_FD" in os.environ:
+    if "LISTEN_FDS" in os.environ or os.environ.get("GUNICORN_FD"):
         return False
     return all(isinstance(a, tuple) and a[1] != 0 for a in addresses)
 

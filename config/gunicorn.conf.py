@@ -156,6 +156,11 @@ def on_starting(server: Any) -> None:
         # another instance; lockstep's default never does.
         if settings.reuse_port and sockets_per_worker(cfg.address):
             cfg.set("reuse_port", True)
+            if os.environ.get("GUNICORN_FD") == "":
+                # Re-executed by USR2 from a master with no socket of its own: gunicorn
+                # parses the list before it looks at reuse_port, and fails on an empty
+                # one. Any number does: with reuse_port the list is not used.
+                os.environ["GUNICORN_FD"] = "-1"
     except (InvalidSettings, StartupError) as e:
         server.log.error("lockstep: %s", e)
         if server.pidfile is not None:

@@ -8,12 +8,14 @@ keep-alive connections and keep them (docs/design.md).
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support import Service
+from tests.support import Service, wait_for
 from tests.test_startup import assert_fails_with
 
 
@@ -78,3 +80,44 @@ def test_second_instance_on_the_port_is_refused_in_one_line(tmp_path: Path) -> N
         )
         assert len(listening_sockets(first.port)) == 2
         assert access(first) == "Resource accessed 1 times."
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.slow
+async def test_usr2_upgrade_starts_a_new_master_beside_the_old_one(tmp_path: Path) -> None:
+    """gunicorn's binary upgrade: the new master's workers bind beside the old ones', and
+    once the old master stops the new one serves alone (gunicorn itself cannot parse the
+    empty socket list a master without sockets hands over)."""
+    with Service(tmp_path / "data") as service:
+        assert service.proc is not None
+        old = service.proc.pid
+        new = 0
+        try:
+            os.kill(old, signal.SIGUSR2)
+            await wait_for(lambda: len(listening_sockets(service.port)) == 4, within=20)
+            [new] = [pid for pid in children(old) if children(pid)]
+            service.stop()  # the old master and its workers, as an upgrade ends
+            await wait_for(lambda: len(listening_sockets(service.port)) == 2, within=20)
+            assert {s for pid in children(new) for s in held_by(pid)} >= listening_sockets(
+                service.port
+            )
+            assert access(service) == "Resource accessed 1 times."
+            await wait_for(lambda: "Master has been promoted." in service.log(), within=20)
+            assert "Traceback" not in service.log(), service.log()
+        finally:
+            if new and running(new):
+                os.kill(new, signal.SIGQUIT)
+                await wait_for(lambda: not running(new), within=30)

@@ -96,6 +96,14 @@ def post_worker_init(worker: Any) -> None:
     gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
+def _url(address: Any) -> str:
+    """A bound address as gunicorn names it: http://HOST:PORT, or a Unix socket's path."""
+    if not isinstance(address, tuple):
+        return f"unix:{address}"
+    host, port = address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def when_ready(server: Any) -> None:
     """Say where it listens when each worker has its own socket; warn on an open API.
 
@@ -106,10 +114,7 @@ def when_ready(server: Any) -> None:
     if server.cfg.reuse_port:
         server.log.info(
             "Listening at: %s, a socket per worker (%s)",
-            ",".join(
-                f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-                for host, port in server.cfg.address
-            ),
+            ",".join(_url(address) for address in server.cfg.address),
             server.pid,
         )
 

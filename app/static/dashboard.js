@@ -54,10 +54,10 @@ function flash(el) {
 function renderCounters() {
   const body = $("counters");
   body.replaceChildren();
-  for (const [name, value] of [...counters].sort((a, b) => a[0] < b[0] ? -1 : 1)) {
+  for (const [name, state] of [...counters].sort((a, b) => a[0] < b[0] ? -1 : 1)) {
     const tr = document.createElement("tr");
     tr.dataset.name = name;
-    tr.append(cell(name), cell(String(value), "num"));
+    tr.append(cell(name), cell(String(state.value), "num"));
     const td = document.createElement("td");
     const b = document.createElement("button");
     b.type = "button";
@@ -95,8 +95,16 @@ function renderItems() {
   $("items-empty").hidden = items.size > 0;
 }
 
-function showCounter(name, value) {
-  if (value === null) counters.delete(name); else counters.set(name, value);
+// A state older than the one shown (a list or an answer that was on its way while the
+// stream brought a newer one) must not undo it: the higher version wins.
+function stale(shown, state) {
+  return shown !== undefined && state.version !== null && shown.version > state.version;
+}
+
+function showCounter(state) {
+  const { name, value } = state;
+  if (stale(counters.get(name), state)) return;
+  if (value === null) counters.delete(name); else counters.set(name, { value, version: state.version });
   const row = document.querySelector(`#counters tr[data-name="${CSS.escape(name)}"]`);
   if (row && value !== null) {
     row.children[1].textContent = String(value);
@@ -107,6 +115,7 @@ function showCounter(name, value) {
 }
 
 function showItem(state) {
+  if (stale(items.get(state.id), state)) return;
   if (state.version === null) items.delete(state.id);
   else items.set(state.id, { value: state.value, version: state.version });
   renderItems();
@@ -140,7 +149,7 @@ function dispatch(block, current) {
   if (!data || (event !== "change" && event !== "snapshot")) return;
   for (const entry of ExactJSON.fields(ExactJSON.parse(data)).changes) {
     const state = ExactJSON.fields(entry);
-    if (state.kind === "counter") showCounter(state.name, state.value);
+    if (state.kind === "counter") showCounter(state);
     else showItem(state);
   }
   if (id !== null) current.lastId = id;
@@ -178,18 +187,26 @@ async function follow(current) {
   setTimeout(() => { if (stream === current) watch(true); }, RETRY_MS);
 }
 
+// The listed resources, each at the newer of its listed and its shown state.
+function relist(shown, rows, keyOf) {
+  const listed = new Map();
+  for (const row of rows) {
+    const key = keyOf(row);
+    const state = { value: row.value, version: row.version };
+    listed.set(key, stale(shown.get(key), state) ? shown.get(key) : state);
+  }
+  shown.clear();
+  for (const [key, state] of listed) shown.set(key, state);
+}
+
 async function refresh() {
   try {
     const [c, i] = await Promise.all([
       call("GET", `/counters?limit=${LIST_LIMIT}`),
       call("GET", `/items?limit=${LIST_LIMIT}`),
     ]);
-    counters.clear();
-    for (const row of c.items.map(ExactJSON.fields)) counters.set(row.name, row.value);
-    items.clear();
-    for (const row of i.items.map(ExactJSON.fields)) {
-      items.set(row.id, { value: row.value, version: row.version });
-    }
+    relist(counters, c.items.map(ExactJSON.fields), (row) => row.name);
+    relist(items, i.items.map(ExactJSON.fields), (row) => row.id);
     renderCounters();
     renderItems();
     watch();
@@ -201,7 +218,7 @@ async function refresh() {
 async function increment(name) {
   try {
     const r = await call("POST", `/counters/${encodeURIComponent(name)}/increment`);
-    showCounter(r.name, r.value);
+    showCounter(r);
     say(`Counter ${r.name} is now ${r.value}.`);
     watch();
   } catch (err) {
@@ -232,8 +249,7 @@ async function save(event) {
   const extra = version && $("edit-id").value === id && items.has(id) ? { "If-Match": `"${version}"` } : {};
   try {
     const r = await call("PUT", `/items/${encodeURIComponent(id)}`, { value }, extra);
-    items.set(r.id, { value: r.value, version: r.version });
-    renderItems();
+    showItem(r);
     watch();
     $("edit-version").value = String(r.version);
     say(`Record ${r.id} saved, version ${r.version}.`);

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -281,3 +282,40 @@ def test_dashboard_resumes_its_stream_after_a_restart(browser: Any, tmp_path: Pa
             page.close()
     finally:
         service.quit()
+
+
+def test_dashboard_keeps_a_streamed_change_over_an_older_list(browser: Any, tmp_path: Path) -> None:
+    """A re-list still on its way when the stream brings a newer value does not undo it.
+
+    The re-list's records list is held back; meanwhile a change comes in on the stream.
+    When the list is let through, the page renders the counters again from the older list:
+    the newer version must win.
+    """
+    from playwright.sync_api import expect
+
+    with Service(tmp_path / "data", workers=2) as service:
+        post(service.url + "/counters/visits/increment")
+        page = browser.new_page()
+        try:
+            page.goto(service.url + "/")
+            value = page.locator('#counters tr[data-name="visits"] td.num')
+            expect(value).to_have_text("1")
+            expect(page.locator("#status")).to_contain_text("Live", timeout=10_000)
+            held: list[Any] = []
+            page.route("**/items?limit=*", lambda route: held.append(route))
+            with page.expect_response(lambda r: "/counters?limit" in r.url, timeout=15_000):
+                pass  # the next re-list: its counters list (value 1) is in, its records held
+            deadline = time.monotonic() + 10
+            while not held:
+                assert time.monotonic() < deadline, "the records list was never requested"
+                page.wait_for_timeout(20)
+            post(service.url + "/counters/visits/increment", {"by": 5})
+            expect(value).to_have_text("6", timeout=5_000)  # from the stream
+            shown = value.element_handle()
+            held[0].continue_()
+            page.unroute("**/items?limit=*")
+            # renderCounters replaces the row once the re-list is in.
+            page.wait_for_function("(cell) => !cell.isConnected", arg=shown, timeout=10_000)
+            expect(value).to_have_text("6")
+        finally:
+            page.close()

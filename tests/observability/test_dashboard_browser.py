@@ -255,6 +255,22 @@ def test_dashboard_save_keeps_what_was_not_edited(browser: Any, tmp_path: Path) 
     assert value == old.replace(b'"label":"a"', b'"label":"b"')
 
 
+def page_showing_visits(browser: Any, service: Service) -> tuple[Any, Any]:
+    """A dashboard page showing counter ``visits`` at 1 (made here), and its value's cell."""
+    from playwright.sync_api import expect
+
+    post(service.url + "/counters/visits/increment")
+    page = browser.new_page()
+    try:
+        page.goto(service.url + "/")
+        value = page.locator('#counters tr[data-name="visits"] td.num')
+        expect(value).to_have_text("1")
+    except BaseException:
+        page.close()
+        raise
+    return page, value
+
+
 def test_dashboard_resumes_its_stream_after_a_restart(browser: Any, tmp_path: Path) -> None:
     """When the service restarts, the dashboard reconnects its stream with Last-Event-ID set to
     the last commit it was sent, and goes on showing changes."""
@@ -262,12 +278,8 @@ def test_dashboard_resumes_its_stream_after_a_restart(browser: Any, tmp_path: Pa
 
     service = Service(tmp_path / "data", workers=2).start()
     try:
-        post(service.url + "/counters/visits/increment")
-        page = browser.new_page()
+        page, value = page_showing_visits(browser, service)
         try:
-            page.goto(service.url + "/")
-            value = page.locator('#counters tr[data-name="visits"] td.num')
-            expect(value).to_have_text("1")
             post(service.url + "/counters/visits/increment")
             expect(value).to_have_text("2")
             with urllib.request.urlopen(service.url + "/changes?since=0", timeout=10) as r:
@@ -294,12 +306,8 @@ def test_dashboard_keeps_a_streamed_change_over_an_older_list(browser: Any, tmp_
     from playwright.sync_api import expect
 
     with Service(tmp_path / "data", workers=2) as service:
-        post(service.url + "/counters/visits/increment")
-        page = browser.new_page()
+        page, value = page_showing_visits(browser, service)
         try:
-            page.goto(service.url + "/")
-            value = page.locator('#counters tr[data-name="visits"] td.num')
-            expect(value).to_have_text("1")
             expect(page.locator("#status")).to_contain_text("Live", timeout=10_000)
             held: list[Any] = []
             page.route("**/items?limit=*", lambda route: held.append(route))

@@ -87,11 +87,6 @@ class Claims:
         self._expires_at = max((t.expires_at for t in times), default=0.0)
         self._fresh: list[NewKey] = []
 
-    @property
-    def claimed(self) -> bool:
-        """Whether any op of the group claims a key (else ``run`` is just ``apply(ops)``)."""
-        return self._stored is not None
-
     def run(
         self, ops: list[Op], apply: Callable[[list[Op]], tuple[T, list[Any]]]
     ) -> tuple[T, list[Any]]:

@@ -98,17 +98,12 @@ class Writes(Generic[Op, State]):
         after: dict[str, State | None] = dict(before)
         claims = claims_of(conn, [(w.ops, w.times) for w in writes])
         commit, apply = pending.commit, cls.apply
-        claimed = claims.claimed
         results: list[tuple[bool, Any]] = []
         for w in writes:
             key = w.key
             state = after.get(key)
             try:
-                if claimed:
-                    run = partial(apply, key, state, commit=commit)
-                    after[key], outcomes = claims.run(w.ops, run)
-                else:  # the usual write: nothing to look up or store
-                    after[key], outcomes = apply(key, state, w.ops, commit)
+                after[key], outcomes = claims.run(w.ops, partial(apply, key, state, commit=commit))
             except Exception as e:
                 results.append((False, e))
                 continue

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from app.changes import Change, purgeable_through
+from app.changes import Change, feed_page, purgeable_through
 from app.domain import (
     Counted,
     DeleteCounter,
@@ -19,6 +19,7 @@ from app.domain import (
     Increment,
     PatchRecord,
     PutRecord,
+    SetValue,
     Written,
 )
 from app.settings import Settings
@@ -268,26 +269,29 @@ async def test_postgres_log_indexes_only_records_by_resource(
 
 
 def test_sqlite_commit_writes_every_entry_whatever_their_number(tmp_path: Path) -> None:
-    """Entries go in chunks of powers of two; any count, past the largest chunk, writes all."""
+    """Entries go in chunks of powers of two, a commit's counters packed in one row; any count,
+    past the largest chunk, writes all, and the feed reads each back as it was written."""
     with sqlite3.connect(tmp_path / "log.db", isolation_level=None) as conn:
         migrate(conn)
         for count in (1, 6, 2 * sqlite_changes.INSERT_CHUNK + 5):
             conn.execute("BEGIN IMMEDIATE")
             pending = sqlite_changes.Pending.open(conn)
-            commit = pending.commit
+            revision, time = pending.commit.revision, pending.commit.time
             entries = [
-                Change(commit.revision, "counter", f"c{i:04d}", str(i), i, commit.time)
+                Change(revision, "counter", f"c{i:04d}", str(i - 2), i, time) for i in range(count)
+            ]
+            entries += [Change(revision, "counter", "gone", None, None, time)]
+            entries += [
+                Change(revision, "item", f"r{i:04d}", f'{{"n": {i}}}', 1, time)
                 for i in range(count)
             ]
             pending.entries += entries
             pending.write(conn)
             conn.execute("COMMIT")
-            rows = conn.execute(
-                "SELECT revision, kind, key, value, version, time FROM changes"
-                " WHERE revision = ? ORDER BY key",
-                (commit.revision,),
-            ).fetchall()
-            assert rows == [entry[:6] for entry in entries]
+            query = sqlite_changes.changes_query(revision - 1, 10 * count, None, "", None)
+            page = feed_page(conn.execute(*query).fetchall())
+            assert page.revision == revision
+            assert page.changes == sorted(entries, key=lambda e: (e.kind, e.key))
         conn.execute("BEGIN IMMEDIATE")
         assert sqlite_changes.Pending.open(conn).commit.revision == 4
         conn.execute("ROLLBACK")
@@ -299,6 +303,7 @@ async def _poison_the_log(settings: Settings) -> None:
         with sqlite3.connect(settings.sqlite_path) as db:
             db.execute(
                 "CREATE TRIGGER poison BEFORE INSERT ON changes WHEN NEW.key = 'poison'"
+                " OR (NEW.kind = 'counters' AND instr(NEW.value, '\"poison\"'))"
                 " BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
             )
         return
@@ -335,3 +340,33 @@ async def test_a_change_whose_entry_fails_is_not_committed(
     page = await storage.read_changes(0, 100)
     assert [c.key for c in page.changes] == ["poison"] * existing + ["fine"]
     assert revision_of(later) == page.revision
+
+
+async def test_sqlite_counter_entries_from_before_packing_are_migrated(tmp_path: Path) -> None:
+    """A database at schema 7 keeps every counter entry, a deletion's too, read back unchanged."""
+    settings = settings_for(tmp_path)
+    t = "2026-01-01T00:00:00.000Z"
+    logged = [
+        (1, "counter", "a", "1", 1),
+        (1, "counter", "b", "-9223372036854775808", 3),
+        (2, "counter", "a", None, None),
+        (2, "item", "doc", '{"n": 1}', 1),
+        (3, "counter", "b", "9223372036854775807", 4),
+    ]
+    with database_at(settings, 7) as conn:
+        conn.executemany(
+            f"INSERT INTO changes (revision, kind, key, value, version, time)"
+            f" VALUES (?, ?, ?, ?, ?, '{t}')",
+            logged,
+        )
+        conn.execute("INSERT INTO counters VALUES ('b', 9223372036854775807, 4)")
+    storage = await open_storage(settings)
+    try:
+        page = await storage.read_changes(0, 100)
+        assert [c[:6] for c in page.changes] == [(*entry, t) for entry in logged]
+        await storage.apply_counter_ops("b", [SetValue(0)])
+        page = await storage.read_changes(3, 100, kind="counter")
+        assert [(c.revision, c.key, c.value, c.version) for c in page.changes] == [(4, "b", "0", 5)]
+        assert await storage.purge_changes(FUTURE, 100) == 6
+    finally:
+        await storage.close()

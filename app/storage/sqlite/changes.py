@@ -61,6 +61,17 @@ HISTORY_CHAIN_MIGRATION = [
     "DROP INDEX changes_item",
 ]
 
+# A commit's counter entries are one row (``kind = 'counters'``), its ``value`` a JSON array
+# of ``[name, value, version]``, the value as the entry's JSON text. A counter's entry is a
+# few bytes: a row and an index entry for each cost the writer more than the counter's own
+# write (``docs/design.md``). Reads unpack them (``_ENTRIES``); records and locks keep a row each.
+PACKED_COUNTERS_MIGRATION = [
+    "INSERT INTO changes (revision, kind, key, value, version, time)"
+    " SELECT revision, 'counters', '', json_group_array(json_array(key, value, version)),"
+    " NULL, min(time) FROM changes WHERE kind = 'counter' GROUP BY revision",
+    "DELETE FROM changes WHERE kind = 'counter'",
+]
+
 # The last revision is derived from the log (the ``LAST_REVISION`` expression), so a commit
 # writes one page less: the column that counted it goes.
 DERIVED_REVISION_MIGRATION = ["ALTER TABLE change_feed DROP COLUMN revision"]
@@ -70,6 +81,16 @@ DERIVED_REVISION_MIGRATION = ["ALTER TABLE change_feed DROP COLUMN revision"]
 LAST_REVISION = "max(f.purged_through, coalesce((SELECT max(revision) FROM changes), 0))"
 
 _COLUMNS = "revision, kind, key, value, version, time"
+
+# The log's entries, a commit's packed counters unpacked: ``FROM {_ENTRIES}`` reads rows of
+# ``changes AS c`` in revision order (its index), each with its entries (``e``, a packed row's),
+# and the columns below say what each entry is.
+_ENTRIES = "changes AS c LEFT JOIN json_each(CASE c.kind WHEN 'counters' THEN c.value END) AS e"
+_KIND = "iif(c.kind = 'counters', 'counter', c.kind)"
+_KEY = "iif(c.kind = 'counters', json_extract(e.value, '$[0]'), c.key)"
+_VALUE = "iif(c.kind = 'counters', json_extract(e.value, '$[1]'), c.value)"
+_VERSION = "iif(c.kind = 'counters', json_extract(e.value, '$[2]'), c.version)"
+PACKED = "counters"  # the kind of the row holding a commit's counter entries
 
 
 # The most entries one INSERT writes; a commit's entries go in chunks of powers of two up to
@@ -98,10 +119,19 @@ class Pending:
         Multi-row INSERTs binding the commit's revision and time once: ``executemany``
         costs about twice as much per row (a bind and a step per row from Python).
         """
-        entries = self.entries
-        if not entries:
+        if not self.entries:
             return
         revision, time = self.commit.revision, self.commit.time
+        entries: list[Change] = []
+        counters: list[tuple[str, str | None, int | None]] = []
+        for entry in self.entries:
+            if entry.kind == "counter":
+                counters.append((entry.key, entry.value, entry.version))
+            else:
+                entries.append(entry)
+        if counters:
+            packed = msgspec.json.encode(counters).decode()
+            entries.append(Change(revision, PACKED, "", packed, None, time))
         start, size, end = 0, INSERT_CHUNK, len(entries)
         while start < end:
             while size > end - start:
@@ -146,7 +176,8 @@ def purge(conn: sqlite3.Connection, cutoff: str, limit: int) -> int:
     """Delete the oldest whole revisions from before ``cutoff`` (RFC 3339), about ``limit`` rows.
 
     Never part of a revision, and never one after a revision that is kept, so the log
-    stays "every change after ``purged_through``". Returns how many entries were deleted.
+    stays "every change after ``purged_through``". Returns how many entries were deleted (a
+    row of packed counters holds several).
     """
     rows = conn.execute(
         "SELECT revision, time FROM changes ORDER BY revision LIMIT ?", (limit + 1,)
@@ -154,18 +185,24 @@ def purge(conn: sqlite3.Connection, cutoff: str, limit: int) -> int:
     through = purgeable_through(rows, cutoff, limit)
     if through is None:
         return 0
-    deleted = conn.execute("DELETE FROM changes WHERE revision <= ?", (through,)).rowcount
+    deleted = conn.execute(
+        f"DELETE FROM changes WHERE revision <= ?"
+        f" RETURNING iif(kind = '{PACKED}', json_array_length(value), 1)",
+        (through,),
+    ).fetchall()
     conn.execute("DELETE FROM item_tombstones WHERE revision <= ?", (through,))
     conn.execute("UPDATE change_feed SET purged_through = max(purged_through, ?)", (through,))
-    return int(deleted)
+    return sum(count for (count,) in deleted)
 
 
-def _value_columns(inline_max: int | None) -> str:
-    """The value, or NULL and a flag when it is longer than ``inline_max`` characters."""
+def _value_columns(inline_max: int | None, value: str = "value") -> str:
+    """The ``value`` column, or NULL and a flag when it is longer than ``inline_max`` characters."""
     if inline_max is None:
-        return "value, 0"
+        return f"{value}, 0"
     limit = int(inline_max)
-    return f"CASE WHEN length(value) > {limit} THEN NULL ELSE value END, length(value) > {limit}"
+    return (
+        f"CASE WHEN length({value}) > {limit} THEN NULL ELSE {value} END, length({value}) > {limit}"
+    )
 
 
 def changes_query(
@@ -181,28 +218,29 @@ def changes_query(
     The page ends with the commit of its ``limit``-th entry, all of it, so a commit is never
     split between two pages. ``kind``, the key ``prefix`` and ``resources`` (kind, key) filter.
     """
-    # The unary + keeps kind and key from choosing an index: the entries after ``since`` are
-    # found by revision, the log's order, whatever the filter (no scan of a resource's past).
-    where = ["revision > ?"]
+    # Entries after ``since`` are always found by revision, the log's order and its index,
+    # whatever the filter: no scan of a resource's past, and no sort to find the page's end.
+    where = ["c.revision > ?"]
     params: list[Any] = [since]
     if kind is not None:
-        where.append("+kind = ?")
+        where.append(f"{_KIND} = ?")
         params.append(kind)
     if prefix:
-        where.append("+key >= ? AND +key < ?")
+        where.append(f"{_KEY} >= ? AND {_KEY} < ?")
         params += [prefix, prefix + NAME_CEILING]
     if resources is not None:
-        where.append("kind || ':' || key IN (SELECT value FROM json_each(?))")
+        where.append(f"{_KIND} || ':' || {_KEY} IN (SELECT value FROM json_each(?))")
         params.append(msgspec.json.encode([f"{k}:{key}" for k, key in resources]).decode())
     condition = " AND ".join(where)
     # One statement, so the feed's bounds and the entries come from one snapshot.
     sql = (
-        f"SELECT {LAST_REVISION}, f.purged_through, c.* FROM change_feed AS f LEFT JOIN"
-        f" (SELECT revision, kind, key, {_value_columns(inline_max)}, version, time FROM changes"
-        f" WHERE {condition} AND revision <= coalesce("
-        f"(SELECT revision FROM changes WHERE {condition} ORDER BY revision"
-        f" LIMIT 1 OFFSET ?), {INT64_MAX})) AS c ON 1"
-        f" ORDER BY c.revision, c.kind, c.key"
+        f"SELECT {LAST_REVISION}, f.purged_through, p.* FROM change_feed AS f LEFT JOIN"
+        f" (SELECT c.revision, {_KIND} AS kind, {_KEY} AS key,"
+        f" {_value_columns(inline_max, _VALUE)}, {_VERSION}, c.time FROM {_ENTRIES}"
+        f" WHERE {condition} AND c.revision <= coalesce("
+        f"(SELECT c.revision FROM {_ENTRIES} WHERE {condition} ORDER BY c.revision"
+        f" LIMIT 1 OFFSET ?), {INT64_MAX})) AS p ON 1"
+        f" ORDER BY p.revision, p.kind, p.key"
     )
     return sql, (*params, *params, limit - 1)
 

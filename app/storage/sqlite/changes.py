@@ -65,9 +65,10 @@ HISTORY_CHAIN_MIGRATION = [
 # of ``[name, value, version]``, the value as the entry's JSON text. A counter's entry is a
 # few bytes: a row and an index entry for each cost the writer more than the counter's own
 # write (``docs/design.md``). Reads unpack them (``_ENTRIES``); records and locks keep a row each.
+PACKED = "counters"  # the kind of the row holding a commit's counter entries
 PACKED_COUNTERS_MIGRATION = [
     "INSERT INTO changes (revision, kind, key, value, version, time)"
-    " SELECT revision, 'counters', '', json_group_array(json_array(key, value, version)),"
+    f" SELECT revision, '{PACKED}', '', json_group_array(json_array(key, value, version)),"
     " NULL, min(time) FROM changes WHERE kind = 'counter' GROUP BY revision",
     "DELETE FROM changes WHERE kind = 'counter'",
 ]
@@ -85,12 +86,11 @@ _COLUMNS = "revision, kind, key, value, version, time"
 # The log's entries, a commit's packed counters unpacked: ``FROM {_ENTRIES}`` reads rows of
 # ``changes AS c`` in revision order (its index), each with its entries (``e``, a packed row's),
 # and the columns below say what each entry is.
-_ENTRIES = "changes AS c LEFT JOIN json_each(CASE c.kind WHEN 'counters' THEN c.value END) AS e"
-_KIND = "iif(c.kind = 'counters', 'counter', c.kind)"
-_KEY = "iif(c.kind = 'counters', json_extract(e.value, '$[0]'), c.key)"
-_VALUE = "iif(c.kind = 'counters', json_extract(e.value, '$[1]'), c.value)"
-_VERSION = "iif(c.kind = 'counters', json_extract(e.value, '$[2]'), c.version)"
-PACKED = "counters"  # the kind of the row holding a commit's counter entries
+_ENTRIES = f"changes AS c LEFT JOIN json_each(iif(c.kind = '{PACKED}', c.value, NULL)) AS e"
+_KIND = f"iif(c.kind = '{PACKED}', 'counter', c.kind)"
+_KEY = f"iif(c.kind = '{PACKED}', json_extract(e.value, '$[0]'), c.key)"
+_VALUE = f"iif(c.kind = '{PACKED}', json_extract(e.value, '$[1]'), c.value)"
+_VERSION = f"iif(c.kind = '{PACKED}', json_extract(e.value, '$[2]'), c.version)"
 
 
 # The most entries one INSERT writes; a commit's entries go in chunks of powers of two up to

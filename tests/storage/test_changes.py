@@ -27,7 +27,7 @@ from app.storage import Storage
 from app.storage.backends import open_storage
 from app.storage.postgres import changes as pg_changes
 from app.storage.sqlite import changes as sqlite_changes
-from app.storage.sqlite.schema import migrate
+from app.storage.sqlite.schema import MIGRATIONS, migrate
 from tests.conftest import settings_for
 from tests.storage.older import database_at
 
@@ -342,8 +342,11 @@ async def test_a_change_whose_entry_fails_is_not_committed(
     assert revision_of(later) == page.revision
 
 
-async def test_sqlite_counter_entries_from_before_packing_are_migrated(tmp_path: Path) -> None:
-    """A database at schema 7 keeps every counter entry, a deletion's too, read back unchanged."""
+async def test_sqlite_counter_entries_from_before_packing_read_beside_packed_ones(
+    tmp_path: Path,
+) -> None:
+    """Counter entries logged a row each, before packing, read back unchanged, a deletion's
+    too, in order with the packed ones written after them, and the purge counts them all."""
     settings = settings_for(tmp_path)
     t = "2026-01-01T00:00:00.000Z"
     logged = [
@@ -353,7 +356,7 @@ async def test_sqlite_counter_entries_from_before_packing_are_migrated(tmp_path:
         (2, "item", "doc", '{"n": 1}', 1),
         (3, "counter", "b", "9223372036854775807", 4),
     ]
-    with database_at(settings, 7) as conn:
+    with database_at(settings, len(MIGRATIONS)) as conn:
         conn.executemany(
             f"INSERT INTO changes (revision, kind, key, value, version, time)"
             f" VALUES (?, ?, ?, ?, ?, '{t}')",
@@ -362,11 +365,24 @@ async def test_sqlite_counter_entries_from_before_packing_are_migrated(tmp_path:
         conn.execute("INSERT INTO counters VALUES ('b', 9223372036854775807, 4)")
     storage = await open_storage(settings)
     try:
+        # Submitted together, so they commit together: one packed row, two entries.
+        outcomes = await asyncio.gather(
+            storage.apply_counter_ops("b", [SetValue(0)]),
+            storage.apply_counter_ops("c", [Increment(1)]),
+        )
+        assert [revision_of(o[0]) for o in outcomes] == [4, 4]
         page = await storage.read_changes(0, 100)
-        assert [c[:6] for c in page.changes] == [(*entry, t) for entry in logged]
-        await storage.apply_counter_ops("b", [SetValue(0)])
-        page = await storage.read_changes(3, 100, kind="counter")
-        assert [(c.revision, c.key, c.value, c.version) for c in page.changes] == [(4, "b", "0", 5)]
-        assert await storage.purge_changes(FUTURE, 100) == 6
+        assert [c[:5] for c in page.changes] == [
+            *logged,
+            (4, "counter", "b", "0", 5),
+            (4, "counter", "c", "1", 1),
+        ]
+        assert [c.time for c in page.changes[: len(logged)]] == [t] * len(logged)
+        page = await storage.read_changes(0, 2, kind="counter", prefix="b")
+        assert [(c.revision, c.value) for c in page.changes] == [
+            (1, "-9223372036854775808"),
+            (3, "9223372036854775807"),
+        ]
+        assert await storage.purge_changes(FUTURE, 100) == 7
     finally:
         await storage.close()

@@ -61,17 +61,12 @@ HISTORY_CHAIN_MIGRATION = [
     "DROP INDEX changes_item",
 ]
 
-# A commit's counter entries are one row (``kind = 'counters'``), its ``value`` a JSON array
-# of ``[name, value, version]``, the value as the entry's JSON text. A counter's entry is a
-# few bytes: a row and an index entry for each cost the writer more than the counter's own
-# write (``docs/design.md``). Reads unpack them (``_ENTRIES``); records and locks keep a row each.
-PACKED = "counters"  # the kind of the row holding a commit's counter entries
-PACKED_COUNTERS_MIGRATION = [
-    "INSERT INTO changes (revision, kind, key, value, version, time)"
-    f" SELECT revision, '{PACKED}', '', json_group_array(json_array(key, value, version)),"
-    " NULL, min(time) FROM changes WHERE kind = 'counter' GROUP BY revision",
-    "DELETE FROM changes WHERE kind = 'counter'",
-]
+# A commit's counter entries are one row (``kind = PACKED``), its ``value`` a JSON array of
+# ``[name, value, version]``, the value as the entry's JSON text. A counter's entry is a few
+# bytes: a row and an index entry for each cost the writer more than the counter's own write
+# (``docs/design.md``). Reads unpack them (``_ENTRIES``); records and locks keep a row each,
+# and so do counter entries logged before packing, until the retention purges them.
+PACKED = "counters"
 
 # The last revision is derived from the log (the ``LAST_REVISION`` expression), so a commit
 # writes one page less: the column that counted it goes.

@@ -40,7 +40,6 @@ MIGRATIONS: list[list[str]] = [
     sqlite_changes.ITEM_INDEX_MIGRATION,
     sqlite_changes.DERIVED_REVISION_MIGRATION,
     sqlite_changes.HISTORY_CHAIN_MIGRATION,
-    sqlite_changes.PACKED_COUNTERS_MIGRATION,
 ]
 
 

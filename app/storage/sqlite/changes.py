@@ -109,7 +109,7 @@ class Pending:
         return cls(Commit(last + 1, now_iso()))
 
     def write(self, conn: sqlite3.Connection) -> None:
-        """Before COMMIT: the entries, if anything changed.
+        """Before COMMIT: the entries, if anything changed, the counters' packed in one row.
 
         Multi-row INSERTs binding the commit's revision and time once: ``executemany``
         costs about twice as much per row (a bind and a step per row from Python).
